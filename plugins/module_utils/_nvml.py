@@ -1,0 +1,265 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
+
+"""The NVML seam: every call this collection makes into NVML (pynvml, from nvidia-ml-py) is in this file.
+
+It observes and reports; deciding what the observations mean is left to the pure code in _facts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import traceback
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
+
+try:
+    import pynvml
+except ImportError:
+    pynvml = None
+    PYNVML_IMPORT_ERROR = traceback.format_exc()
+else:
+    PYNVML_IMPORT_ERROR = None
+
+HAS_PYNVML = pynvml is not None
+PYNVML_PACKAGE = 'nvidia-ml-py'
+
+# NVML GPU-instance profile enums probed for MIG profiles. The GPU answers NotSupported for the
+# enums it lacks; which profiles exist is what the GPU reports, never a table of ours.
+_GPU_INSTANCE_PROFILE_ENUMS = range(0, 18)
+_COMPUTE_INSTANCE_PROFILE_ENUMS = range(0, 9)
+
+
+class DriverUnavailable(Exception):
+    """NVML could not start: no library (driver not installed) or the kernel driver is not loaded."""
+
+
+class GpuLost(Exception):
+    pass
+
+
+def _error_text(exc: Exception) -> str:
+    return str(exc) or exc.__class__.__name__
+
+
+class NvmlSession:
+    """nvmlInit on enter, nvmlShutdown on exit."""
+
+    def __enter__(self):
+        try:
+            pynvml.nvmlInit()
+        except (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded) as exc:
+            raise DriverUnavailable(_error_text(exc)) from exc
+        return self
+
+    def __exit__(self, *exc_info):
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+        return False
+
+
+class _GpuReader:
+    """Reads one GPU; a call NVML does not support marks the field unsupported, a lost GPU stops the read."""
+
+    def __init__(self, gpu: dict, handle):
+        self.gpu = gpu
+        self.handle = handle
+
+    def call(self, field: str, func, *args):
+        try:
+            return func(*args)
+        except pynvml.NVMLError_GpuIsLost as exc:
+            raise GpuLost(_error_text(exc)) from exc
+        except pynvml.NVMLError_NotSupported:
+            _facts.mark_unsupported(self.gpu, field)
+        except pynvml.NVMLError as exc:
+            _facts.mark_error(self.gpu, field, '%s: %s' % (func.__name__, _error_text(exc)))
+        return None
+
+
+def read_system() -> dict:
+    return {
+        'driver_version': _facts.text(pynvml.nvmlSystemGetDriverVersion()),
+        'nvml_version': _facts.text(pynvml.nvmlSystemGetNVMLVersion()),
+        'cuda_version': _facts.cuda_version(pynvml.nvmlSystemGetCudaDriverVersion_v2()),
+        'count': pynvml.nvmlDeviceGetCount(),
+    }
+
+
+def read_gpu(index: int) -> dict:
+    gpu = _facts.new_gpu(index)
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except pynvml.NVMLError as exc:
+        _facts.mark_lost(gpu, _error_text(exc))
+        return gpu
+    reader = _GpuReader(gpu, handle)
+    try:
+        _read_identity(reader)
+        _read_memory_and_modes(reader)
+        _read_mig(reader)
+        _read_vgpu(reader)
+        _read_processes(reader)
+    except GpuLost as exc:
+        _facts.mark_lost(gpu, str(exc))
+    return gpu
+
+
+def _read_identity(r: _GpuReader) -> None:
+    gpu, h = r.gpu, r.handle
+    name = r.call('name', pynvml.nvmlDeviceGetName, h)
+    gpu['name'] = _facts.text(name) if name is not None else None
+    uuid = r.call('uuid', pynvml.nvmlDeviceGetUUID, h)
+    gpu['uuid'] = _facts.text(uuid) if uuid is not None else None
+    pci = r.call('pci', pynvml.nvmlDeviceGetPciInfo_v3, h)
+    if pci is not None:
+        gpu['pci'] = dict(bus_id=_facts.text(pci.busId), **_facts.pci_ids(pci.pciDeviceId, pci.pciSubSystemId))
+    gpu['architecture'] = _facts.architecture_name(r.call('architecture', pynvml.nvmlDeviceGetArchitecture, h))
+    cc = r.call('compute_capability', pynvml.nvmlDeviceGetCudaComputeCapability, h)
+    if cc is not None:
+        gpu['compute_capability'] = _facts.compute_capability(*cc)
+
+
+def _read_memory_and_modes(r: _GpuReader) -> None:
+    gpu, h = r.gpu, r.handle
+    mem = r.call('memory', pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2)
+    if mem is not None:
+        gpu['memory'] = {
+            'total_mib': _facts.mib(mem.total),
+            'used_mib': _facts.mib(mem.used),
+            'free_mib': _facts.mib(mem.free),
+            'reserved_mib': _facts.mib(mem.reserved),
+        }
+    persistence = r.call('persistence_mode', pynvml.nvmlDeviceGetPersistenceMode, h)
+    gpu['persistence_mode'] = None if persistence is None else bool(persistence)
+    ecc = r.call('ecc', pynvml.nvmlDeviceGetEccMode, h)
+    if ecc is not None:
+        gpu['ecc'] = {'current': bool(ecc[0]), 'pending': bool(ecc[1])}
+
+
+def _read_mig(r: _GpuReader) -> None:
+    gpu, h = r.gpu, r.handle
+    mode = r.call('mig', pynvml.nvmlDeviceGetMigMode, h)
+    if mode is None:
+        return
+    mig = gpu['mig']
+    mig['capable'] = True
+    mig['current'], mig['pending'] = bool(mode[0]), bool(mode[1])
+    for enum in _GPU_INSTANCE_PROFILE_ENUMS:
+        try:
+            info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(h, enum)
+        except pynvml.NVMLError_GpuIsLost as exc:
+            raise GpuLost(_error_text(exc)) from exc
+        except pynvml.NVMLError:
+            continue  # this GPU has no profile for this enum
+        placements = r.call('mig.profiles.placements', _possible_placements, h, info.id) or []
+        mig['profiles'].append(_facts.mig_profile(
+            info.id, _facts.text(info.name), info.sliceCount, info.instanceCount, info.memorySizeMB, placements,
+            multiprocessors=info.multiprocessorCount, copy_engines=info.copyEngineCount, decoders=info.decoderCount,
+            encoders=info.encoderCount, jpegs=info.jpegCount, ofas=info.ofaCount))
+        if mig['current']:
+            for gi in r.call('mig.gpu_instances', _gpu_instances, h, info.id) or []:
+                mig['gpu_instances'].append(_describe_gpu_instance(r, gi, mig['profiles'][-1]['name']))
+    mig['gpu_instances'].sort(key=lambda g: g['id'])
+
+
+def _possible_placements(handle, profile_id: int) -> list[dict]:
+    count = ctypes.c_uint(0)
+    pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, None, ctypes.byref(count))
+    placements = (pynvml.c_nvmlGpuInstancePlacement_t * max(count.value, 1))()
+    pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, placements, ctypes.byref(count))
+    return [{'start': p.start, 'size': p.size} for p in placements[:count.value]]
+
+
+def _gpu_instances(handle, profile_id: int) -> list:
+    count = ctypes.c_uint(0)
+    instances = (pynvml.c_nvmlGpuInstance_t * 8)()
+    pynvml.nvmlDeviceGetGpuInstances(handle, profile_id, instances, ctypes.byref(count))
+    return list(instances[:count.value])
+
+
+def _compute_instances(gpu_instance, profile_id: int) -> list:
+    count = ctypes.c_uint(0)
+    instances = (pynvml.c_nvmlComputeInstance_t * 8)()
+    pynvml.nvmlGpuInstanceGetComputeInstances(gpu_instance, profile_id, instances, ctypes.byref(count))
+    return list(instances[:count.value])
+
+
+def _describe_gpu_instance(r: _GpuReader, gi, profile_name: str) -> dict:
+    info = r.call('mig.gpu_instances', pynvml.nvmlGpuInstanceGetInfo, gi)
+    entry = {
+        'id': info.id if info else None,
+        'profile_id': info.profileId if info else None,
+        'profile': profile_name,
+        'placement': {'start': info.placement.start, 'size': info.placement.size} if info else None,
+        'compute_instances': [],
+    }
+    for enum in _COMPUTE_INSTANCE_PROFILE_ENUMS:
+        try:
+            ci_profile = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi, enum, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+        except pynvml.NVMLError:
+            continue
+        for ci in r.call('mig.compute_instances', _compute_instances, gi, ci_profile.id) or []:
+            ci_info = r.call('mig.compute_instances', pynvml.nvmlComputeInstanceGetInfo, ci)
+            if ci_info is None:
+                continue
+            entry['compute_instances'].append({
+                'id': ci_info.id,
+                'profile_id': ci_info.profileId,
+                'slices': ci_profile.sliceCount,
+                'placement': {'start': ci_info.placement.start, 'size': ci_info.placement.size},
+            })
+    entry['compute_instances'].sort(key=lambda c: c['id'])
+    return entry
+
+
+def _read_vgpu(r: _GpuReader) -> None:
+    gpu, h = r.gpu, r.handle
+    vgpu = gpu['vgpu']
+    mode = r.call('vgpu.virtualization_mode', pynvml.nvmlDeviceGetVirtualizationMode, h)
+    vgpu['virtualization_mode'] = None if mode is None else _facts.VIRTUALIZATION_MODES.get(mode, 'unknown')
+    host_mode = r.call('vgpu.host_mode', pynvml.nvmlDeviceGetHostVgpuMode, h)
+    vgpu['host_mode'] = None if host_mode is None else _facts.HOST_VGPU_MODES.get(host_mode, 'unknown')
+    supported = r.call('vgpu.supported_types', pynvml.nvmlDeviceGetSupportedVgpus, h)
+    if supported is None:
+        return
+    names = {}
+    for type_id in supported:
+        type_id = int(type_id)
+        names[type_id] = _facts.text(r.call('vgpu.supported_types', pynvml.nvmlVgpuTypeGetName, type_id) or '')
+        vgpu['supported_types'].append({
+            'id': type_id,
+            'name': names[type_id],
+            'framebuffer_mib': _facts.mib(r.call('vgpu.supported_types', pynvml.nvmlVgpuTypeGetFramebufferSize, type_id)),
+            'max_instances': r.call('vgpu.supported_types', pynvml.nvmlVgpuTypeGetMaxInstances, h, type_id),
+        })
+    creatable = r.call('vgpu.creatable_types', pynvml.nvmlDeviceGetCreatableVgpus, h) or []
+    vgpu['creatable_types'] = [names.get(int(t), str(int(t))) for t in creatable]
+    for instance in r.call('vgpu.active', pynvml.nvmlDeviceGetActiveVgpus, h) or []:
+        type_id = r.call('vgpu.active', pynvml.nvmlVgpuInstanceGetType, instance)
+        uuid = r.call('vgpu.active', pynvml.nvmlVgpuInstanceGetUUID, instance)
+        vm_id = r.call('vgpu.active', pynvml.nvmlVgpuInstanceGetVmID, instance)
+        vgpu['active'].append({
+            'instance': int(instance),
+            'type': names.get(type_id, str(type_id)),
+            'uuid': _facts.text(uuid) if uuid is not None else None,
+            'vm_id': _facts.text(vm_id[0]) if vm_id else None,
+        })
+
+
+def _read_processes(r: _GpuReader) -> None:
+    procs = r.call('processes', pynvml.nvmlDeviceGetComputeRunningProcesses, r.handle)
+    for proc in procs or []:
+        gi = getattr(proc, 'gpuInstanceId', _facts.NVML_VALUE_NOT_AVAILABLE_UINT)
+        ci = getattr(proc, 'computeInstanceId', _facts.NVML_VALUE_NOT_AVAILABLE_UINT)
+        r.gpu['processes'].append({
+            'pid': proc.pid,
+            'used_memory_mib': _facts.mib(proc.usedGpuMemory),
+            'gpu_instance_id': None if gi == _facts.NVML_VALUE_NOT_AVAILABLE_UINT else gi,
+            'compute_instance_id': None if ci == _facts.NVML_VALUE_NOT_AVAILABLE_UINT else ci,
+        })
