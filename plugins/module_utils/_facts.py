@@ -222,3 +222,30 @@ def finish_host(host: dict, gpus: list[dict], proc_version_text: str | None) -> 
     host['mig_enabled_gpus'] = sum(1 for g in gpus if g['mig']['current'])
     host['lost_gpus'] = sum(1 for g in gpus if g['status'] == 'lost')
     return host
+
+
+def summary_line(host: dict, gpus: list[dict]) -> str:
+    """One readable line per host: models, driver, kernel modules, MIG and vGPU state."""
+    if not host.get('driver_loaded'):
+        reason = host.get('driver_error') or 'no NVIDIA driver'
+        return 'no GPUs visible (%s)' % reason
+    models = ', '.join('%dx %s' % (count, name) for name, count in sorted(host.get('models', {}).items()))
+    module = host.get('kernel_module') or {}
+    parts = [
+        models or 'no GPUs',
+        'driver %s (%s modules)' % (host.get('driver_version'), module.get('flavor') or 'unknown'),
+        'CUDA %s' % host.get('cuda_version'),
+    ]
+    capable = [g for g in gpus if g['mig']['capable']]
+    if capable:
+        pending = sum(1 for g in capable if g['mig']['pending'] != g['mig']['current'])
+        instances = sum(len(g['mig']['gpu_instances']) for g in capable)
+        parts.append('MIG on %d/%d (%d GPU instances%s)' % (
+            host.get('mig_enabled_gpus', 0), len(capable), instances, ', %d pending a reset' % pending if pending else ''))
+    vgpu_hosts = [g for g in gpus if g['vgpu']['virtualization_mode'] == 'host_vgpu']
+    if vgpu_hosts:
+        parts.append('vGPU host: %d GPUs, %d active vGPUs' % (len(vgpu_hosts), sum(len(g['vgpu']['active']) for g in vgpu_hosts)))
+    if host.get('lost_gpus'):
+        parts.append('%d GPU(s) LOST' % host['lost_gpus'])
+    parts.append('via %s' % host.get('backend'))
+    return ' | '.join(parts)

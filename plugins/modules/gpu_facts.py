@@ -21,7 +21,7 @@ description:
     off the bus is listed with C(status=lost) and its error.
   - Read-only. Never changes a GPU.
 author:
-  - gpuvirt.fleet maintainers
+  - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
   - gpuvirt.fleet.attributes
   - gpuvirt.fleet.attributes.facts

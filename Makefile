@@ -1,0 +1,104 @@
+# gpuvirt.fleet: every entry point a user or CI needs. Each target installs what it uses.
+#   make demo   set up everything on a fresh Debian/Ubuntu machine (as root) and run the main job
+#   make test   every check: ansible-lint, ansible-test sanity, unit, integration, build
+#   make bench  benchmarks that print figures
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+COLLECTION_LINK := .build/ansible_collections/gpuvirt/fleet
+SANITY_ROOT := .build/sanity/ansible_collections/gpuvirt/fleet
+SHARED ?= $(abspath ../shared)
+export GPUVIRT_SHARED := $(SHARED)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONDONTWRITEBYTECODE := 1
+FLEET ?= sim/fleets/demo.yml
+
+# Debian packages the project uses: venv for the controller, git for ansible-test, shellcheck for its
+# shell sanity test, debootstrap/openssh/fuse for the simulated fleet.
+DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client openssh-server rsync
+
+.PHONY: help deps venv collection demo test lint sanity units integration build-check bench clean
+
+help:
+	@echo "make demo   - install everything and run GPU discovery on the simulated fleet"
+	@echo "make test   - ansible-lint, ansible-test sanity, unit, integration and build checks"
+	@echo "make bench  - benchmarks (figures only)"
+
+# Install missing Debian packages (only when something is missing, so reruns are quick).
+deps: .build/deps.stamp
+.build/deps.stamp: Makefile
+	@mkdir -p .build
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "Missing Debian packages:$$missing (run as root)"; exit 1; fi; \
+	  echo "Installing Debian packages:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements/controller.txt requirements/test.txt | .build/deps.stamp
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/test.txt
+	@touch $@
+
+# Put this checkout on the collections path as gpuvirt.fleet (ansible.cfg points at .build).
+collection: $(COLLECTION_LINK)
+$(COLLECTION_LINK):
+	@mkdir -p $(dir $@)
+	@ln -sfn ../../.. $@
+
+demo: venv collection
+	sim/fleet up $(FLEET)
+	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/facts.yml
+	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
+
+test: lint sanity units integration build-check
+	@echo "make test: all checks passed"
+
+lint: venv collection
+	$(BIN)/ansible-lint --profile production --strict
+
+# ansible-test needs the collection at ansible_collections/<ns>/<name> and a git tree of the files to
+# check; the pip bootstrap it would download comes from ../shared/tools (the download host is not reachable).
+sanity: venv
+	rm -rf .build/sanity && mkdir -p $(SANITY_ROOT)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents -P {} $(SANITY_ROOT)/ 2>/dev/null || true
+	cd $(SANITY_ROOT) && git init -q && git add -A
+	@mkdir -p ~/.ansible/test/cache
+	@# ansible-test 2.19 bootstraps pip 24.2 (python_requirements.get_venv_packages); ansible-core is pinned.
+	@cp $(SHARED)/tools/ansible-test-pip-bootstrap.py ~/.ansible/test/cache/get_pip_24_2.py
+	cd $(SANITY_ROOT) && PATH=$(BIN):$$PATH $(BIN)/ansible-test sanity --venv --python 3.11 --color no
+
+units: venv collection
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: venv collection
+	$(BIN)/python -m pytest -q tests/integration
+
+# The Galaxy tarball leaves out the simulator, tests and inventories; installed from it, gpu_facts runs by FQCN.
+build-check: venv
+	rm -rf .build/galaxy && mkdir -p .build/galaxy
+	$(BIN)/ansible-galaxy collection build --output-path .build/galaxy --force .
+	@tarball=$$(ls .build/galaxy/gpuvirt-fleet-*.tar.gz); \
+	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories)/' || true); \
+	if [ -n "$$bad" ]; then echo "tarball contains files it must not:"; echo "$$bad" | head; exit 1; fi; \
+	$(BIN)/ansible-galaxy collection install -p .build/galaxy/installed $$tarball >/dev/null; \
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc gpuvirt.fleet.gpu_facts >/dev/null; \
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible localhost -i localhost, -c local \
+	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts | tee .build/galaxy/adhoc.txt | head -3; \
+	grep -q '"backend"' .build/galaxy/adhoc.txt; echo "build-check: tarball clean, ansible-doc renders, gpu_facts runs by FQCN"
+
+bench: venv collection
+	$(BIN)/python bench/bench_sim_gpu_facts.py
+
+clean:
+	-sim/fleet down
+	rm -rf .build

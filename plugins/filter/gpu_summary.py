@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+name: gpu_summary
+short_description: One readable line describing a host's GPUs
+version_added: 0.1.0
+description:
+  - Turns the facts set by M(gpuvirt.fleet.gpu_facts) into one line an operator reads at a glance
+    (GPU models and counts, driver and kernel-module flavour, CUDA, MIG and vGPU state, lost GPUs).
+author:
+  - gpuvirt.fleet maintainers (@gpuvirt)
+options:
+  _input:
+    description: The host's C(ansible_facts), holding C(gpu_host) and C(gpus).
+    type: dict
+    required: true
+'''
+
+EXAMPLES = r'''
+---
+- name: Print the GPU summary of each host
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts | gpuvirt.fleet.gpu_summary }}"
+'''
+
+RETURN = r'''
+_value:
+  description: The summary line.
+  type: str
+  sample: 8x NVIDIA H100 80GB HBM3 | driver 580.159.04 (open modules) | CUDA 13.0 | MIG on 0/8 (0 GPU instances) | via nvml
+'''
+
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._facts import summary_line
+
+
+def gpu_summary(facts):
+    if not isinstance(facts, Mapping) or 'gpu_host' not in facts or 'gpus' not in facts:
+        raise AnsibleFilterError('gpu_summary expects a host\'s ansible_facts after gpuvirt.fleet.gpu_facts ran (keys gpu_host and gpus)')
+    try:
+        return summary_line(facts['gpu_host'], facts['gpus'])
+    except (KeyError, TypeError) as exc:
+        raise AnsibleFilterError('gpu_summary: malformed GPU facts: %s' % exc) from exc
+
+
+class FilterModule:
+    def filters(self):
+        return {'gpu_summary': gpu_summary}

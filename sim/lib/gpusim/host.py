@@ -1,0 +1,297 @@
+"""Building and changing the state of one simulated host (pure functions on the state dict).
+
+Callers wrap the mutating functions in ``store.transaction()``; ``gpusimctl`` and the NVML
+stand-in both go through here, so the CLI and the API cannot drift apart.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from . import mig, models
+from .errors import (NVML_ERROR_IN_USE, NVML_ERROR_INSUFFICIENT_RESOURCES, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED,
+                     NVML_ERROR_RESET_REQUIRED, SimError, error_name)
+from .store import FORMAT_VERSION
+
+DEFAULT_DRIVER = "580.159.04"
+DEFAULT_CUDA = 13000
+# Bus numbers of the eight GPUs of a typical HGX board; further GPUs continue at 0xe0.
+_HGX_BUSES = [0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB]
+_NAMESPACE = uuid.UUID("5f1d3c1e-9a0b-4c7e-8f4e-6770757369ad")
+
+VIRT_MODES = {"none": 0, "passthrough": 1, "vgpu": 2, "host-vgpu": 3, "host-vsga": 4}
+HOST_FLAVORS = ("open", "proprietary")
+ARCH_TURING = 6
+
+
+def pci_bus_id(index: int) -> str:
+    if index < len(_HGX_BUSES):
+        bus = _HGX_BUSES[index]
+    elif index < len(_HGX_BUSES) + 32:
+        bus = 0xE0 + index - len(_HGX_BUSES)
+    else:
+        raise ValueError("at most %d GPUs per host" % (len(_HGX_BUSES) + 32))
+    return "00000000:%02X:00.0" % bus
+
+
+def gpu_uuid(hostname: str, index: int) -> str:
+    return "GPU-" + str(uuid.uuid5(_NAMESPACE, "%s/gpu/%d" % (hostname, index)))
+
+
+def gpu_serial(hostname: str, index: int, prefix: str) -> str:
+    digits = uuid.uuid5(_NAMESPACE, "%s/serial/%d" % (hostname, index)).int % 10 ** (13 - len(prefix))
+    return prefix + str(digits).rjust(13 - len(prefix), "0")
+
+
+def new_gpu(hostname: str, index: int, model_key: str, vgpu_host: bool, virt: str | None) -> dict[str, Any]:
+    model = models.get(model_key)
+    if virt is None:
+        # Default: pass-through, as in the real capture; a vGPU host's vGPU-capable GPUs are in host-vGPU mode.
+        virt = "host-vgpu" if vgpu_host and model.get("vgpu") else "passthrough"
+    return {
+        "index": index,
+        "model": model_key,
+        "uuid": gpu_uuid(hostname, index),
+        "serial": gpu_serial(hostname, index, model.get("serial_prefix", "1320")),
+        "pci_bus_id": pci_bus_id(index),
+        "minor": index,
+        "persistence": model.get("persistence_default", 1),
+        "ecc": {"current": model.get("ecc_default", 1), "pending": model.get("ecc_default", 1)},
+        "mig": {"current": 0, "pending": 0},
+        "virtualization_mode": VIRT_MODES[virt],
+        "gpu_instances": [],
+        "processes": [],
+        "vgpu_instances": [],
+        "lost": False,
+        "reset_requires_reboot": False,
+        "faults": [],
+        "next_uid": 1,
+    }
+
+
+def build(hostname: str, gpus: list[tuple[str, int]], driver: str = DEFAULT_DRIVER, flavor: str = "open",
+          driver_state: str = "loaded", vgpu_host: bool = False, uuids: dict[int, str] | None = None,
+          pci: dict[int, str] | None = None, serials: dict[int, str] | None = None, virt: str | None = None,
+          cuda_version: int = DEFAULT_CUDA) -> dict[str, Any]:
+    """A fresh host state. Raises ValueError/UnknownModel naming the bad argument."""
+    if flavor not in HOST_FLAVORS:
+        raise ValueError("--flavor must be one of %s, not %r" % ("|".join(HOST_FLAVORS), flavor))
+    if driver_state not in ("loaded", "not_loaded", "absent"):
+        raise ValueError("driver state must be loaded, not_loaded or absent")
+    if virt is not None and virt not in VIRT_MODES:
+        raise ValueError("--virt-mode must be one of %s" % "|".join(VIRT_MODES))
+    entries = []
+    for model_key, count in gpus:
+        models.get(model_key)
+        if count < 1:
+            raise ValueError("--gpu %s:%d: count must be at least 1" % (model_key, count))
+        for _ in range(count):
+            entries.append(new_gpu(hostname, len(entries), model_key, vgpu_host, virt))
+    for overrides, field in ((uuids, "uuid"), (pci, "pci_bus_id"), (serials, "serial")):
+        for index, value in (overrides or {}).items():
+            if not 0 <= index < len(entries):
+                raise ValueError("--%s %d=...: no GPU with index %d" % (field.split("_")[0], index, index))
+            entries[index][field] = value
+    return {
+        "format": FORMAT_VERSION,
+        "hostname": hostname,
+        "driver": {
+            "version": driver,
+            "cuda_version": cuda_version,
+            "flavor": flavor,
+            "installed": driver_state != "absent",
+            "loaded": driver_state == "loaded",
+        },
+        "vgpu_host": vgpu_host,
+        "boot_id": 1,
+        "boot_time": time.time(),
+        "faults": [],
+        "next_vgpu_instance": 1,
+        "gpus": entries,
+    }
+
+
+def same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when ``init`` with the same arguments would change nothing the user declared."""
+    if not old:
+        return False
+
+    def strip(state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "hostname": state.get("hostname"),
+            "driver": state.get("driver"),
+            "vgpu_host": state.get("vgpu_host"),
+            "gpus": [(g["model"], g["uuid"], g["serial"], g["pci_bus_id"], g["virtualization_mode"]) for g in state.get("gpus", [])],
+        }
+    return strip(old) == strip(new)
+
+
+def visible_gpus(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """GPUs the loaded driver drives: the open kernel module does not bind pre-Turing GPUs."""
+    if state["driver"].get("flavor") == "open":
+        return [g for g in state["gpus"] if models.get(g["model"])["architecture"] >= ARCH_TURING]
+    return list(state["gpus"])
+
+
+def gpu(state: dict[str, Any], index: int) -> dict[str, Any]:
+    for entry in state["gpus"]:
+        if entry["index"] == index:
+            return entry
+    raise ValueError("--gpu %s: no such GPU (host has %d)" % (index, len(state["gpus"])))
+
+
+def _targets(state: dict[str, Any], which: str | int | None) -> list[dict[str, Any]]:
+    if which in (None, "all"):
+        return list(state["gpus"])
+    return [gpu(state, int(which))]
+
+
+# ---- faults --------------------------------------------------------------------------------
+def set_fault(state: dict[str, Any], which: str | int | None, call: str, code: int) -> None:
+    entry = {"call": call, "error": code, "error_name": error_name(code)}
+    holder = state["faults"] if which in (None, "all") else gpu(state, int(which))["faults"]
+    holder[:] = [f for f in holder if f["call"] != call] + [entry]
+
+
+def clear_faults(state: dict[str, Any], which: str | int | None = None, call: str | None = None) -> None:
+    holders = [state["faults"]] if which in (None, "all") else []
+    holders += [g["faults"] for g in _targets(state, which)]
+    for holder in holders:
+        holder[:] = [f for f in holder if call is not None and f["call"] != call]
+    for entry in _targets(state, which):
+        if call in (None, "reset"):
+            entry["reset_requires_reboot"] = False
+
+
+def fault_for(state: dict[str, Any], entry: dict[str, Any] | None, names: tuple[str, ...]) -> int | None:
+    """The injected error code for a call on ``entry`` (None: host-level call), if any."""
+    holders = [state.get("faults", [])]
+    if entry is not None:
+        holders.insert(0, entry.get("faults", []))
+    for holder in holders:
+        for fault in holder:
+            if fault["call"] in names or fault["call"] == "*":
+                return int(fault["error"])
+    return None
+
+
+# ---- processes -----------------------------------------------------------------------------
+def add_process(state: dict[str, Any], index: int, pid: int, mem_mib: int, gi: int | None = None,
+                ci: int | None = None, kind: str = "compute") -> None:
+    entry = gpu(state, index)
+    if (gi is None) != (ci is None):
+        raise ValueError("--gi and --ci go together")
+    if gi is not None:
+        if not entry["mig"]["current"]:
+            raise ValueError("--gi: MIG is not enabled on GPU %d" % index)
+        try:
+            mig.find_ci(mig.find_gi(entry, gi), ci)
+        except SimError as exc:
+            raise ValueError("--gi %s --ci %s: %s" % (gi, ci, exc)) from exc
+    elif entry["mig"]["current"]:
+        raise ValueError("--gi/--ci: GPU %d is in MIG mode, a process runs in a compute instance" % index)
+    entry["processes"] = [p for p in entry["processes"] if p["pid"] != pid]
+    entry["processes"].append({"pid": pid, "used_memory": mem_mib << 20, "gi": gi, "ci": ci, "type": kind})
+
+
+def clear_processes(state: dict[str, Any], which: str | int | None = None) -> None:
+    for entry in _targets(state, which):
+        entry["processes"] = []
+
+
+def lose(state: dict[str, Any], index: int) -> None:
+    gpu(state, index)["lost"] = True
+
+
+# ---- MIG mode, reset, reboot ---------------------------------------------------------------
+def set_mig_mode(entry: dict[str, Any], mode: int) -> int:
+    """nvmlDeviceSetMigMode: record the pending mode; returns the activation status.
+
+    The mode becomes current on GPU reset or reboot, so the activation status is
+    NVML_ERROR_RESET_REQUIRED whenever pending differs from current (as in pass-through VMs).
+    """
+    model = models.get(entry["model"])
+    if not models.mig(model):
+        raise SimError(NVML_ERROR_NOT_SUPPORTED, "GPU does not support MIG")
+    if mode not in (0, 1):
+        raise SimError(NVML_ERROR_INVALID_ARGUMENT, "MIG mode must be 0 or 1")
+    if entry["processes"] or entry.get("vgpu_instances"):
+        raise SimError(NVML_ERROR_IN_USE, "GPU is in use by processes")
+    if mode == 0 and entry["gpu_instances"]:
+        raise SimError(NVML_ERROR_IN_USE, "GPU instances exist")
+    entry["mig"]["pending"] = mode
+    return NVML_ERROR_RESET_REQUIRED if entry["mig"]["pending"] != entry["mig"]["current"] else 0
+
+
+def reset(state: dict[str, Any], index: int) -> None:
+    """nvidia-smi -r: pending MIG mode becomes current; instances are gone."""
+    entry = gpu(state, index)
+    if entry["processes"]:
+        pids = ", ".join(str(p["pid"]) for p in entry["processes"])
+        raise SimError(NVML_ERROR_IN_USE, "GPU %d is in use by process(es) %s" % (index, pids))
+    if entry.get("vgpu_instances"):
+        raise SimError(NVML_ERROR_IN_USE, "GPU %d has active vGPU instances" % index)
+    if entry.get("reset_requires_reboot"):
+        raise SimError(NVML_ERROR_RESET_REQUIRED, "GPU %d cannot be reset: a reboot is required" % index)
+    entry["mig"]["current"] = entry["mig"]["pending"]
+    entry["ecc"]["current"] = entry["ecc"]["pending"]
+    entry["gpu_instances"] = []
+    entry["lost"] = False
+
+
+def reboot(state: dict[str, Any]) -> None:
+    """Pending modes take effect; instances, vGPUs and processes are gone; lost GPUs are back."""
+    for entry in state["gpus"]:
+        entry["mig"]["current"] = entry["mig"]["pending"]
+        entry["ecc"]["current"] = entry["ecc"]["pending"]
+        entry["gpu_instances"] = []
+        entry["processes"] = []
+        entry["vgpu_instances"] = []
+        entry["lost"] = False
+        entry["reset_requires_reboot"] = False
+    state["boot_id"] = state.get("boot_id", 0) + 1
+    state["boot_time"] = time.time()
+
+
+# ---- vGPU instances (created by the mdev / SR-IOV emulation) -------------------------------
+def creatable_vgpu_types(entry: dict[str, Any]) -> list[int]:
+    """Types that can be created now: homogeneous mode, all instances share one type."""
+    model = models.get(entry["model"])
+    active = entry.get("vgpu_instances", [])
+    result = []
+    for vtype in models.vgpu_types(model):
+        if active and any(v["type_id"] != vtype["id"] for v in active):
+            continue
+        if sum(1 for v in active if v["type_id"] == vtype["id"]) < vtype["max_instances"]:
+            result.append(vtype["id"])
+    return result
+
+
+def add_vgpu(state: dict[str, Any], index: int, type_id: int, vgpu_uuid: str | None = None,
+             vm_id: str = "") -> dict[str, Any]:
+    entry = gpu(state, index)
+    model = models.get(entry["model"])
+    if not state.get("vgpu_host") or not models.vgpu_types(model):
+        raise SimError(NVML_ERROR_NOT_SUPPORTED, "GPU %d is not in host vGPU mode" % index)
+    if entry["mig"]["current"]:
+        raise SimError(NVML_ERROR_NOT_SUPPORTED, "MIG-backed vGPU is not modelled")
+    if type_id not in [v["id"] for v in models.vgpu_types(model)]:
+        raise SimError(NVML_ERROR_INVALID_ARGUMENT, "vGPU type %d is not supported on %s" % (type_id, model["name"]))
+    if type_id not in creatable_vgpu_types(entry):
+        raise SimError(NVML_ERROR_INSUFFICIENT_RESOURCES, "vGPU type %d cannot be created now" % type_id)
+    inst = {"id": state.get("next_vgpu_instance", 1), "type_id": type_id,
+            "uuid": vgpu_uuid or str(uuid.uuid4()), "vm_id": vm_id, "fb_usage": 0}
+    state["next_vgpu_instance"] = inst["id"] + 1
+    entry.setdefault("vgpu_instances", []).append(inst)
+    return inst
+
+
+def remove_vgpu(state: dict[str, Any], vgpu_uuid: str) -> None:
+    for entry in state["gpus"]:
+        for inst in entry.get("vgpu_instances", []):
+            if inst["uuid"] == vgpu_uuid:
+                entry["vgpu_instances"].remove(inst)
+                return
+    raise SimError(NVML_ERROR_NOT_FOUND, "no vGPU instance %s" % vgpu_uuid)
+

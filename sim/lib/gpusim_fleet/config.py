@@ -1,0 +1,229 @@
+"""Fleet files: which hosts, which GPUs, which driver. Parsed and validated before anything starts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+FLEET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")
+GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+DRIVER_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
+FLAVOURS = ("open", "proprietary")
+DEFAULT_BASE_PORT = 22200
+
+HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars"}
+TOP_KEYS = {"fleet", "base_port", "defaults", "vars", "hosts"}
+
+
+class FleetError(ValueError):
+    """A fleet file that cannot be used; the message names the offending entry."""
+
+
+@dataclass
+class HostSpec:
+    name: str
+    port: int
+    groups: list[str]
+    gpus: list[tuple[str, int]]
+    driver_version: str | None
+    driver_flavour: str
+    vgpu_host: bool
+    vars: dict = field(default_factory=dict)
+
+    def gpu_args(self) -> list[str]:
+        return [f"{m}:{c}" for m, c in self.gpus]
+
+    def gpu_digest(self) -> str:
+        """Changes when what gpusimctl init gets changes (then the GPU state is made anew)."""
+        data = json.dumps([self.name, self.gpus, self.driver_version, self.driver_flavour, self.vgpu_host])
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Fleet:
+    name: str
+    path: Path
+    base_port: int
+    hosts: list[HostSpec]
+    vars: dict
+
+    def host(self, name: str) -> HostSpec:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise FleetError(f"fleet {self.name}: no host {name!r}")
+
+
+def _gpus(where: str, value) -> list[tuple[str, int]]:
+    items: list[tuple[str, object]]
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = []
+        for v in value:
+            if isinstance(v, str) and ":" in v:
+                m, _, c = v.rpartition(":")
+                items.append((m, c))
+            elif isinstance(v, dict) and len(v) == 1:
+                items.extend(v.items())
+            else:
+                raise FleetError(f"{where}: gpus entry {v!r} is not MODEL:COUNT")
+    else:
+        raise FleetError(f"{where}: gpus must be a mapping model: count")
+    out = []
+    for model, count in items:
+        if not isinstance(model, str) or not MODEL_RE.match(model):
+            raise FleetError(f"{where}: GPU model {model!r} is not a model name like h100-80gb-hbm3")
+        try:
+            n = int(count)
+        except (TypeError, ValueError):
+            raise FleetError(f"{where}: GPU count for {model} is not a number: {count!r}") from None
+        if not 1 <= n <= 16:
+            raise FleetError(f"{where}: GPU count for {model} must be 1..16, got {n}")
+        out.append((model, n))
+    if sum(c for _, c in out) > 16:
+        raise FleetError(f"{where}: more than 16 GPUs in one host")
+    return out
+
+
+def _driver(where: str, value, default: tuple[str | None, str]) -> tuple[str | None, str]:
+    if value is None:
+        return default
+    if value in ("none", False):
+        return (None, default[1])
+    if not isinstance(value, dict):
+        raise FleetError(f"{where}: driver must be a mapping with version and flavour (or 'none')")
+    unknown = set(value) - {"version", "flavour"}
+    if unknown:
+        raise FleetError(f"{where}: unknown driver keys {sorted(unknown)}")
+    version = value.get("version", default[0])
+    flavour = value.get("flavour", default[1])
+    if version is not None:
+        version = str(version)
+        if not DRIVER_RE.match(version):
+            raise FleetError(f"{where}: driver version {version!r} is not like 580.159.04")
+    if flavour not in FLAVOURS:
+        raise FleetError(f"{where}: driver flavour must be one of {FLAVOURS}, got {flavour!r}")
+    return (version, flavour)
+
+
+def _groups(where: str, value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise FleetError(f"{where}: groups must be a list")
+    for g in value:
+        if not isinstance(g, str) or not GROUP_RE.match(g) or g in ("all", "ungrouped"):
+            raise FleetError(f"{where}: {g!r} is not a usable Ansible group name")
+    return list(value)
+
+
+def parse(data, path: Path) -> Fleet:
+    if not isinstance(data, dict):
+        raise FleetError(f"{path}: a fleet file is a mapping with `hosts:`")
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise FleetError(f"{path}: unknown keys {sorted(unknown)}")
+    name = str(data.get("fleet") or path.stem)
+    if not FLEET_RE.match(name):
+        raise FleetError(f"{path}: fleet name {name!r} must match {FLEET_RE.pattern}")
+    base_port = int(data.get("base_port", DEFAULT_BASE_PORT))
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise FleetError(f"{path}: defaults must be a mapping")
+    unknown = set(defaults) - {"groups", "driver", "vars", "vgpu_host"}
+    if unknown:
+        raise FleetError(f"{path}: unknown keys in defaults: {sorted(unknown)}")
+    d_driver = _driver(f"{path}: defaults", defaults.get("driver"), ("580.159.04", "open"))
+    d_groups = _groups(f"{path}: defaults", defaults.get("groups"))
+    d_vars = defaults.get("vars") or {}
+    fleet_vars = data.get("vars") or {}
+    if not isinstance(fleet_vars, dict) or not isinstance(d_vars, dict):
+        raise FleetError(f"{path}: vars must be a mapping")
+    entries = data.get("hosts")
+    if not isinstance(entries, list) or not entries:
+        raise FleetError(f"{path}: hosts must be a non-empty list")
+
+    hosts: list[HostSpec] = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: hosts[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise FleetError(f"{where}: each host needs a name")
+        unknown = set(entry) - HOST_KEYS
+        if unknown:
+            raise FleetError(f"{where}: unknown keys {sorted(unknown)}")
+        count = int(entry.get("count", 1))
+        start = int(entry.get("start", 1))
+        template = str(entry["name"])
+        if count > 1 and "{" not in template:
+            raise FleetError(f"{where}: with count, name must hold a placeholder like gpu-h100-{{n:02d}}")
+        if count > 1 and "port" in entry:
+            raise FleetError(f"{where}: port cannot be given together with count")
+        for n in range(start, start + count):
+            hname = template.format(n=n) if "{" in template else template
+            hw = f"{where} ({hname})"
+            if not HOSTNAME_RE.match(hname):
+                raise FleetError(f"{hw}: host name must be a lower-case DNS label")
+            driver = _driver(hw, entry.get("driver"), d_driver)
+            hvars = dict(d_vars)
+            hv = entry.get("vars") or {}
+            if not isinstance(hv, dict):
+                raise FleetError(f"{hw}: vars must be a mapping")
+            hvars.update(hv)
+            hosts.append(HostSpec(
+                name=hname,
+                port=int(entry["port"]) if "port" in entry else 0,
+                groups=list(dict.fromkeys(d_groups + _groups(hw, entry.get("groups")))),
+                gpus=_gpus(hw, entry.get("gpus")),
+                driver_version=driver[0],
+                driver_flavour=driver[1],
+                vgpu_host=bool(entry.get("vgpu_host", defaults.get("vgpu_host", False))),
+                vars=hvars,
+            ))
+
+    seen: dict[str, int] = {}
+    for h in hosts:
+        if h.name in seen:
+            raise FleetError(f"{path}: host {h.name} is declared twice")
+        seen[h.name] = 1
+    # Ports: explicit ones stay, the rest count up from base_port in file order, skipping taken ones.
+    taken = {h.port for h in hosts if h.port}
+    nxt = base_port
+    for h in hosts:
+        if not h.port:
+            while nxt in taken:
+                nxt += 1
+            h.port = nxt
+            taken.add(nxt)
+            nxt += 1
+    ports = [h.port for h in hosts]
+    if len(set(ports)) != len(ports):
+        raise FleetError(f"{path}: two hosts share a port")
+    for h in hosts:
+        if not 1024 <= h.port <= 65535:
+            raise FleetError(f"{path}: host {h.name}: port {h.port} is not in 1024..65535")
+    return Fleet(name=name, path=path, base_port=base_port, hosts=hosts, vars=dict(fleet_vars))
+
+
+def load(path: str | Path) -> Fleet:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise FleetError(f"{p}: no such fleet file") from None
+    except yaml.YAMLError as e:
+        raise FleetError(f"{p}: not YAML: {e}") from None
+    return parse(data, p.resolve())
