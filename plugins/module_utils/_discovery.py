@@ -69,5 +69,5 @@ def _from_smi(runner: _smi.SmiRunner) -> tuple[dict, list[dict]]:
         profiles = _smi.parse_lgip(lgip, _smi.parse_lgipp(lgipp))
         for gpu in gpus:
             if gpu['mig']['capable']:
-                gpu['mig']['profiles'] = profiles.get(gpu['index'], [])
+                gpu['mig']['profiles'] = _facts.sort_profiles(profiles.get(gpu['index'], []))
     return host, gpus

@@ -249,3 +249,8 @@ def summary_line(host: dict, gpus: list[dict]) -> str:
         parts.append('%d GPU(s) LOST' % host['lost_gpus'])
     parts.append('via %s' % host.get('backend'))
     return ' | '.join(parts)
+
+
+def sort_profiles(profiles: list[dict]) -> list[dict]:
+    """Smallest first, the order nvidia-smi lists them in: by compute slices, memory slices, then name."""
+    return sorted(profiles, key=lambda p: (p['slices'] or 0, p['memory_slices'] or 0, p['name']))

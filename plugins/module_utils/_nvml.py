@@ -164,6 +164,7 @@ def _read_mig(r: _GpuReader) -> None:
         if mig['current']:
             for gi in r.call('mig.gpu_instances', _gpu_instances, h, info.id) or []:
                 mig['gpu_instances'].append(_describe_gpu_instance(r, gi, mig['profiles'][-1]['name']))
+    mig['profiles'] = _facts.sort_profiles(mig['profiles'])
     mig['gpu_instances'].sort(key=lambda g: g['id'])
 
 
