@@ -36,7 +36,10 @@ def discover(module, backend: str = 'auto') -> tuple[dict, list[dict]]:
                                      % missing_required_lib(_nvml.PYNVML_PACKAGE), _nvml.PYNVML_IMPORT_ERROR)
             host, gpus = _facts.new_host('none'), []
         else:
-            host, gpus = _from_smi(_smi.SmiRunner(module, smi_path))
+            try:
+                host, gpus = _from_smi(_smi.SmiRunner(module, smi_path))
+            except _smi.SmiError as exc:
+                raise DiscoveryError(str(exc)) from exc
     for gpu in gpus:
         if gpu['pci']['bus_id']:
             gpu['sriov'] = _sysfs.read_sriov(_facts.sysfs_pci_address(gpu['pci']['bus_id']))

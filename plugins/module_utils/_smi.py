@@ -16,7 +16,9 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
 
+# What nvidia-smi prints when the kernel driver is not loaded, and when the driver's NVML library is not installed.
 DRIVER_UNREACHABLE = "couldn't communicate with the NVIDIA driver"
+LIBRARY_MISSING = "couldn't find libnvidia-ml.so"
 
 
 class SmiError(Exception):
@@ -38,7 +40,7 @@ class SmiRunner:
         rc, out, err = self.module.run_command([self.path] + list(args), environ_update={'LC_ALL': 'C'})
         if rc != 0:
             message = (out + err).strip()
-            if DRIVER_UNREACHABLE in message:
+            if DRIVER_UNREACHABLE in message or LIBRARY_MISSING in message:
                 raise SmiDriverUnavailable(message)
             raise SmiError('%s %s failed (rc=%d): %s' % (self.path, ' '.join(args), rc, message))
         return out

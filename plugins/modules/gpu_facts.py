@@ -15,7 +15,7 @@ description:
     C(ansible_facts.gpus) (one entry per GPU) and C(ansible_facts.gpu_host) (driver, CUDA, kernel module).
   - Falls back to C(nvidia-smi -q -x), C(nvidia-smi mig -lgip) and C(nvidia-smi mig -lgipp) when C(pynvml) is not
     installed. The fallback carries fewer fields (no compute capability, no vGPU types, MIG profile memory
-    accurate to about 10 MiB, GPU instances without profile or placement).
+    accurate to about 10 MiB, only GPU instances that hold a compute instance, without profile or placement).
   - A host without a loaded NVIDIA driver gives an empty list and C(gpu_host.driver_loaded=false), not a failure.
   - A field NVML does not support on a GPU is C(null) and named in that GPU's C(unsupported) list; a GPU that fell
     off the bus is listed with C(status=lost) and its error.
