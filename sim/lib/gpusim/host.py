@@ -86,12 +86,12 @@ def build(hostname: str, gpus: list[tuple[str, int]], driver: str = DEFAULT_DRIV
         models.get(model_key)
         if count < 1:
             raise ValueError("--gpu %s:%d: count must be at least 1" % (model_key, count))
-        for _ in range(count):
+        for _copy in range(count):
             entries.append(new_gpu(hostname, len(entries), model_key, vgpu_host, virt))
     for overrides, field in ((uuids, "uuid"), (pci, "pci_bus_id"), (serials, "serial")):
         for index, value in (overrides or {}).items():
             if not 0 <= index < len(entries):
-                raise ValueError("--%s %d=...: no GPU with index %d" % (field.split("_")[0], index, index))
+                raise ValueError("--%s %d=...: no GPU with index %d" % (field.split("_", maxsplit=1)[0], index, index))
             entries[index][field] = value
     return {
         "format": FORMAT_VERSION,
@@ -250,6 +250,8 @@ def reboot(state: dict[str, Any]) -> None:
         entry["vgpu_instances"] = []
         entry["lost"] = False
         entry["reset_requires_reboot"] = False
+        entry["faults"] = [f for f in entry.get("faults", []) if f["call"] != "reset"]
+    state["faults"] = [f for f in state.get("faults", []) if f["call"] != "reset"]
     state["boot_id"] = state.get("boot_id", 0) + 1
     state["boot_time"] = time.time()
 
@@ -294,4 +296,3 @@ def remove_vgpu(state: dict[str, Any], vgpu_uuid: str) -> None:
                 entry["vgpu_instances"].remove(inst)
                 return
     raise SimError(NVML_ERROR_NOT_FOUND, "no vGPU instance %s" % vgpu_uuid)
-

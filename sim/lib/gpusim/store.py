@@ -42,6 +42,7 @@ def state_path(root: str | None = None) -> str:
 
 
 _cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_paths: dict[str, str] = {}
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int]:
@@ -74,7 +75,9 @@ def load(root: str | None = None) -> dict[str, Any]:
     Cheap when nothing changed since the last call: one stat(2).
     """
     root = root_dir(root)
-    path = os.path.join(root, STATE_FILE)
+    path = _paths.get(root)
+    if path is None:
+        path = _paths[root] = os.path.join(root, STATE_FILE)
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:

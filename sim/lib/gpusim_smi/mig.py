@@ -100,7 +100,7 @@ def lgipp(gpus: t.Sequence[Gpu]) -> list[str]:
             found = placements(gpu, int(info.id))
             if not found:
                 continue
-            starts = ",".join(str(start) for start, _ in found)
+            starts = ",".join(str(placement[0]) for placement in found)
             plural = "s" if len(found) > 1 else " "
             out.append(f"GPU {gpu.index:2d} Profile ID {int(info.id):2d} Placement{plural}: {{{starts}}}:{found[0][1]}")
     return out

@@ -6,7 +6,7 @@ import datetime
 import typing as t
 
 from . import report
-from .nvml import Gpu, Outcome, Session, error_code, error_text, is_not_supported, to_str, ERROR_NOT_SUPPORTED
+from .nvml import MIB, Gpu, Outcome, Session, error_text, is_not_supported, to_str
 from .query_fields import ALIASES, VALID_FIELDS
 
 Getter = t.Callable[["Context", Gpu], Outcome]
@@ -36,12 +36,12 @@ def _fmt(outcome: Outcome, fmt: t.Callable[[t.Any], str]) -> Outcome:
     return Outcome(fmt(outcome.value)) if outcome.ok else outcome
 
 
-def _item(name: str, index: int, fmt: t.Callable[[t.Any], str] = str, *args: t.Any) -> Getter:
-    return _call(name, *args, fmt=lambda value: fmt(value[index]))
+def _item(name: str, index: int, fmt: t.Callable[[t.Any], str] = str) -> Getter:
+    return _call(name, fmt=lambda value: fmt(value[index]))
 
 
-def _field(name: str, attr: str, fmt: t.Callable[[t.Any], str] = str, *args: t.Any) -> Getter:
-    return _call(name, *args, fmt=lambda value: fmt(getattr(value, attr)))
+def _field(name: str, attr: str, fmt: t.Callable[[t.Any], str] = str) -> Getter:
+    return _call(name, fmt=lambda value: fmt(getattr(value, attr)))
 
 
 def _pci(attr: str, fmt: str) -> Getter:
@@ -52,8 +52,15 @@ def _pci(attr: str, fmt: str) -> Getter:
 
 def _memory(attr: str) -> Getter:
     def getter(_ctx: Context, gpu: Gpu) -> Outcome:
-        return _fmt(gpu.memory(), lambda mem: str(int(getattr(mem, attr)) // (1024 * 1024)))
+        return _fmt(gpu.memory(), lambda mem: str(_mib(mem, attr)))
     return getter
+
+
+def _mib(mem: t.Any, attr: str) -> int:
+    """A memory figure in MiB; free is derived from the truncated others, as nvidia-smi prints it."""
+    if attr == "free":
+        return _mib(mem, "total") - _mib(mem, "reserved") - _mib(mem, "used")
+    return int(getattr(mem, attr, 0)) // MIB
 
 
 def _power(value: t.Any) -> str:
@@ -199,7 +206,7 @@ def row(ctx: Context, gpu: Gpu, names: t.Sequence[str], units: bool) -> str:
         if outcome.ok:
             text = str(outcome.value)
             values.append(f"{text} {unit}" if unit and units else text)
-        elif is_not_supported(outcome.error) or error_code(outcome.error) == ERROR_NOT_SUPPORTED:
+        elif is_not_supported(outcome.error):
             values.append("[N/A]")
         else:
             values.append(f"[{error_text(outcome.error)}]")

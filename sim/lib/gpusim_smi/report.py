@@ -37,7 +37,9 @@ REASON_HW_THERMAL, REASON_HW_POWER_BRAKE, REASON_DISPLAY = 0x40, 0x80, 0x100
 
 # NVML field ids (nvmlDeviceGetFieldValues) for values that have no dedicated call.
 FI_MEMORY_TEMP = 82
+FI_POWER_AVERAGE = 185
 FI_POWER_INSTANT = 186
+POWER_SCOPE_MEMORY = 2
 FI_RECOVERY_ACTION = 230
 
 # NVML enum values used as call arguments.
@@ -121,9 +123,9 @@ def mapped(table: dict[int, str]) -> t.Callable[[t.Any], str]:
     return lambda value: table.get(int(value), "Unknown")
 
 
-def field_value(gpu: Gpu, field_id: int) -> Outcome:
+def field_value(gpu: Gpu, field_id: int, scope: int | None = None) -> Outcome:
     """One NVML field value (nvmlDeviceGetFieldValues), with the field's own return code."""
-    outcome = gpu.get("nvmlDeviceGetFieldValues", (field_id,))
+    outcome = gpu.get("nvmlDeviceGetFieldValues", ((field_id, scope) if scope is not None else field_id,))
     if not outcome.ok:
         return outcome
     try:
@@ -153,19 +155,30 @@ def _nvml_error(session: Session, code: int) -> BaseException:
 
 
 def _memory_nodes(outcome: Outcome, with_reserved: bool) -> list[Node]:
-    nodes = [leaf("total", "Total", attr(outcome, "total", mib))]
+    """total/reserved/used/free in MiB; free is what is left of the truncated MiB figures, as the real tool prints it."""
+    if not outcome.ok:
+        names = ["total", "reserved", "used", "free"] if with_reserved else ["total", "used", "free"]
+        return [leaf(name, name.capitalize(), outcome.text()) for name in names]
+    total = int(outcome.value.total) // MIB
+    reserved = int(getattr(outcome.value, "reserved", 0)) // MIB if with_reserved else 0
+    used = int(outcome.value.used) // MIB
+    nodes = [leaf("total", "Total", f"{total} MiB")]
     if with_reserved:
-        nodes.append(leaf("reserved", "Reserved", attr(outcome, "reserved", mib)))
-    nodes.append(leaf("used", "Used", attr(outcome, "used", mib)))
-    nodes.append(leaf("free", "Free", attr(outcome, "free", mib)))
+        nodes.append(leaf("reserved", "Reserved", f"{reserved} MiB"))
+    nodes.append(leaf("used", "Used", f"{used} MiB"))
+    nodes.append(leaf("free", "Free", f"{total - reserved - used} MiB"))
     return nodes
 
 
 def _bar1_nodes(outcome: Outcome) -> list[Node]:
+    if not outcome.ok:
+        return [leaf(name, name.capitalize(), outcome.text()) for name in ("total", "used", "free")]
+    total = int(outcome.value.bar1Total) // MIB
+    used = int(outcome.value.bar1Used) // MIB
     return [
-        leaf("total", "Total", attr(outcome, "bar1Total", mib)),
-        leaf("used", "Used", attr(outcome, "bar1Used", mib)),
-        leaf("free", "Free", attr(outcome, "bar1Free", mib)),
+        leaf("total", "Total", f"{total} MiB"),
+        leaf("used", "Used", f"{used} MiB"),
+        leaf("free", "Free", f"{total - used} MiB"),
     ]
 
 
@@ -415,8 +428,8 @@ def _power(gpu: Gpu) -> list[Node]:
             leaf("max_power_limit", "Max Power Limit", part(limits, 1, watts)),
         ]),
         section("gpu_memory_power_readings", "GPU Memory Power Readings ", [
-            leaf("average_power_draw", "Average Power Draw", NA),
-            leaf("instant_power_draw", "Instantaneous Power Draw", NA),
+            leaf("average_power_draw", "Average Power Draw", field_value(gpu, FI_POWER_AVERAGE, POWER_SCOPE_MEMORY).text(watts)),
+            leaf("instant_power_draw", "Instantaneous Power Draw", field_value(gpu, FI_POWER_INSTANT, POWER_SCOPE_MEMORY).text(watts)),
         ]),
         section("module_power_readings", "Module Power Readings", [leaf("power_state", None, perf)] + module),
         leaf("power_smoothing", "Power Smoothing", NA),

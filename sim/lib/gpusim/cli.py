@@ -1,0 +1,280 @@
+"""gpusimctl: create and poke the simulated GPU state of one host.
+
+Exit status 0 on success; on a bad argument or a refused operation a one-line error naming
+the argument goes to stderr and the status is 2 (usage) or 1 (refused).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any, Sequence
+
+from . import host, models, store
+from .errors import SimError, parse_error
+
+
+class CliError(Exception):
+    """A one-line error for the user; ``status`` is the exit code."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError("gpusimctl: " + message)
+
+
+def _gpu_spec(text: str) -> tuple[str, int]:
+    key, _colon, count = text.partition(":")
+    if key not in models.keys():
+        raise CliError("gpusimctl: --gpu %s: unknown model %r (known: %s)" % (text, key, ", ".join(models.keys())))
+    if count and not count.isdigit():
+        raise CliError("gpusimctl: --gpu %s: count must be a positive integer" % text)
+    return key, int(count or 1)
+
+
+def _index_map(values: list[str] | None, option: str, pattern: str | None = None) -> dict[int, str]:
+    result = {}
+    for item in values or []:
+        index, sep, value = item.partition("=")
+        if not sep or not index.isdigit() or not value:
+            raise CliError("gpusimctl: %s %s: expected INDEX=VALUE" % (option, item))
+        if pattern and not re.fullmatch(pattern, value):
+            raise CliError("gpusimctl: %s %s: malformed value %r" % (option, item, value))
+        result[int(index)] = value
+    return result
+
+
+_UUID_RE = r"GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_BDF_RE = r"[0-9a-fA-F]{8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
+
+
+def _which(value: str | None) -> str | int | None:
+    if value is None or value == "all":
+        return value
+    if not value.isdigit():
+        raise CliError("gpusimctl: --gpu %s: expected a GPU index or 'all'" % value)
+    return int(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpusimctl", description="Control the simulated GPUs of this host.")
+    parser.add_argument("--root", help="state directory (default: $GPUSIM_ROOT or %s)" % store.DEFAULT_ROOT)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    init = sub.add_parser("init", help="create (or overwrite) the host state")
+    init.add_argument("--hostname", required=True)
+    init.add_argument("--gpu", action="append", required=True, metavar="MODEL[:COUNT]")
+    init.add_argument("--driver", default=host.DEFAULT_DRIVER, metavar="VERSION")
+    init.add_argument("--cuda-version", type=int, default=host.DEFAULT_CUDA, metavar="INT")
+    init.add_argument("--flavor", default="open", metavar="open|proprietary")
+    drv = init.add_mutually_exclusive_group()
+    drv.add_argument("--no-driver", action="store_true", help="no NVIDIA driver installed")
+    drv.add_argument("--driver-not-loaded", action="store_true", help="driver installed but kernel module not loaded")
+    init.add_argument("--vgpu-host", action="store_true", help="NVIDIA vGPU manager installed")
+    init.add_argument("--virt-mode", choices=sorted(host.VIRT_MODES), help="virtualization mode of every GPU")
+    init.add_argument("--uuid", action="append", metavar="INDEX=UUID")
+    init.add_argument("--pci", action="append", metavar="INDEX=BUSID")
+    init.add_argument("--serial", action="append", metavar="INDEX=SERIAL")
+
+    sub.add_parser("show", help="print the state as JSON")
+    sub.add_parser("models", help="list the GPU model keys")
+
+    fault = sub.add_parser("fault", help="inject or clear NVML call failures")
+    fsub = fault.add_subparsers(dest="fault_command", required=True, parser_class=_Parser)
+    fset = fsub.add_parser("set")
+    fset.add_argument("--gpu", default="all")
+    fset.add_argument("--call", required=True, help="NVML function name, '*' for every call, 'reset' for reboot-required resets")
+    fset.add_argument("--error", required=True, metavar="NVML_ERROR_XXX")
+    fclear = fsub.add_parser("clear")
+    fclear.add_argument("--gpu", default=None)
+    fclear.add_argument("--call", default=None)
+
+    lose = sub.add_parser("lose", help="make a GPU fall off the bus")
+    lose.add_argument("--gpu", required=True)
+
+    proc = sub.add_parser("proc", help="simulated processes holding GPUs")
+    psub = proc.add_subparsers(dest="proc_command", required=True, parser_class=_Parser)
+    padd = psub.add_parser("add")
+    padd.add_argument("--gpu", required=True)
+    padd.add_argument("--pid", required=True, type=int)
+    padd.add_argument("--mem-mib", required=True, type=int)
+    padd.add_argument("--gi", type=int)
+    padd.add_argument("--ci", type=int)
+    padd.add_argument("--name", default="")
+    padd.add_argument("--type", default="compute", choices=("compute", "graphics"))
+    pclear = psub.add_parser("clear")
+    pclear.add_argument("--gpu", default=None)
+
+    vgpu = sub.add_parser("vgpu", help="vGPU instances (normally created by the mdev/SR-IOV emulation)")
+    vsub = vgpu.add_subparsers(dest="vgpu_command", required=True, parser_class=_Parser)
+    vadd = vsub.add_parser("add")
+    vadd.add_argument("--gpu", required=True)
+    vadd.add_argument("--type", required=True, type=int)
+    vadd.add_argument("--uuid")
+    vadd.add_argument("--vm-id", default="")
+    vrm = vsub.add_parser("remove")
+    vrm.add_argument("--uuid", required=True)
+
+    driver = sub.add_parser("driver", help="change the driver in place (used by the driver package stand-ins)")
+    driver.add_argument("--version", metavar="VERSION")
+    driver.add_argument("--flavor", metavar="open|proprietary")
+    driver.add_argument("--installed", choices=("yes", "no"))
+    driver.add_argument("--loaded", choices=("yes", "no"))
+
+    sub.add_parser("reboot", help="reboot the host: pending modes apply, instances and processes are gone")
+    reset = sub.add_parser("reset", help="reset one GPU like nvidia-smi -r")
+    reset.add_argument("--gpu", required=True)
+    return parser
+
+
+def _init(args: argparse.Namespace) -> dict[str, Any]:
+    if args.flavor not in host.HOST_FLAVORS:
+        raise CliError("gpusimctl: --flavor %s: expected open or proprietary" % args.flavor)
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", args.driver):
+        raise CliError("gpusimctl: --driver %s: expected a version like 580.159.04" % args.driver)
+    gpus = [_gpu_spec(spec) for spec in args.gpu]
+    driver_state = "absent" if args.no_driver else "not_loaded" if args.driver_not_loaded else "loaded"
+    try:
+        new = host.build(args.hostname, gpus, driver=args.driver, flavor=args.flavor, driver_state=driver_state,
+                         vgpu_host=args.vgpu_host, uuids=_index_map(args.uuid, "--uuid", _UUID_RE),
+                         pci=_index_map(args.pci, "--pci", _BDF_RE), serials=_index_map(args.serial, "--serial", r"\d{1,29}"),
+                         virt=args.virt_mode, cuda_version=args.cuda_version)
+    except ValueError as exc:
+        raise CliError("gpusimctl: %s" % exc) from exc
+    with store.transaction(args.root, create=True) as state:
+        if host.same_config(state, new):
+            return {"changed": False}
+        state.clear()
+        state.update(new)
+    return {"changed": True}
+
+
+def _mutate(args: argparse.Namespace, action) -> None:
+    try:
+        with store.transaction(args.root) as state:
+            action(state)
+    except store.StateMissing as exc:
+        raise CliError("gpusimctl: no simulator state at %s (run 'gpusimctl init' first)" % exc, 1) from exc
+    except ValueError as exc:
+        raise CliError("gpusimctl: %s" % exc) from exc
+    except SimError as exc:
+        raise CliError("gpusimctl: %s" % exc, 1) from exc
+
+
+def _fault(args: argparse.Namespace) -> None:
+    which = _which(args.gpu)
+    if args.fault_command == "set":
+        try:
+            code = parse_error(args.error)
+        except ValueError as exc:
+            raise CliError("gpusimctl: --error %s: %s" % (args.error, exc)) from exc
+
+        def action(state: dict[str, Any]) -> None:
+            if args.call == "reset":
+                for entry in host._targets(state, which):  # pylint: disable=protected-access
+                    entry["reset_requires_reboot"] = True
+            host.set_fault(state, which, args.call, code)
+        _mutate(args, action)
+    else:
+        _mutate(args, lambda state: host.clear_faults(state, which, args.call))
+
+
+def _driver(args: argparse.Namespace) -> None:
+    if args.version is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", args.version):
+        raise CliError("gpusimctl: --version %s: expected a version like 580.159.04" % args.version)
+    if args.flavor is not None and args.flavor not in host.HOST_FLAVORS:
+        raise CliError("gpusimctl: --flavor %s: expected open or proprietary" % args.flavor)
+
+    def action(state: dict[str, Any]) -> None:
+        drv = state["driver"]
+        if args.version is not None:
+            drv["version"] = args.version
+        if args.flavor is not None:
+            drv["flavor"] = args.flavor
+        if args.installed is not None:
+            drv["installed"] = args.installed == "yes"
+            drv["loaded"] = drv["loaded"] and drv["installed"]
+        if args.loaded is not None:
+            if args.loaded == "yes" and not drv["installed"]:
+                raise ValueError("--loaded yes: no driver is installed")
+            drv["loaded"] = args.loaded == "yes"
+    _mutate(args, action)
+
+
+def _reset(args: argparse.Namespace) -> None:
+    index = _which(args.gpu)
+    if not isinstance(index, int):
+        raise CliError("gpusimctl: --gpu %s: reset takes one GPU index" % args.gpu)
+    _mutate(args, lambda state: host.reset(state, index))
+
+
+def _proc(args: argparse.Namespace) -> None:
+    if args.proc_command == "add":
+        index = _which(args.gpu)
+        if not isinstance(index, int):
+            raise CliError("gpusimctl: --gpu %s: a process runs on one GPU index" % args.gpu)
+        if args.mem_mib < 0:
+            raise CliError("gpusimctl: --mem-mib %d: must not be negative" % args.mem_mib)
+
+        def action(state: dict[str, Any]) -> None:
+            host.add_process(state, index, args.pid, args.mem_mib, args.gi, args.ci, args.type)
+            if args.name:
+                host.gpu(state, index)["processes"][-1]["name"] = args.name
+        _mutate(args, action)
+    else:
+        _mutate(args, lambda state: host.clear_processes(state, _which(args.gpu)))
+
+
+def _vgpu(args: argparse.Namespace) -> None:
+    if args.vgpu_command == "add":
+        index = _which(args.gpu)
+        if not isinstance(index, int):
+            raise CliError("gpusimctl: --gpu %s: expected a GPU index" % args.gpu)
+        result: dict[str, Any] = {}
+        _mutate(args, lambda state: result.update(host.add_vgpu(state, index, args.type, args.uuid, args.vm_id)))
+        print(json.dumps(result))
+    else:
+        _mutate(args, lambda state: host.remove_vgpu(state, args.uuid))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "init":
+            print(json.dumps(_init(args)))
+        elif args.command == "show":
+            try:
+                print(json.dumps(store.load(args.root), indent=1, sort_keys=True))
+            except store.StateMissing as exc:
+                raise CliError("gpusimctl: no simulator state at %s" % exc, 1) from exc
+        elif args.command == "models":
+            print("\n".join(models.keys()))
+        elif args.command == "fault":
+            _fault(args)
+        elif args.command == "lose":
+            index = _which(args.gpu)
+            if not isinstance(index, int):
+                raise CliError("gpusimctl: --gpu %s: expected a GPU index" % args.gpu)
+            _mutate(args, lambda state: host.lose(state, index))
+        elif args.command == "proc":
+            _proc(args)
+        elif args.command == "vgpu":
+            _vgpu(args)
+        elif args.command == "driver":
+            _driver(args)
+        elif args.command == "reboot":
+            _mutate(args, host.reboot)
+        elif args.command == "reset":
+            _reset(args)
+    except CliError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.status
+    except PermissionError as exc:
+        print("gpusimctl: --root: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
