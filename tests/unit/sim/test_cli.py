@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 
 
-def test_gpusimctl_is_an_executable_python3_script(gpusimctl_path):
+def test_gpusimctl_runs_as_a_command(gpusimctl_path, tmp_path):
+    """Installed on a host it is run by name, so it must be executable and find python3 itself."""
     assert os.stat(gpusimctl_path).st_mode & stat.S_IXUSR
-    assert gpusimctl_path.read_text().startswith("#!/usr/bin/env python3\n")
+    proc = subprocess.run([str(gpusimctl_path), "--root", str(tmp_path), "models"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "h100-80gb-hbm3" in proc.stdout.split()
 
 
 def test_init_then_show(simhost):
