@@ -20,8 +20,11 @@ PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt",
     "iproute2", "procps", "sudo", "kmod", "ca-certificates",
 ]
-# Bump when the recipe below changes: a base with another stamp is rebuilt (with --rebuild).
+# The stamp has two lines. RECIPE: what debootstrap installed; a change needs a new base (and the
+# hosts' layers purged). CONFIG: the configuration below; bump it when MASKED_UNITS or DROPINS change,
+# and the next `up` re-applies it to the existing base in place (cheap).
 RECIPE = "gpuvirt-fleet-base-3 " + SUITE + " " + ",".join(PACKAGES)
+CONFIG = "gpuvirt-fleet-config-2"
 
 # Units that need real hardware, the real kernel or a console, or that only add load; masked so
 # `systemctl is-system-running` answers `running` and each host costs little.
@@ -39,6 +42,7 @@ MASKED_UNITS = [
     "sys-fs-fuse-connections.mount", "dev-hugepages.mount", "dev-mqueue.mount",
     "systemd-journald-audit.socket", "systemd-pstore.service", "systemd-remount-fs.service",
     "systemd-firstboot.service", "systemd-machine-id-commit.service", "ldconfig.service",
+    "systemd-ask-password-console.path", "systemd-ask-password-wall.path",
     "systemd-networkd-wait-online.service", "systemd-timesyncd.service", "systemd-time-wait-sync.service",
     "e2scrub_reap.service", "e2scrub_all.timer",
     # periodic jobs: apt-daily would hold the dpkg lock under a role's feet
@@ -89,11 +93,16 @@ def ensure_host_tools() -> None:
         _apt_install(need)
 
 
-def base_ready() -> bool:
+def _stamp() -> list[str]:
     try:
-        return paths.BASE_STAMP.read_text().strip() == RECIPE and (paths.BASE_DIR / "sbin/init").exists()
+        return paths.BASE_STAMP.read_text().split("\n")
     except FileNotFoundError:
-        return False
+        return []
+
+
+def base_ready() -> bool:
+    st = _stamp()
+    return st[:2] == [RECIPE, CONFIG] and (paths.BASE_DIR / "sbin/init").exists()
 
 
 def _mirror() -> str:
@@ -153,9 +162,14 @@ def build_base(rebuild: bool = False) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if base_ready() and not rebuild:
             return
+        if not rebuild and _stamp()[:1] == [RECIPE] and (paths.BASE_DIR / "sbin/init").exists():
+            log(f"re-applying the base configuration ({CONFIG}) to {paths.BASE_DIR}")
+            _configure(paths.BASE_DIR)
+            paths.BASE_STAMP.write_text(RECIPE + "\n" + CONFIG + "\n")
+            return
         ensure_host_tools()
         if paths.BASE_DIR.exists():
-            users = [p for p in paths.STATE_DIR.glob("*/hosts/*/upper")]
+            users = list(paths.STATE_DIR.glob("*/hosts/*/upper"))
             if users and not rebuild:
                 raise SystemExit(
                     f"fleet: base at {paths.BASE_DIR} is from another recipe and {len(users)} host layers use it; "
@@ -182,5 +196,5 @@ def build_base(rebuild: bool = False) -> None:
             paths.BASE_DIR.rename(old)
             shutil.rmtree(old)
         new.rename(paths.BASE_DIR)
-        paths.BASE_STAMP.write_text(RECIPE + "\n")
+        paths.BASE_STAMP.write_text(RECIPE + "\n" + CONFIG + "\n")
         log(f"base ready in {time.monotonic() - t0:.0f} s")

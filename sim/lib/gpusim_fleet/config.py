@@ -73,7 +73,7 @@ def _gpus(where: str, value) -> list[tuple[str, int]]:
         items = []
         for v in value:
             if isinstance(v, str) and ":" in v:
-                m, _, c = v.rpartition(":")
+                m, c = v.rsplit(":", 1)
                 items.append((m, c))
             elif isinstance(v, dict) and len(v) == 1:
                 items.extend(v.items())
@@ -92,7 +92,7 @@ def _gpus(where: str, value) -> list[tuple[str, int]]:
         if not 1 <= n <= 16:
             raise FleetError(f"{where}: GPU count for {model} must be 1..16, got {n}")
         out.append((model, n))
-    if sum(c for _, c in out) > 16:
+    if sum(pair[1] for pair in out) > 16:
         raise FleetError(f"{where}: more than 16 GPUs in one host")
     return out
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,26 +20,29 @@ NVRM_LINE = {
                    "(dvs-builder@U16-I2-C03-12-4)  Thu Nov 13 2025\n",
 }
 GCC_LINE = "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14+deb12u1) \n"
-# The "installed kernel module" inside a host: key=value lines version= and flavour=. The fleet
-# writes it from the fleet file at the first `up`; a stand-in driver package may replace or remove
-# it. Each boot renders /proc/driver/nvidia/version from it (absent: no driver loaded).
-KMOD_FILE = "usr/lib/gpusim/kernel-module"
 
 
 def nvrm_version_text(version: str, flavour: str) -> str:
     return NVRM_LINE[flavour].format(v=version) + GCC_LINE
 
 
-def read_kmod(root: Path) -> tuple[str, str] | None:
+def loaded_driver(upper: Path, spec: dict) -> tuple[str, str] | None:
+    """The kernel driver a host boots with. The simulator's state says which driver is installed and
+    loaded (so a stand-in driver package that updates it shows after a reboot, as a real kernel
+    module does); a host without simulator state falls back to the fleet file. None: no driver
+    loaded, so no /proc/driver/nvidia."""
     try:
-        text = (root / KMOD_FILE).read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    kv = dict(line.split("=", 1) for line in text.split() if "=" in line)
-    v, f = kv.get("version"), kv.get("flavour", "open")
-    if not v or f not in NVRM_LINE:
-        return None
-    return v, f
+        state = json.loads((upper / "var/lib/gpusim/state.json").read_text())
+        drv = state.get("driver") or {}
+        if not drv.get("loaded") or not drv.get("version"):
+            return None
+        flavour = drv.get("flavor", drv.get("flavour", "open"))
+        return str(drv["version"]), flavour if flavour in NVRM_LINE else "open"
+    except (OSError, ValueError, AttributeError):
+        pass
+    if spec.get("driver_version"):
+        return spec["driver_version"], spec.get("driver_flavour", "open")
+    return None
 
 
 def mkdirs_like(upper: Path, rel: str) -> Path:
@@ -70,7 +74,7 @@ def write(upper: Path, rel: str, text: str, mode: int = 0o644) -> None:
 def sim_sources() -> tuple[list[Path], list[Path]]:
     """What the repo's sim/ holds today: Python modules/packages for dist-packages, tools for /usr/bin."""
     lib = paths.REPO / "sim" / "lib"
-    libs = [p for p in sorted(lib.glob("pynvml.py"))]
+    libs = sorted(lib.glob("pynvml.py"))
     libs += [p for p in sorted(lib.glob("gpusim*")) if p.is_dir() and p.name != "gpusim_fleet"]
     tools = [p for p in (paths.REPO / "sim" / "bin" / n for n in ("nvidia-smi", "gpusimctl")) if p.is_file()]
     return libs, tools
@@ -120,7 +124,7 @@ def gpusimctl_env() -> dict:
 
 def _init_flags(cmd: list[str]) -> str:
     try:
-        return subprocess.run([*cmd, "init", "--help"], capture_output=True, text=True, timeout=30,
+        return subprocess.run([*cmd, "init", "--help"], capture_output=True, text=True, timeout=30, check=False,
                               env=gpusimctl_env()).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -140,14 +144,23 @@ def init_gpus(spec: HostSpec, gpusim_root: Path) -> str:
     for g in spec.gpu_args():
         args += ["--gpu", g]
     helptext = _init_flags(cmd)
-    # Optional flags, passed only where this gpusimctl knows them.
-    if spec.driver_version and "--driver-version" in helptext:
-        args += ["--driver-version", spec.driver_version]
-    if "--driver-flavour" in helptext:
-        args += ["--driver-flavour", spec.driver_flavour]
-    if spec.vgpu_host and "--vgpu-host" in helptext:
-        args += ["--vgpu-host"]
-    r = subprocess.run(args, capture_output=True, text=True, env=gpusimctl_env(), timeout=120)
+
+    def flag(*names: str) -> str | None:
+        """The first of names this gpusimctl's `init --help` mentions (optional flags only)."""
+        return next((n for n in names if re.search(re.escape(n) + r"(?![\w-])", helptext)), None)
+
+    f = flag("--driver-version", "--driver")
+    if spec.driver_version and f:
+        args += [f, spec.driver_version]
+    f = flag("--driver-flavour", "--driver-flavor", "--flavour", "--flavor")
+    if f:
+        args += [f, spec.driver_flavour]
+    if not spec.driver_version and flag("--no-driver"):
+        args += ["--no-driver"]
+    f = flag("--vgpu-host")
+    if spec.vgpu_host and f:
+        args += [f]
+    r = subprocess.run(args, capture_output=True, text=True, env=gpusimctl_env(), timeout=120, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"{spec.name}: {' '.join(args)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
     return "GPU state initialised: " + " ".join(spec.gpu_args())
@@ -157,7 +170,7 @@ def gpu_reboot(gpusim_root: Path) -> str:
     cmd = gpusimctl_cmd()
     if cmd is None or not gpusim_root.exists():
         return "no simulated GPU state to reboot"
-    r = subprocess.run([*cmd, "--root", str(gpusim_root), "reboot"], capture_output=True, text=True,
+    r = subprocess.run([*cmd, "--root", str(gpusim_root), "reboot"], capture_output=True, text=True, check=False,
                        env=gpusimctl_env(), timeout=120)
     if r.returncode != 0:
         return f"gpusimctl reboot failed ({r.returncode}): {r.stderr.strip()}"
@@ -194,21 +207,17 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     # The simulator, as if it were the real NVML and nvidia-smi.
     installed = install_sim(upper)
     notes.append("installed " + (", ".join(installed) if installed else "nothing (sim/ has no simulator yet)"))
-    # The preinstalled driver's kernel module, only at the first up or when the fleet file changes it.
+    # The simulated GPUs and driver: only at the first up or when the fleet file changes them.
     digest = spec.gpu_digest()
     applied = st / "gpus.applied"
     if not applied.exists() or applied.read_text().strip() != digest:
-        if spec.driver_version:
-            write(upper, KMOD_FILE, f"version={spec.driver_version}\nflavour={spec.driver_flavour}\n")
-        elif (upper / KMOD_FILE).exists():
-            (upper / KMOD_FILE).unlink()
         notes.append(init_gpus(spec, upper / "var/lib/gpusim"))
         if gpusimctl_cmd() is not None:
             applied.write_text(digest + "\n")
     cfg = {
         "fleet": fleet.name, "name": spec.name, "port": spec.port, "repo": str(paths.REPO),
         "base": str(paths.BASE_DIR), "upper": str(upper), "work": str(work), "merged": str(merged),
-        "spec": spec.to_json(),
+        "spec": spec.to_json(), "cgroup_mode": paths.CGROUP_MODE, "cgroup": str(paths.host_cgroup(fleet.name, spec.name)),
     }
     (st / "host.json").write_text(json.dumps(cfg, indent=1) + "\n")
     return notes

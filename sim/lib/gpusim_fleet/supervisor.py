@@ -27,11 +27,11 @@ from . import paths
 
 STOP_TIMEOUT = 30.0  # clean poweroff budget before SIGKILL
 # Capabilities the host's PID 1 never gets: they reach the real machine (modules, clock, raw I/O,
-# network config of the shared network namespace).
+# network config of the shared network namespace, device nodes for the machine's disks).
 DROPPED_CAPS = {
     "CAP_NET_ADMIN": 12, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_PACCT": 20,
     "CAP_SYS_TIME": 25, "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33, "CAP_WAKE_ALARM": 35,
-    "CAP_BLOCK_SUSPEND": 36,
+    "CAP_BLOCK_SUSPEND": 36, "CAP_MKNOD": 27,
 }
 WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1}
 
@@ -46,7 +46,7 @@ class Supervisor:
         self.st = paths.host_state(fleet, name)
         self.cfg = json.loads((self.st / "host.json").read_text())
         self.run = paths.host_run(fleet, name)
-        self.cgroup = paths.host_cgroup(fleet, name)
+        self.cgroup = Path(self.cfg.get("cgroup", str(paths.host_cgroup(fleet, name))))
         self.boots = 0
         self.pid1 = 0
         self.exits: list[float] = []
@@ -64,7 +64,7 @@ class Supervisor:
         boot = self.run / "boot"
         boot.mkdir(parents=True, exist_ok=True)
         (boot / "boot_id").write_text(str(uuid.uuid4()) + "\n")
-        kmod = hostmod.read_kmod(Path(self.cfg["upper"])) or hostmod.read_kmod(Path(self.cfg["base"]))
+        kmod = hostmod.loaded_driver(Path(self.cfg["upper"]), self.cfg["spec"])
         nv = boot / "nvidia-version"
         if kmod:
             nv.write_text(hostmod.nvrm_version_text(*kmod))
@@ -96,7 +96,7 @@ class Supervisor:
 
     def wait(self, pid: int) -> tuple[int, str | None]:
         """Wait for PID 1 to end; returns (wait status, what the fleet asked for: stop/reboot/None)."""
-        intent, deadline = None, None
+        intent, deadline, resend = None, None, 0.0
         while True:
             try:
                 got, status = os.waitpid(pid, os.WNOHANG)
@@ -104,7 +104,7 @@ class Supervisor:
                 return 0, intent
             if got == pid:
                 return status, intent
-            timeout = 5.0 if deadline is None else max(0.05, min(5.0, deadline - time.monotonic()))
+            timeout = 5.0 if deadline is None else max(0.05, min(1.0, deadline - time.monotonic()))
             info = signal.sigtimedwait(WATCHED, timeout)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 new = "reboot" if info.si_signo == signal.SIGHUP else "stop"
@@ -112,13 +112,18 @@ class Supervisor:
                     intent = new
                 if deadline is None:
                     log(f"{intent}: powering off PID 1 with SIGRTMIN+4")
-                    os.kill(pid, signal.SIGRTMIN + 4)
+                    _signal(pid, signal.SIGRTMIN + 4)
                     deadline = time.monotonic() + STOP_TIMEOUT
+                    resend = time.monotonic() + 2
                     self.publish("stopping")
             if deadline is not None and time.monotonic() > deadline:
                 log("PID 1 did not power off in time: SIGKILL")
-                os.kill(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 3600
+            elif deadline is not None and time.monotonic() > resend:
+                # A PID 1 that has no handler yet (early boot) ignores the signal: say it again.
+                _signal(pid, signal.SIGRTMIN + 4)
+                resend = time.monotonic() + 2
 
     def clean_cgroups(self) -> None:
         """Remove the sub-cgroups systemd made; the host's own directory stays for the next boot."""
@@ -177,6 +182,13 @@ class Supervisor:
                 state = "boot"
 
 
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
@@ -205,9 +217,12 @@ def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
 
     root = cfg["merged"]
-    ns.mount("overlay", root, "overlay", 0,
+    # nodev: a device node on the host's disk opens nothing (with CAP_MKNOD dropped, none can be made).
+    ns.mount("overlay", root, "overlay", ns.MS_NODEV,
              f"lowerdir={cfg['base']},upperdir={cfg['upper']},workdir={cfg['work']}")
-    r = lambda p: root + p  # noqa: E731
+
+    def r(path: str) -> str:
+        return root + path
 
     # /proc: own PID view; kernel tunables read-only (the network namespace is the machine's).
     ns.mount("proc", r("/proc"), "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
@@ -227,6 +242,9 @@ def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
         with open(r("/proc/driver/nvidia/version"), "w") as f:
             f.write(nv.read_text())
         os.chmod(r("/proc/driver/nvidia/version"), 0o444)
+    # Read-only, as the kernel's file is (root ignores file modes on a tmpfs).
+    ns.mount(None, r("/proc/driver"), None, ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
+             "mode=0555,size=1m")
 
     # /sys: an emulated tree, never the machine's. systemd needs its cgroup hierarchy; the
     # simulator's PCI, mdev and SR-IOV entries go under bus/pci/devices and class/mdev_bus.
@@ -234,13 +252,17 @@ def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
     for d in ("fs/cgroup", "bus/pci/devices", "bus/pci/drivers", "bus/mdev/devices", "class/mdev_bus",
               "devices/pci0000:00", "devices/virtual", "kernel", "module"):
         os.makedirs(r("/sys/" + d), exist_ok=True)
-    ns.mount("cgroup", r("/sys/fs/cgroup"), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC, "mode=0755,size=1m")
-    os.mkdir(r("/sys/fs/cgroup/systemd"))
-    ns.mount(str(cgroup), r("/sys/fs/cgroup/systemd"), None, ns.MS_BIND)
-    # Read-only, so systemd cannot mount the machine's other controller hierarchies (or the
-    # unified one) here and make cgroups in them: the host's cgroups stay in its own subtree.
-    ns.mount(None, r("/sys/fs/cgroup"), None, ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
-             "mode=0755,size=1m")
+    if cfg.get("cgroup_mode", "v1") == "v2":
+        # The host's own subtree, as the cgroup namespace's root.
+        ns.mount("cgroup2", r("/sys/fs/cgroup"), "cgroup2", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+    else:
+        ns.mount("cgroup", r("/sys/fs/cgroup"), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC, "mode=0755,size=1m")
+        os.mkdir(r("/sys/fs/cgroup/systemd"))
+        ns.mount(str(cgroup), r("/sys/fs/cgroup/systemd"), None, ns.MS_BIND)
+        # Read-only, so systemd cannot mount the machine's other controller hierarchies (or the
+        # unified one) here and make cgroups in them: the host's cgroups stay in its own subtree.
+        ns.mount(None, r("/sys/fs/cgroup"), None, ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
+                 "mode=0755,size=1m")
 
     # /dev: a minimal set of nodes; FUSE for the simulator's sysfs daemons.
     ns.mount("dev", r("/dev"), "tmpfs", ns.MS_NOSUID, "mode=0755,size=4m")

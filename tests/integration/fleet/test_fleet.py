@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import shlex
 import signal
 import subprocess
 import time
@@ -34,7 +34,7 @@ pytestmark = [
 
 
 def fleet(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    r = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
     if check and r.returncode != 0:
         raise AssertionError(f"sim/fleet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -43,7 +43,7 @@ def fleet(*args: str, check: bool = True, timeout: float = 300) -> subprocess.Co
 def ansible(inv: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = dict(os.environ, ANSIBLE_DEPRECATION_WARNINGS="False", ANSIBLE_NOCOLOR="1")
     return subprocess.run([str(VENV_BIN / "ansible"), "-i", str(inv), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)
+                          timeout=timeout, cwd=REPO, env=env, check=False)
 
 
 def status() -> dict[str, dict]:
@@ -64,7 +64,7 @@ class Fleet:
         cmd = ["ssh", "-i", hv["ansible_ssh_private_key_file"], "-p", str(hv["ansible_port"]),
                *hv["ansible_ssh_common_args"].split(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                f"root@{hv['ansible_host']}", command]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if check and r.returncode != 0:
             raise AssertionError(f"ssh {host} {command!r} failed ({r.returncode}): {r.stderr}")
         return r
@@ -208,6 +208,12 @@ def test_openssh_and_paramiko_both_reach_a_host(up: Fleet):
         assert '"ping": "pong"' in r.stdout
 
 
+def nvml(up: Fleet, host: str, code: str) -> str:
+    """Run NVML calls on a host (GPU 0 as d) through the pynvml installed there."""
+    prog = "import pynvml as n; n.nvmlInit(); d = n.nvmlDeviceGetHandleByIndex(0); " + code
+    return up.ssh(host, "python3 -c " + shlex.quote(prog)).stdout.strip()
+
+
 def test_fleet_reboot_keeps_disk_and_enabled_units_but_not_run(up: Fleet):
     h = "ft-a100"
     up.ssh(h, "printf '[Unit]\\nDescription=fleet test\\n[Service]\\nType=oneshot\\nRemainAfterExit=yes\\n"
@@ -216,7 +222,12 @@ def test_fleet_reboot_keeps_disk_and_enabled_units_but_not_run(up: Fleet):
               " && touch /run/fleet-test-volatile /var/tmp/fleet-test-persistent")
     boot_id = up.ssh(h, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
     pid1 = status()[h]["pid1"]
+    mig = (REPO / "sim" / "lib" / "pynvml.py").exists()
+    if mig:  # a pending MIG mode takes effect at the reboot, as on a real host
+        assert nvml(up, h, "n.nvmlDeviceSetMigMode(d, 1); print(n.nvmlDeviceGetMigMode(d))") == "[0, 1]"
     fleet("reboot", h)
+    if mig:
+        assert nvml(up, h, "print(n.nvmlDeviceGetMigMode(d))") == "[1, 1]"
     assert status()[h]["pid1"] != pid1
     assert up.ssh(h, "cat /proc/sys/kernel/random/boot_id").stdout.strip() != boot_id
     assert up.ssh(h, "systemctl is-system-running --wait", check=False).stdout.strip() == "running"
@@ -228,10 +239,16 @@ def test_fleet_reboot_keeps_disk_and_enabled_units_but_not_run(up: Fleet):
 def test_ansible_reboot_module_gets_the_host_back(up: Fleet):
     h = "ft-h100"
     boots = status()[h]["boots"]
+    gpusim = (REPO / "sim" / "bin" / "gpusimctl").exists()
+    if gpusim:
+        gpu_boot = json.loads(up.ssh(h, "gpusimctl show").stdout)["boot_id"]
+    # systemd inside powers off with a reboot request; the fleet notices and boots the host again.
     r = ansible(up.inventory, h, "-m", "ansible.builtin.reboot", "-a", "reboot_timeout=120")
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"rebooted": true' in r.stdout
     assert status()[h]["boots"] == boots + 1
+    if gpusim:  # and its simulated GPUs went through the reboot too
+        assert json.loads(up.ssh(h, "gpusimctl show").stdout)["boot_id"] == gpu_boot + 1
 
 
 def test_host_with_sshd_stopped_is_unreachable_while_others_answer(up: Fleet):

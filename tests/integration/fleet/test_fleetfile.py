@@ -1,0 +1,80 @@
+"""Fleet files parse into the hosts, ports and inventory the fleet tool promises (no root needed)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "sim" / "lib"))
+
+from gpusim_fleet import config, control  # noqa: E402
+
+
+def parse(text: str, name: str = "t.yml") -> config.Fleet:
+    import yaml
+    return config.parse(yaml.safe_load(text), Path(name))
+
+
+def test_demo_fleet_has_the_four_documented_hosts():
+    f = config.load(REPO / "sim" / "fleets" / "demo.yml")
+    assert f.name == "demo"
+    by = {h.name: h for h in f.hosts}
+    assert by["gpu-h100-01"].gpus == [("h100-80gb-hbm3", 8)]
+    assert by["gpu-a100-01"].gpus == [("a100-sxm4-80gb", 4)]
+    assert by["gpu-mixed-01"].gpus == [("a30", 2), ("a100-sxm4-40gb", 2)]
+    assert by["gpu-a40-01"].gpus == [("a40", 2)] and by["gpu-a40-01"].vgpu_host
+    assert by["gpu-a40-01"].driver_flavour == "proprietary"
+    assert [h.port for h in f.hosts] == [22200, 22201, 22202, 22203]
+
+
+def test_scale_fleet_has_32_hosts_on_distinct_ports():
+    f = config.load(REPO / "sim" / "fleets" / "scale-32.yml")
+    assert len(f.hosts) == 32
+    assert len({h.name for h in f.hosts}) == 32
+    assert len({h.port for h in f.hosts}) == 32
+    assert {pair[0] for h in f.hosts for pair in h.gpus} >= {"h100-80gb-hbm3", "a100-sxm4-80gb", "a30", "a40"}
+
+
+def test_inventory_carries_groups_connection_and_host_vars():
+    f = parse("""
+fleet: inv
+base_port: 23000
+vars: {site: lab}
+defaults: {groups: [gpu_hosts]}
+hosts:
+  - {name: a-1, groups: [h100], gpus: {h100-80gb-hbm3: 1}, vars: {rack: r1}}
+  - {name: b-1, port: 23100, groups: [vgpu_hosts], gpus: {a40: 1}, vgpu_host: true}
+""")
+    inv = control.inventory_data(f)["all"]
+    assert inv["vars"]["ansible_user"] == "root"
+    assert inv["vars"]["site"] == "lab"
+    assert inv["hosts"]["a-1"]["ansible_port"] == 23000
+    assert inv["hosts"]["a-1"]["rack"] == "r1"
+    assert inv["hosts"]["b-1"]["ansible_port"] == 23100
+    assert set(inv["children"]["gpu_hosts"]["hosts"]) == {"a-1", "b-1"}
+    assert set(inv["children"]["vgpu_hosts"]["hosts"]) == {"b-1"}
+
+
+def test_count_expands_a_name_template():
+    f = parse("hosts: [{name: 'n-{n:02d}', count: 3, start: 7, gpus: {a30: 1}}]")
+    assert [h.name for h in f.hosts] == ["n-07", "n-08", "n-09"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("hosts: []", "non-empty"),
+    ("hosts: [{name: Bad_Name}]", "DNS label"),
+    ("hosts: [{name: a}, {name: a}]", "declared twice"),
+    ("hosts: [{name: a, gpus: {h100: 0}}]", "1..16"),
+    ("hosts: [{name: a, driver: {version: 'x.y'}}]", "580.159.04"),
+    ("hosts: [{name: a, driver: {flavour: closed}}]", "flavour"),
+    ("hosts: [{name: a, groups: [all]}]", "group"),
+    ("hosts: [{name: a, port: 80}]", "1024..65535"),
+    ("hosts: [{name: a, port: 23000}, {name: b, port: 23000}]", "share a port"),
+    ("hosts: [{name: a, colour: red}]", "unknown keys"),
+    ("hosts: [{name: a, count: 2}]", "placeholder"),
+])
+def test_bad_fleet_files_are_refused_naming_the_entry(text, message):
+    with pytest.raises(config.FleetError, match=message):
+        parse(text)
