@@ -7,7 +7,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
+# The system's python3, resolved before the venv goes first on PATH.
+PYTHON := $(shell command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 COLLECTION_LINK := .build/ansible_collections/gpuvirt/fleet
@@ -16,13 +17,15 @@ SHARED ?= $(abspath ../shared)
 export GPUVIRT_SHARED := $(SHARED)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
+# The venv's tools first: ansible, pytest, molecule, and the python3 the sim/ launchers exec.
+export PATH := $(BIN):$(PATH)
 FLEET ?= sim/fleets/demo.yml
 
 # Debian packages the project uses: venv for the controller, git for ansible-test, shellcheck for its
-# shell sanity test, debootstrap/openssh/fuse for the simulated fleet.
-DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client openssh-server rsync
+# shell sanity test, debootstrap and the ssh client for the simulated fleet.
+DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client
 
-.PHONY: help deps venv collection demo test lint sanity units integration build-check bench clean
+.PHONY: help deps venv collection demo test lint sanity units integration molecule build-check bench clean
 
 help:
 	@echo "make demo   - install everything and run GPU discovery on the simulated fleet"
@@ -60,7 +63,7 @@ demo: venv collection
 	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/facts.yml
 	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
 
-test: lint sanity units integration build-check
+test: lint sanity units integration molecule build-check
 	@echo "make test: all checks passed"
 
 lint: venv collection
@@ -83,6 +86,10 @@ units: venv collection
 integration: venv collection
 	$(BIN)/python -m pytest -q tests/integration
 
+# The default scenario: create = sim/fleet up, converge = playbooks/facts.yml, verify, destroy = sim/fleet down.
+molecule: venv collection
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build $(BIN)/molecule test
+
 # The Galaxy tarball leaves out the simulator, tests and inventories; installed from it, gpu_facts runs by FQCN.
 build-check: venv
 	rm -rf .build/galaxy && mkdir -p .build/galaxy
@@ -90,14 +97,16 @@ build-check: venv
 	@tarball=$$(ls .build/galaxy/gpuvirt-fleet-*.tar.gz); \
 	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories)/' || true); \
 	if [ -n "$$bad" ]; then echo "tarball contains files it must not:"; echo "$$bad" | head; exit 1; fi; \
-	$(BIN)/ansible-galaxy collection install -p .build/galaxy/installed $$tarball >/dev/null; \
+	$(BIN)/ansible-galaxy collection install --force -p .build/galaxy/installed $$tarball >/dev/null 2>&1; \
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc gpuvirt.fleet.gpu_facts >/dev/null; \
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible localhost -i localhost, -c local \
-	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts | tee .build/galaxy/adhoc.txt | head -3; \
-	grep -q '"backend"' .build/galaxy/adhoc.txt; echo "build-check: tarball clean, ansible-doc renders, gpu_facts runs by FQCN"
+	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts > .build/galaxy/adhoc.txt; \
+	grep -q '"backend"' .build/galaxy/adhoc.txt; \
+	test -f .build/galaxy/installed/ansible_collections/gpuvirt/fleet/plugins/modules/gpu_facts.py; echo "build-check: tarball clean, ansible-doc renders, gpu_facts runs by FQCN"
 
 bench: venv collection
 	$(BIN)/python bench/bench_sim_gpu_facts.py
+	$(BIN)/python bench/bench_fleet_facts.py
 
 clean:
 	-sim/fleet down
