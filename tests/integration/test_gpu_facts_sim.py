@@ -272,3 +272,28 @@ def test_a_failing_nvidia_smi_is_a_clear_module_failure(tmp_path, no_pynvml):
     host.env['PATH'] = str(broken_bin) + os.pathsep + os.environ['PATH']
     result = host.facts('nvidia-smi', extra_path=no_pynvml, expect_failure=True)
     assert 'rc=15' in result['msg'] and 'Unknown Error' in result['msg']
+
+
+REAL_CAPTURE = os.path.join(REPO, 'tests', 'unit', 'fixtures', 'real-h100')
+
+
+@pytest.mark.parametrize('backend', ['nvml', 'nvidia-smi'])
+def test_simulated_h100_gives_the_facts_the_real_h100_gave(host, backend):
+    """gpu_facts on the real H100 (tests/unit/fixtures/real-h100) and on a simulated H100 given the real GPU's
+    identity: every field is equal except SR-IOV, which each machine's own /sys answers."""
+    with open(os.path.join(REAL_CAPTURE, 'gpu_facts-%s.json' % backend), encoding='utf-8') as handle:
+        real = json.load(handle)['ansible_facts']
+    gpu = real['gpus'][0]
+    host.ctl('init', '--hostname', 'h100-twin', '--gpu', 'h100-80gb-hbm3:1',
+             '--uuid', '0=' + gpu['uuid'], '--pci', '0=' + gpu['pci']['bus_id'])
+    sim = host.facts(backend)
+    for key in ('sriov',):
+        gpu.pop(key)
+        sim['gpus'][0].pop(key)
+    real['gpus'][0]['mig']['profiles'] = sorted(gpu['mig']['profiles'], key=lambda p: p['id'])
+    sim['gpus'][0]['mig']['profiles'] = sorted(sim['gpus'][0]['mig']['profiles'], key=lambda p: p['id'])
+    assert sim['gpus'] == real['gpus']
+    # The real host runs the open kernel modules 580.159.04; the simulated host has no /proc/driver/nvidia here.
+    for key in ('driver_loaded', 'driver_version', 'cuda_version', 'nvml_version', 'backend', 'gpu_count', 'models',
+                'mig_enabled_gpus', 'lost_gpus'):
+        assert sim['gpu_host'][key] == real['gpu_host'][key], key
