@@ -19,6 +19,10 @@ options:
     description: The host's C(ansible_facts), holding C(gpu_host) and C(gpus).
     type: dict
     required: true
+  layout:
+    description: Also return one line per GPU with its MIG layout (profile@start and compute instances) or vGPU devices.
+    type: bool
+    default: false
 '''
 
 EXAMPLES = r'''
@@ -26,12 +30,16 @@ EXAMPLES = r'''
 - name: Print the GPU summary of each host
   ansible.builtin.debug:
     msg: "{{ ansible_facts | gpuvirt.fleet.gpu_summary }}"
+
+- name: Print the summary and each GPU's layout
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts | gpuvirt.fleet.gpu_summary(layout=true) }}"
 '''
 
 RETURN = r'''
 _value:
-  description: The summary line.
-  type: str
+  description: The summary line, or with O(layout=true) a list of the summary line and one line per GPU.
+  type: raw
   sample: 8x NVIDIA H100 80GB HBM3 | driver 580.159.04 (open modules) | CUDA 13.0 | MIG on 0/8 (0 GPU instances) | via nvml
 '''
 
@@ -39,14 +47,16 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils._facts import summary_line
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._facts import layout_lines, summary_line
 
 
-def gpu_summary(facts):
+def gpu_summary(facts, layout=False):
+    """The host's summary line; with layout=True, followed by one line per GPU (its MIG or vGPU layout)."""
     if not isinstance(facts, Mapping) or 'gpu_host' not in facts or 'gpus' not in facts:
         raise AnsibleFilterError('gpu_summary expects a host\'s ansible_facts after gpuvirt.fleet.gpu_facts ran (keys gpu_host and gpus)')
     try:
-        return summary_line(facts['gpu_host'], facts['gpus'])
+        line = summary_line(facts['gpu_host'], facts['gpus'])
+        return [line] + ['  ' + text for text in layout_lines(facts['gpus'])] if layout else line
     except (KeyError, TypeError) as exc:
         raise AnsibleFilterError('gpu_summary: malformed GPU facts: %s' % exc) from exc
 

@@ -254,3 +254,35 @@ def summary_line(host: dict, gpus: list[dict]) -> str:
 def sort_profiles(profiles: list[dict]) -> list[dict]:
     """Smallest first, the order nvidia-smi lists them in: by compute slices, memory slices, then name."""
     return sorted(profiles, key=lambda p: (p['slices'] or 0, p['memory_slices'] or 0, p['name']))
+
+
+def layout_lines(gpus: list[dict]) -> list[str]:
+    """One line per GPU: its MIG layout as profile@start [compute instances], or its vGPU devices."""
+    lines = []
+    for gpu in gpus:
+        head = 'GPU %d %s' % (gpu['index'], gpu.get('name') or '')
+        if gpu['status'] != 'ok':
+            lines.append('%s: %s (%s)' % (head, gpu['status'].upper(), gpu.get('error')))
+            continue
+        mig = gpu['mig']
+        if mig['capable']:
+            if not mig['current']:
+                state = 'MIG off' + (' (on after reset)' if mig['pending'] else '')
+            elif not mig['gpu_instances']:
+                state = 'MIG on, no instances' + ('' if mig['pending'] else ' (off after reset)')
+            else:
+                state = 'MIG ' + ', '.join(_instance_text(gi) for gi in sorted(
+                    mig['gpu_instances'], key=lambda g: (g['placement'] or {}).get('start', 0)))
+        elif gpu['vgpu']['virtualization_mode'] == 'host_vgpu':
+            active = [v['type'] for v in gpu['vgpu']['active']]
+            state = 'vGPU: ' + (', '.join(active) if active else 'no vGPU devices')
+        else:
+            state = 'no MIG'
+        lines.append('%s: %s' % (head, state))
+    return lines
+
+
+def _instance_text(gi: dict) -> str:
+    where = '@%d' % gi['placement']['start'] if gi.get('placement') else ''
+    cis = ' '.join('%sc' % ci['slices'] for ci in gi['compute_instances'] if ci.get('slices'))
+    return '%s%s%s' % (gi.get('profile') or 'GI %s' % gi['id'], where, ' [%s]' % cis if cis else '')

@@ -76,3 +76,25 @@ def test_summary_line_flags_lost_gpus():
     host = _facts.new_host('nvml')
     host['driver_loaded'] = True
     assert '1 GPU(s) LOST' in _facts.summary_line(_facts.finish_host(host, gpus, None), gpus)
+
+
+def test_layout_lines_show_each_gpu_instance_at_its_placement_with_compute_instances():
+    gpus = [_facts.new_gpu(i) for i in range(4)]
+    for gpu in gpus[:3]:
+        gpu.update(name='NVIDIA H100 80GB HBM3')
+        gpu['mig'].update(capable=True, current=True, pending=True)
+    gpus[0]['mig']['gpu_instances'] = [
+        {'id': 2, 'profile': '3g.40gb', 'placement': {'start': 4, 'size': 4}, 'compute_instances': [{'id': 0, 'slices': 3}]},
+        {'id': 1, 'profile': '3g.40gb', 'placement': {'start': 0, 'size': 4},
+         'compute_instances': [{'id': 0, 'slices': 2}, {'id': 1, 'slices': 1}]},
+    ]
+    gpus[1]['mig']['pending'] = False
+    gpus[2]['mig'].update(current=False)
+    gpus[3].update(name='NVIDIA A40')
+    gpus[3]['vgpu']['virtualization_mode'] = 'host_vgpu'
+    assert _facts.layout_lines(gpus) == [
+        'GPU 0 NVIDIA H100 80GB HBM3: MIG 3g.40gb@0 [2c 1c], 3g.40gb@4 [3c]',
+        'GPU 1 NVIDIA H100 80GB HBM3: MIG on, no instances (off after reset)',
+        'GPU 2 NVIDIA H100 80GB HBM3: MIG off (on after reset)',
+        'GPU 3 NVIDIA A40: vGPU: no vGPU devices',
+    ]
