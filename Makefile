@@ -22,8 +22,9 @@ export PATH := $(BIN):$(PATH)
 FLEET ?= sim/fleets/demo.yml
 
 # Debian packages the project uses: venv for the controller, git for ansible-test, shellcheck for its
-# shell sanity test, debootstrap and the ssh client for the simulated fleet.
-DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client
+# shell sanity test, debootstrap and the ssh client for the simulated fleet, dpkg-dev and gnupg for the
+# stand-in driver packages' signed apt repository.
+DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg
 
 .PHONY: help deps venv collection demo test lint sanity units integration molecule build-check bench clean
 
@@ -60,7 +61,7 @@ $(COLLECTION_LINK):
 
 demo: venv collection
 	sim/fleet up $(FLEET)
-	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/facts.yml
+	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/site.yml
 	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
 
 test: lint sanity units integration molecule build-check
@@ -98,7 +99,8 @@ build-check: venv
 	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories)/' || true); \
 	if [ -n "$$bad" ]; then echo "tarball contains files it must not:"; echo "$$bad" | head; exit 1; fi; \
 	$(BIN)/ansible-galaxy collection install --force -p .build/galaxy/installed $$tarball >/dev/null 2>&1; \
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc gpuvirt.fleet.gpu_facts >/dev/null; \
+	for m in gpu_facts mig_layout nvidia_driver; do \
+	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc gpuvirt.fleet.$$m >/dev/null; done; \
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible localhost -i localhost, -c local \
 	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts > .build/galaxy/adhoc.txt; \
 	grep -q '"backend"' .build/galaxy/adhoc.txt; \
@@ -106,6 +108,8 @@ build-check: venv
 
 bench: venv collection
 	$(BIN)/python bench/bench_sim_gpu_facts.py
+	PYTHONPATH=.build $(BIN)/python bench/bench_mig_plan.py
+	$(BIN)/python bench/bench_mig_apply.py
 	$(BIN)/python bench/bench_fleet_facts.py
 
 clean:

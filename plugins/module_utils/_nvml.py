@@ -5,7 +5,9 @@
 
 """The NVML seam: every call this collection makes into NVML (pynvml, from nvidia-ml-py) is in this file.
 
-It observes and reports; deciding what the observations mean is left to the pure code in _facts.
+It observes and reports (`read_*`), and makes the MIG changes a plan asks for (`set_mig_mode`, `create_*`,
+`destroy_*`, one planned step each); deciding what the observations mean and which changes to make is left to
+the pure code in _facts and _mig, and running a plan to _mig_apply.
 """
 
 from __future__ import annotations
@@ -264,3 +266,100 @@ def _read_processes(r: _GpuReader) -> None:
             'gpu_instance_id': None if gi == _facts.NVML_VALUE_NOT_AVAILABLE_UINT else gi,
             'compute_instance_id': None if ci == _facts.NVML_VALUE_NOT_AVAILABLE_UINT else ci,
         })
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MIG changes. Each function makes the NVML calls of one planned step; a failing call raises NvmlCallError
+# naming the call and NVML's error, and deciding what the failure means is left to the caller (_mig_apply).
+
+ERROR_IN_USE = 19  # NVML_ERROR_IN_USE: a process or compute instance uses what a step would change
+
+
+class NvmlCallError(Exception):
+    """An NVML call failed: `call` is the NVML function, `code` its NVML_ERROR_* value, `reason` NVML's text."""
+
+    def __init__(self, call: str, code: int | None, reason: str):
+        super().__init__('%s: %s' % (call, reason))
+        self.call = call
+        self.code = code
+        self.reason = reason
+
+
+def _nvml_call(call: str, *args):
+    func = getattr(pynvml, call)
+    try:
+        return func(*args)
+    except pynvml.NVMLError as exc:
+        raise NvmlCallError(call, getattr(exc, 'value', None), _error_text(exc)) from exc
+
+
+def device_handle(index: int):
+    return _nvml_call('nvmlDeviceGetHandleByIndex', index)
+
+
+def gpu_instance_handle(index: int, gpu_instance_id: int):
+    """The GPU instance with this id (NOT_FOUND once it is destroyed)."""
+    return _nvml_call('nvmlDeviceGetGpuInstanceById', device_handle(index), gpu_instance_id)
+
+
+def compute_instance_handle(index: int, gpu_instance_id: int, compute_instance_id: int):
+    return _nvml_call('nvmlGpuInstanceGetComputeInstanceById', gpu_instance_handle(index, gpu_instance_id), compute_instance_id)
+
+
+def gpu_instance_id_at(index: int, start: int) -> int | None:
+    """The id of the GPU instance placed at `start` (memory slices), or None when no instance starts there."""
+    handle = device_handle(index)
+    for enum in _GPU_INSTANCE_PROFILE_ENUMS:
+        try:
+            info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, enum)
+        except pynvml.NVMLError:
+            continue  # this GPU has no profile for this enum
+        try:
+            instances = _gpu_instances(handle, info.id)
+        except pynvml.NVMLError as exc:
+            raise NvmlCallError('nvmlDeviceGetGpuInstances', getattr(exc, 'value', None), _error_text(exc)) from exc
+        for gpu_instance in instances:
+            gi_info = _nvml_call('nvmlGpuInstanceGetInfo', gpu_instance)
+            if gi_info.placement.start == start:
+                return gi_info.id
+    return None
+
+
+def set_mig_mode(index: int, enabled: bool) -> int:
+    """nvmlDeviceSetMigMode; returns the activation status (NVML_ERROR_RESET_REQUIRED: pending until a reset)."""
+    mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
+    return int(_nvml_call('nvmlDeviceSetMigMode', device_handle(index), mode) or 0)
+
+
+def create_gpu_instance(index: int, profile_id: int, start: int, size: int) -> int:
+    """Create a GPU instance of profile `profile_id` (the id nvidia-smi shows) at this placement; returns its id."""
+    placement = pynvml.c_nvmlGpuInstancePlacement_t()
+    placement.start, placement.size = start, size
+    gpu_instance = _nvml_call('nvmlDeviceCreateGpuInstanceWithPlacement', device_handle(index), profile_id, ctypes.byref(placement))
+    return int(_nvml_call('nvmlGpuInstanceGetInfo', gpu_instance).id)
+
+
+def create_compute_instance(index: int, gpu_instance_id: int, profile: int, start: int) -> int:
+    """Create a compute instance of NVML_COMPUTE_INSTANCE_PROFILE_<n>_SLICE `profile` at `start` (compute slices)
+    inside a GPU instance; returns its id."""
+    gpu_instance = gpu_instance_handle(index, gpu_instance_id)
+    info = _nvml_call('nvmlGpuInstanceGetComputeInstanceProfileInfo', gpu_instance, profile,
+                      pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+    placement = pynvml.c_nvmlComputeInstancePlacement_t()
+    placement.start, placement.size = start, info.sliceCount
+    compute_instance = _nvml_call('nvmlGpuInstanceCreateComputeInstanceWithPlacement', gpu_instance, info.id, ctypes.byref(placement))
+    return int(_nvml_call('nvmlComputeInstanceGetInfo', compute_instance).id)
+
+
+def destroy_compute_instance(index: int, gpu_instance_id: int, compute_instance_id: int) -> None:
+    _nvml_call('nvmlComputeInstanceDestroy', compute_instance_handle(index, gpu_instance_id, compute_instance_id))
+
+
+def destroy_gpu_instance(index: int, gpu_instance_id: int) -> None:
+    _nvml_call('nvmlGpuInstanceDestroy', gpu_instance_handle(index, gpu_instance_id))
+
+
+def read_mig_mode(index: int) -> tuple[bool, bool]:
+    """(current, pending) MIG mode of one GPU."""
+    current, pending = _nvml_call('nvmlDeviceGetMigMode', device_handle(index))
+    return bool(current), bool(pending)

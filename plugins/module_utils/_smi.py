@@ -6,12 +6,16 @@
 """The nvidia-smi seam (the fallback when pynvml is absent) and pure parsers of what nvidia-smi prints.
 
 `SmiRunner` is the only code that runs nvidia-smi; the `parse_*` functions turn its output into the
-same facts the NVML path builds (see _facts), as far as the output carries them.
+same facts the NVML path builds (see _facts), as far as the output carries them. It also resets GPUs
+(`nvidia-smi -r`), which NVML has no public call for. Nothing here imports Ansible: a boot-time service runs
+it with `run_command` below instead of AnsibleModule.run_command.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
@@ -21,28 +25,56 @@ DRIVER_UNREACHABLE = "couldn't communicate with the NVIDIA driver"
 LIBRARY_MISSING = "couldn't find libnvidia-ml.so"
 
 
+# What nvidia-smi -r prints when a reset cannot be done here at all (pass-through VMs, some clouds, GPUs that need
+# a reboot); a GPU that is merely in use is a different failure ("is currently in use by another process").
+_RESET_IMPOSSIBLE = re.compile(r'is not supported|cannot be reset|reboot', re.IGNORECASE)
+_IN_USE = re.compile(r'in use', re.IGNORECASE)
+
+
 class SmiError(Exception):
-    pass
+    def __init__(self, msg: str, output: str = ''):
+        super().__init__(msg)
+        self.output = output
 
 
 class SmiDriverUnavailable(SmiError):
     pass
 
 
-class SmiRunner:
-    """Runs nvidia-smi through AnsibleModule.run_command (no shell)."""
+class SmiResetImpossible(SmiError):
+    """nvidia-smi says this GPU cannot be reset here: a pending MIG mode waits for a reboot."""
 
-    def __init__(self, module, path: str):
-        self.module = module
+
+def run_command(argv: list[str]) -> tuple[int, str, str]:
+    """Run a command without a shell, in the C locale: the runner for callers without an AnsibleModule."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, LC_ALL='C'))
+    except OSError as exc:
+        return 127, '', str(exc)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+class SmiRunner:
+    """Runs nvidia-smi (no shell) through `runner`: an AnsibleModule (its run_command, in the C locale) or any
+    callable `run_command(argv) -> (rc, out, err)` such as the one above."""
+
+    def __init__(self, runner, path: str):
+        self.runner = runner
         self.path = path
 
+    def _run(self, argv: list[str]) -> tuple[int, str, str]:
+        method = getattr(self.runner, 'run_command', None)
+        if method is not None:
+            return method(argv, environ_update={'LC_ALL': 'C'})
+        return self.runner(argv)
+
     def run(self, *args: str) -> str:
-        rc, out, err = self.module.run_command([self.path] + list(args), environ_update={'LC_ALL': 'C'})
+        rc, out, err = self._run([self.path] + list(args))
         if rc != 0:
             message = (out + err).strip()
             if DRIVER_UNREACHABLE in message or LIBRARY_MISSING in message:
-                raise SmiDriverUnavailable(message)
-            raise SmiError('%s %s failed (rc=%d): %s' % (self.path, ' '.join(args), rc, message))
+                raise SmiDriverUnavailable(message, message)
+            raise SmiError('%s %s failed (rc=%d): %s' % (self.path, ' '.join(args), rc, message), message)
         return out
 
     def query(self) -> str:
@@ -50,6 +82,21 @@ class SmiRunner:
 
     def mig_profiles(self) -> tuple[str, str]:
         return self.run('mig', '-lgip'), self.run('mig', '-lgipp')
+
+    def reset(self, gpu: str) -> str:
+        """`nvidia-smi -r -i GPU` (index, UUID or PCI bus id): pending MIG mode becomes current.
+
+        Raises SmiResetImpossible where the tool says the GPU cannot be reset here, SmiError for any other failure
+        (such as a process still holding the GPU); returns what the tool printed.
+        """
+        try:
+            return self.run('-r', '-i', gpu)
+        except SmiDriverUnavailable:
+            raise
+        except SmiError as exc:
+            if _RESET_IMPOSSIBLE.search(exc.output) and not _IN_USE.search(exc.output):
+                raise SmiResetImpossible(str(exc), exc.output) from exc
+            raise
 
 
 def _find(elem, path: str) -> str | None:

@@ -13,6 +13,7 @@ field names follow nvidia-ml-py 13.x.
 # pylint: disable=invalid-name,too-many-lines,too-few-public-methods,redefined-builtin,unused-argument
 from __future__ import annotations
 
+import copy as _copy
 import ctypes
 import os
 import sys
@@ -865,17 +866,46 @@ def _mig_device_handle(gpu, inst, ci):
 
 
 def _mutate(handle, name, kinds, action):
-    """Run ``action(dev)`` on a fresh copy of the state under the exclusive lock and save it."""
+    """Run ``action(dev)`` on a fresh copy of the state under the exclusive lock and save it.
+
+    Every call that reaches a GPU is counted in ``state["nvml_mutations"]`` (failed ones too, so a test can prove
+    that nothing tried to change a GPU), and an nth-call fault (``gpusimctl fault set --nth``) fires here. A call
+    that fails leaves the GPU as it was; only the count is saved.
+    """
     names = _names(name)
     _ready(names)
+    index = _decode(handle, kinds)[1]
     try:
         with _store.transaction() as state:
-            dev = _resolve(state, handle, names, kinds)
-            return action(dev)
-    except _SimError as exc:
-        raise NVMLError(exc.code) from exc
+            outcome = _mutate_locked(state, handle, index, names, kinds, action)
     except PermissionError as exc:
         raise NVMLError(NVML_ERROR_NO_PERMISSION) from exc
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _mutate_locked(state, handle, index, names, kinds, action):
+    """The result of ``action``, or the NVMLError to raise once the count is saved (never raises it here)."""
+    entry = next((g for g in state.get("gpus", []) if g["index"] == index), None)
+    code = _host.count_mutation(state, entry, names[0])
+    if code:
+        return NVMLError(code)
+    try:
+        dev = _resolve(state, handle, names, kinds)
+    except NVMLError as exc:
+        return exc
+    before = _copy.deepcopy(dev.gpu)
+    try:
+        return action(dev)
+    except (NVMLError, _SimError) as exc:
+        dev.gpu.clear()
+        dev.gpu.update(before)
+        if isinstance(exc, NVMLError):
+            return exc
+        error = NVMLError(exc.code)
+        error.__cause__ = exc
+        return error
 
 
 def _require_mig_enabled(dev):

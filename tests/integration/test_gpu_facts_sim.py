@@ -11,61 +11,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SIM_LIB = os.path.join(REPO, 'sim', 'lib')
-SIM_BIN = os.path.join(REPO, 'sim', 'bin')
-MODULE = os.path.join(REPO, 'plugins', 'modules', 'gpu_facts.py')
+from simhost import REPO, SIM_LIB, SimHost  # pylint: disable=import-error
+
 MODELS = {os.path.basename(p)[:-5]: p for p in sorted(glob.glob(os.path.join(SIM_LIB, 'gpusim', 'models', '*.json')))}
 ARCH = {5: 'volta', 6: 'turing', 7: 'ampere', 8: 'ada', 9: 'hopper', 10: 'blackwell'}
 MIB = 1024 * 1024
-
-
-def _collections_path() -> str:
-    parts = REPO.split(os.sep)
-    if len(parts) > 3 and parts[-3] == 'ansible_collections':
-        return os.sep.join(parts[:-3])
-    link = os.path.join(REPO, '.build', 'ansible_collections', 'gpuvirt', 'fleet')
-    if not os.path.exists(link):
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        os.symlink('../../..', link)
-    return os.path.join(REPO, '.build')
-
-
-class SimHost:
-    """One simulated GPU host: its own state directory, reached through the installed stand-ins."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.env = dict(os.environ, GPUSIM_ROOT=root, PATH=SIM_BIN + os.pathsep + os.environ['PATH'],
-                        PYTHONPATH=os.pathsep.join([SIM_LIB, _collections_path()]))
-
-    def ctl(self, *args: str) -> str:
-        proc = subprocess.run([sys.executable, os.path.join(SIM_BIN, 'gpusimctl'), '--root', self.root] + list(args),
-                              capture_output=True, text=True, env=self.env, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def nvml(self, code: str) -> str:
-        """Drive the simulated GPUs through the pynvml API, as an operator's tool would."""
-        proc = subprocess.run([sys.executable, '-c', 'import pynvml\npynvml.nvmlInit()\n' + code], capture_output=True,
-                              text=True, env=self.env, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def facts(self, backend: str = 'auto', extra_path: str | None = None, expect_failure: bool = False) -> dict:
-        env = dict(self.env)
-        if extra_path:
-            env['PYTHONPATH'] = extra_path + os.pathsep + env['PYTHONPATH']
-        proc = subprocess.run([sys.executable, MODULE], input=json.dumps({'ANSIBLE_MODULE_ARGS': {'backend': backend}}),
-                              capture_output=True, text=True, env=env, check=False)
-        result = json.loads(proc.stdout)
-        assert bool(result.get('failed')) == expect_failure, result
-        return result if expect_failure else result['ansible_facts']
 
 
 @pytest.fixture(name='host')

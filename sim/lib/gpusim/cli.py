@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     fset.add_argument("--gpu", default="all")
     fset.add_argument("--call", required=True, help="NVML function name, '*' for every call, 'reset' for reboot-required resets")
     fset.add_argument("--error", required=True, metavar="NVML_ERROR_XXX")
+    fset.add_argument("--nth", type=int, metavar="N", help="fail only the Nth call of a mutating NVML function, counted from now")
     fclear = fsub.add_parser("clear")
     fclear.add_argument("--gpu", default=None)
     fclear.add_argument("--call", default=None)
@@ -178,7 +179,7 @@ def _fault(args: argparse.Namespace) -> None:
             if args.call == "reset":
                 for entry in host._targets(state, which):  # pylint: disable=protected-access
                     entry["reset_requires_reboot"] = True
-            host.set_fault(state, which, args.call, code)
+            host.set_fault(state, which, args.call, code, args.nth)
         _mutate(args, action)
     else:
         _mutate(args, lambda state: host.clear_faults(state, which, args.call))

@@ -148,8 +148,13 @@ def _targets(state: dict[str, Any], which: str | int | None) -> list[dict[str, A
 
 
 # ---- faults --------------------------------------------------------------------------------
-def set_fault(state: dict[str, Any], which: str | int | None, call: str, code: int) -> None:
-    entry = {"call": call, "error": code, "error_name": error_name(code)}
+def set_fault(state: dict[str, Any], which: str | int | None, call: str, code: int, nth: int | None = None) -> None:
+    """Make ``call`` fail with ``code``: every call, or (``nth``) only the nth mutating call from now on."""
+    entry: dict[str, Any] = {"call": call, "error": code, "error_name": error_name(code)}
+    if nth is not None:
+        if nth < 1:
+            raise ValueError("--nth %d: must be at least 1" % nth)
+        entry.update(nth=nth, calls=0)
     holder = state["faults"] if which in (None, "all") else gpu(state, int(which))["faults"]
     holder[:] = [f for f in holder if f["call"] != call] + [entry]
 
@@ -171,9 +176,24 @@ def fault_for(state: dict[str, Any], entry: dict[str, Any] | None, names: tuple[
         holders.insert(0, entry.get("faults", []))
     for holder in holders:
         for fault in holder:
-            if fault["call"] in names or fault["call"] == "*":
+            if "nth" not in fault and (fault["call"] in names or fault["call"] == "*"):
                 return int(fault["error"])
     return None
+
+
+def count_mutation(state: dict[str, Any], entry: dict[str, Any] | None, call: str) -> int | None:
+    """Count one mutating NVML call (``state["nvml_mutations"]``, by function name, failed calls included) and
+    return the error of an nth-call fault that fires on it, if any."""
+    counts = state.setdefault("nvml_mutations", {})
+    counts[call] = counts.get(call, 0) + 1
+    code = None
+    for holder in ([entry.get("faults", [])] if entry is not None else []) + [state.get("faults", [])]:
+        for fault in holder:
+            if "nth" in fault and fault["call"] == call:
+                fault["calls"] += 1
+                if fault["calls"] == fault["nth"] and code is None:
+                    code = int(fault["error"])
+    return code
 
 
 # ---- processes -----------------------------------------------------------------------------
@@ -238,6 +258,7 @@ def reset(state: dict[str, Any], index: int) -> None:
     entry["ecc"]["current"] = entry["ecc"]["pending"]
     entry["gpu_instances"] = []
     entry["lost"] = False
+    entry["resets"] = entry.get("resets", 0) + 1
 
 
 def reboot(state: dict[str, Any]) -> None:

@@ -6,8 +6,9 @@ uses, reading every value through the ``pynvml`` API: the NVML stand-in on a sim
 show in nvidia-smi's output exactly where the real tool would show them.
 
 Implemented: ``-L``; ``-q`` and ``-q -x``; ``--query-gpu=... --format=csv[,noheader][,nounits]``;
-``mig -lgip``; ``mig -lgipp``; each with ``-i`` (index, list, UUID or PCI bus id). Anything else
-is refused on stderr with exit code 2 ("gpusim nvidia-smi: unsupported arguments: ...").
+``mig -lgip``; ``mig -lgipp``; each with ``-i`` (index, list, UUID or PCI bus id); ``-r -i ID`` (GPU reset,
+see reset.py: the one change made outside NVML). Anything else is refused on stderr with exit code 2
+("gpusim nvidia-smi: unsupported arguments: ...").
 
 Deliberate differences from the real tool:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import typing as t
 
-from . import listing, mig, query
+from . import listing, mig, query, reset
 from .nvml import (
     ERROR_DRIVER_NOT_LOADED, ERROR_LIB_RM_VERSION_MISMATCH, ERROR_LIBRARY_NOT_FOUND, ERROR_NO_PERMISSION,
     Gpu, GpuUnavailable, Session, error_code, error_text, exit_code_for, open_gpu, to_str,
@@ -24,7 +24,8 @@ LIBRARY_NOT_FOUND = (
 )
 NO_DEVICES = "No devices were found\n"
 OPTION_NOT_VALID = "ERROR: Option {} is not valid for this command. Please run 'nvidia-smi -h' for help.\n\n"
-SUPPORTED = "-L | -q [-x] | --query-gpu=F[,F...] --format=csv[,noheader][,nounits] | mig -lgip | mig -lgipp, each with [-i ID]"
+SUPPORTED = ("-L | -q [-x] | --query-gpu=F[,F...] --format=csv[,noheader][,nounits] | mig -lgip | mig -lgipp, each with [-i ID]"
+             " | -r -i ID")
 
 
 class Unsupported(Exception):
@@ -87,6 +88,7 @@ def parse(argv: list[str]) -> Request:
             continue
         known = {
             "-L": "list", "--list-gpus": "list", "-q": "query", "--query": "query", "-x": "xml", "--xml-format": "xml",
+            "-r": "reset", "--gpu-reset": "reset",
         } if "mig" not in flags else {
             "-lgip": "lgip", "--list-gpu-instance-profiles": "lgip",
             "-lgipp": "lgipp", "--list-gpu-instance-possible-placements": "lgipp",
@@ -96,6 +98,8 @@ def parse(argv: list[str]) -> Request:
         flags.add(known[arg])
         pos += 1
     request.mode = _mode(flags, query_fields, fmt)
+    if request.mode == "reset" and request.ids is None:
+        raise Unsupported("-r without -i")  # the real tool resets every GPU; the stand-in resets one at a time
     if request.mode == "list" and request.ids is not None:
         raise Refused(OPTION_NOT_VALID.format("-i"), 2)  # as the real 580 tool answers '-L -i N'
     if request.mode == "csv":
@@ -113,6 +117,7 @@ def _mode(flags: set[str], query_fields: str | None, fmt: str | None) -> str:
         frozenset({"list"}): "list",
         frozenset({"query"}): "text",
         frozenset({"query", "xml"}): "xml",
+        frozenset({"reset"}): "reset",
         frozenset({"mig", "lgip"}): "lgip",
         frozenset({"mig", "lgipp"}): "lgipp",
     }
@@ -271,6 +276,14 @@ class Run:
             self.out.write(mig.NO_MIG_DEVICES + "\n")
             self.fail(6)
         return gpus
+
+    def do_reset(self, _request: Request, indices: list[int]) -> None:
+        """-r -i ID: reset each GPU named (see reset.py)."""
+        for gpu in self.open_all(indices, self.out):
+            text, code = reset.reset_gpu(gpu.text("nvmlDeviceGetUUID", fmt=to_str), gpu.bus_id())
+            self.out.write(text)
+            if code:
+                self.fail(code)
 
     def do_lgip(self, _request: Request, indices: list[int]) -> None:
         """mig -lgip"""

@@ -1,0 +1,479 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
+
+"""Apply a `gpu_mig` declaration on this host: observe, plan, apply, verify, and roll back on failure.
+
+The one implementation behind the `gpuvirt.fleet.mig_layout` module and the mig role's boot-time service, so it
+imports nothing from Ansible: besides the standard library (and pynvml) it needs only _mig (the pure planner), _nvml
+and _smi (the seams) and _facts, copied to `<dir>/ansible_collections/gpuvirt/fleet/plugins/module_utils/` with
+`<dir>` on `sys.path` (the `ansible_collections` package here is this collection's namespace, not Ansible).
+
+1. observe: every GPU's facts, read through NVML (`_nvml.read_gpu`, what gpu_facts returns);
+2. plan: `_mig.plan_host` validates the whole declaration and returns the minimal ordered steps; an invalid or
+   infeasible declaration is refused here, before any change (and in check mode the plan is the answer);
+3. apply: each step through its seam, in order: NVML for MIG mode and instances, `nvidia-smi -r` for resets
+   (with this process's NVML session closed, as a GPU held open by an NVML client cannot be reset). A reset the
+   tool says is impossible here is no failure: the GPU joins `reboot_required` and its remaining steps wait
+   for the reboot (`deferred`);
+4. verify: observe again and `_mig.verify` against the plan.
+
+A failed step, or a verify mismatch, rolls back every GPU a step touched to the layout it had before (MIG mode,
+each GPU instance at its placement, each compute instance at its placement): what this run created is destroyed,
+what it destroyed is recreated (`restore_steps`, planned from a fresh observation, so a half-done step is
+covered too). The GPUs are then compared with their previous layout, and the result says which step failed,
+why, and whether the rollback restored every GPU, or exactly what each GPU holds now: never a silent third state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _nvml, _smi
+
+RESET_CHOICES = ('auto', 'never')
+DEFAULT_LABEL = 'current'
+RunCommand = Callable[[list], tuple]
+
+
+class _StepFailed(Exception):
+    """A step could not be run: `reason` says why, in words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers: layouts, the rollback plan, messages
+
+
+def _instances(gpu: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    mig = gpu.get('mig') or {}
+    return list(mig.get('gpu_instances') or []) if mig.get('current') else []
+
+
+def _gi_key(gi: Mapping[str, Any]) -> tuple:
+    place = gi.get('placement') or {}
+    return (gi.get('profile_id'), place.get('start'), place.get('size'))
+
+
+def _ci_key(ci: Mapping[str, Any]) -> tuple:
+    return (ci.get('slices'), (ci.get('placement') or {}).get('start'))
+
+
+def layout(gpu: Mapping[str, Any]) -> tuple:
+    """What a rollback must restore: MIG mode, and each GPU instance's placement with its compute instances'."""
+    mig = gpu.get('mig') or {}
+    return (bool(mig.get('current')), bool(mig.get('pending')),
+            tuple(sorted((_gi_key(g), tuple(sorted((_ci_key(c) for c in g.get('compute_instances') or []), key=repr)))
+                         for g in _instances(gpu))))
+
+
+def describe_layout(gpu: Mapping[str, Any]) -> str:
+    """'MIG enabled (pending enabled): 3g.40gb at 4 [1c at 0, 2c at 1], 1g.10gb at 0 [1c at 0]'."""
+    mig = gpu.get('mig') or {}
+    mode = 'MIG %s (pending %s)' % ('enabled' if mig.get('current') else 'disabled', 'enabled' if mig.get('pending') else 'disabled')
+    parts = []
+    for gi in sorted(_instances(gpu), key=lambda g: (g.get('placement') or {}).get('start') or 0):
+        cis = ', '.join('%sc at %s' % _ci_key(c) for c in sorted(gi.get('compute_instances') or [], key=_ci_key))
+        parts.append('%s at %s [%s]' % (gi.get('profile'), (gi.get('placement') or {}).get('start'), cis))
+    return mode + (': ' + ', '.join(parts) if parts else ': no GPU instances')
+
+
+def _base(gpu: Mapping[str, Any]) -> dict:
+    return {'gpu': gpu['index'], 'uuid': gpu.get('uuid')}
+
+
+def _ci_name(slices: int, gi: Mapping[str, Any]) -> str:
+    return '%dc.%s' % (slices, gi.get('profile'))
+
+
+def _create_gi_steps(gpu: Mapping[str, Any], gi: Mapping[str, Any]) -> list[dict]:
+    place = gi['placement']
+    steps = [dict(_base(gpu), action='create_gpu_instance', profile=gi.get('profile'), profile_id=gi['profile_id'],
+                  start=place['start'], size=place['size'])]
+    for ci in sorted(gi.get('compute_instances') or [], key=_ci_key):
+        steps.append(_create_ci_step(gpu, gi, ci, None))
+    return steps
+
+
+def _create_ci_step(gpu: Mapping[str, Any], gi: Mapping[str, Any], ci: Mapping[str, Any], gi_id: int | None) -> dict:
+    slices = ci['slices']
+    return dict(_base(gpu), action='create_compute_instance', gpu_instance_id=gi_id, gpu_instance_start=gi['placement']['start'],
+                gpu_instance_profile=gi.get('profile'), profile=_ci_name(slices, gi), profile_id=_mig.CI_PROFILE_IDS.get(slices, slices),
+                slices=slices, start=ci['placement']['start'])
+
+
+def _mode_restore_steps(before: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[list[dict], bool]:
+    """set_mig_mode / reset_gpu steps that give the GPU its previous (current, pending) mode; (steps, reset)."""
+    was, mode = before.get('mig') or {}, now.get('mig') or {}
+    current, pending = bool(was.get('current')), bool(was.get('pending'))
+    steps = []
+    if bool(mode.get('current')) != current:
+        if bool(mode.get('pending')) != current:
+            steps.append(dict(_base(before), action='set_mig_mode', enabled=current, pids=[]))
+        steps.append(dict(_base(before), action='reset_gpu', bus_id=(before.get('pci') or {}).get('bus_id'), pids=[]))
+        if pending != current:
+            steps.append(dict(_base(before), action='set_mig_mode', enabled=pending, pids=[]))
+        return steps, True
+    if bool(mode.get('pending')) != pending:
+        steps.append(dict(_base(before), action='set_mig_mode', enabled=pending, pids=[]))
+    return steps, False
+
+
+def restore_steps(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[dict]:
+    """Steps (in the planner's format) that bring one GPU from `now` back to exactly `before`.
+
+    Instances both have in common (same profile and placement, same compute instances at the same places) are left
+    alone; every other instance `now` has is destroyed (compute instances first), MIG mode is set back (with a reset
+    where the current mode changed, after which every previous instance is recreated), and every instance `before`
+    had is recreated at its placement with its compute instances at theirs.
+    """
+    old = {_gi_key(g): g for g in _instances(before)}
+    destroys, creates = [], []
+    for gi in _instances(now):
+        kept = old.get(_gi_key(gi))
+        keep = {_ci_key(c) for c in (kept or {}).get('compute_instances') or []}
+        for ci in gi.get('compute_instances') or []:
+            if kept is None or _ci_key(ci) not in keep:
+                destroys.append(dict(_base(now), action='destroy_compute_instance', gpu_instance_id=gi['id'], compute_instance_id=ci['id'],
+                                     profile=_ci_name(ci.get('slices') or 0, gi), slices=ci.get('slices'), pids=[]))
+        if kept is None:
+            place = gi.get('placement') or {}
+            destroys.append(dict(_base(now), action='destroy_gpu_instance', gpu_instance_id=gi['id'], profile=gi.get('profile'),
+                                 profile_id=gi.get('profile_id'), start=place.get('start'), size=place.get('size'), pids=[]))
+    mode_steps, reset = _mode_restore_steps(before, now)
+    current = {_gi_key(g): g for g in ([] if reset else _instances(now))}
+    for key, gi in sorted(old.items(), key=lambda item: repr(item[0])):
+        if key not in current:
+            creates.extend(_create_gi_steps(before, gi))
+            continue
+        have = {_ci_key(c) for c in current[key].get('compute_instances') or []}
+        creates.extend(_create_ci_step(before, gi, ci, current[key]['id'])
+                       for ci in sorted(gi.get('compute_instances') or [], key=_ci_key) if _ci_key(ci) not in have)
+    # GPU instances before compute instances, as the planner orders them
+    creates.sort(key=lambda s: s['action'] != 'create_gpu_instance')
+    return destroys + mode_steps + creates
+
+
+def step_text(step: Mapping[str, Any]) -> str:
+    """A step in words, for messages."""
+    action = step['action']
+    if action == 'destroy_compute_instance':
+        return 'destroy compute instance %s (%s) of GPU instance %s' % (step['compute_instance_id'], step.get('profile'), step['gpu_instance_id'])
+    if action == 'destroy_gpu_instance':
+        return 'destroy GPU instance %s (%s at %s)' % (step['gpu_instance_id'], step.get('profile'), step.get('start'))
+    if action == 'set_mig_mode':
+        return 'set MIG mode %s' % ('enabled' if step['enabled'] else 'disabled')
+    if action == 'reset_gpu':
+        return 'reset the GPU (nvidia-smi -r)'
+    if action == 'create_gpu_instance':
+        return 'create GPU instance %s at %s' % (step.get('profile'), step['start'])
+    if action == 'create_compute_instance':
+        return 'create compute instance %s at %s in the %s at %s' % (step.get('profile'), step['start'], step.get('gpu_instance_profile'),
+                                                                     step.get('gpu_instance_start'))
+    return action
+
+
+def _where(host: str, step: Mapping[str, Any], entries: Mapping[int, str]) -> str:
+    where = 'host %s: GPU %s (%s)' % (host, step['gpu'], step.get('uuid') or 'no uuid')
+    if step['gpu'] in entries:
+        where += ': entry %s' % entries[step['gpu']]
+    return where
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The seams, driven step by step
+
+
+def observe() -> list[dict]:
+    """Every GPU's facts through NVML (the caller holds an NVML session)."""
+    system = _nvml.read_system()
+    return [_nvml.read_gpu(index) for index in range(system['count'])]
+
+
+class _Nvml:
+    """This process's NVML session, which a GPU reset needs closed (an open NVML client holds the GPU)."""
+
+    def __init__(self):
+        self._session: _nvml.NvmlSession | None = None
+
+    def open(self) -> None:
+        if self._session is None:
+            session = _nvml.NvmlSession()
+            session.__enter__()
+            self._session = session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.__exit__(None, None, None)
+            self._session = None
+
+
+class _Executor:
+    """Runs one step through its seam and returns what it created; failures become _StepFailed."""
+
+    def __init__(self, nvml: _Nvml, smi: _smi.SmiRunner | None):
+        self.nvml = nvml
+        self.smi = smi
+        self.created_at: dict[tuple[int, int], int] = {}  # (GPU, start) -> id of a GPU instance created here
+
+    def run(self, step: Mapping[str, Any]) -> dict:
+        try:
+            return self._run(step)
+        except _nvml.NvmlCallError as exc:
+            raise _StepFailed(self._nvml_reason(step, exc)) from exc
+        except _nvml.DriverUnavailable as exc:
+            raise _StepFailed('NVML could not be started again after the reset: %s' % exc) from exc
+        except _smi.SmiResetImpossible:
+            raise
+        except _smi.SmiError as exc:
+            raise _StepFailed(str(exc)) from exc
+        except _StepFailed:
+            raise
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # any surprise in a step is rolled back too
+            raise _StepFailed('unexpected error: %r' % (exc,)) from exc
+
+    @staticmethod
+    def _nvml_reason(step: Mapping[str, Any], exc: _nvml.NvmlCallError) -> str:
+        reason = str(exc)
+        if exc.code == _nvml.ERROR_IN_USE:
+            pids = step.get('pids') or []
+            reason += ' (%s)' % ('process(es) %s still use it: stop them first' % ', '.join(map(str, pids)) if pids
+                                 else 'a process or client uses it')
+        return reason
+
+    def _run(self, step: Mapping[str, Any]) -> dict:
+        action, gpu = step['action'], step['gpu']
+        if action == 'destroy_compute_instance':
+            _nvml.destroy_compute_instance(gpu, step['gpu_instance_id'], step['compute_instance_id'])
+        elif action == 'destroy_gpu_instance':
+            _nvml.destroy_gpu_instance(gpu, step['gpu_instance_id'])
+        elif action == 'set_mig_mode':
+            return {'activation_status': _nvml.set_mig_mode(gpu, step['enabled'])}
+        elif action == 'reset_gpu':
+            return self._reset(step)
+        elif action == 'create_gpu_instance':
+            gi_id = _nvml.create_gpu_instance(gpu, step['profile_id'], step['start'], step['size'])
+            self.created_at[(gpu, step['start'])] = gi_id
+            return {'gpu_instance_id': gi_id}
+        elif action == 'create_compute_instance':
+            gi_id = step.get('gpu_instance_id')
+            if gi_id is None:
+                gi_id = self.created_at.get((gpu, step['gpu_instance_start']))
+            if gi_id is None:
+                gi_id = _nvml.gpu_instance_id_at(gpu, step['gpu_instance_start'])
+            if gi_id is None:
+                raise _StepFailed('no GPU instance starts at %s' % step['gpu_instance_start'])
+            return {'gpu_instance_id': gi_id, 'compute_instance_id': _nvml.create_compute_instance(gpu, gi_id, step['profile_id'], step['start'])}
+        else:
+            raise _StepFailed('unknown step %r' % action)
+        return {}
+
+    def _reset(self, step: Mapping[str, Any]) -> dict:
+        current, pending = _nvml.read_mig_mode(step['gpu'])
+        if current == pending:
+            return {'skipped': 'the MIG mode took effect without a reset'}  # e.g. Hopper on bare metal
+        if self.smi is None:
+            raise _smi.SmiResetImpossible('nvidia-smi is not installed, so the GPU cannot be reset')
+        self.nvml.close()
+        try:
+            output = self.smi.reset(step.get('bus_id') or str(step['gpu']))
+        finally:
+            self.nvml.open()
+        return {'output': output.strip()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run
+
+
+def _export(gpus: Sequence[Mapping[str, Any]], label: str, result: dict) -> None:
+    """The current state in both formats; a state that cannot be exported gives null and a warning."""
+    try:
+        result['declaration'] = _mig.export_declaration(gpus)
+        result['mig_parted'] = _mig.export_mig_parted(gpus, label)
+    except _mig.MigPlanError as exc:
+        result['declaration'] = result['mig_parted'] = None
+        result.setdefault('warnings', []).append('the current MIG state cannot be exported: %s' % exc)
+
+
+def _new_result() -> dict:
+    return {'changed': False, 'failed': False, 'msg': '', 'steps': [], 'applied': [], 'reboot_required': [], 'deferred': [],
+            'before': [], 'after': [], 'declaration': None, 'mig_parted': None}
+
+
+class _Run:
+    """observe, plan, apply, verify (and roll back) for one host."""
+
+    def __init__(self, hostname: str, nvml: _Nvml, smi: _smi.SmiRunner | None, reset: str, label: str):
+        self.hostname = hostname
+        self.nvml = nvml
+        self.executor = _Executor(nvml, smi)
+        self.reset = reset
+        self.label = label
+        self.result = _new_result()
+
+    def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]]) -> _mig.HostPlan | None:
+        reset_possible = {gpu['index']: self.reset == 'auto' for gpu in gpus}
+        try:
+            plan = _mig.plan_host(self.hostname, gpus, declaration, reset_possible)
+        except _mig.MigPlanError as exc:
+            self.result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors)
+            return None
+        self.result.update({key: value for key, value in plan.as_dict().items() if key != 'desired'})
+        return plan
+
+    def apply(self, plan: _mig.HostPlan, before: Sequence[Mapping[str, Any]]) -> None:
+        entries = {want['gpu']: want['entry'] for want in plan.desired}
+        desired = [dict(want) for want in plan.desired]
+        failure = self._run_steps(plan.steps, entries, desired)
+        self.result['changed'] = bool(self.result['applied'])
+        after = observe()
+        if failure is None:
+            mismatches = _mig.verify(desired, after)
+            if mismatches:
+                failure = 'host %s: verify after apply found: %s' % (self.hostname, '; '.join(mismatches))
+                self.result['failure'] = {'step': None, 'error': failure}
+        if failure is not None:
+            touched = {step['gpu'] for step in self.result['applied']}
+            if self.result['failure'].get('step'):
+                touched.add(self.result['failure']['step']['gpu'])  # a failed step may have done part of its work
+            after = self._roll_back(before, after, touched, failure)
+        _export(after, self.label, self.result)
+
+    def _run_steps(self, steps: Sequence[dict], entries: Mapping[int, str], desired: list[dict]) -> str | None:
+        """Run the steps in order; a GPU whose reset is impossible waits for a reboot. The failure message, or None."""
+        waiting: dict[int, dict] = {}
+        for number, step in enumerate(steps, 1):
+            if step['gpu'] in waiting:
+                waiting[step['gpu']]['steps'].append(step)
+                continue
+            try:
+                self.result['applied'].append(dict(step, **self.executor.run(step)))
+            except _smi.SmiResetImpossible as exc:
+                waiting[step['gpu']] = self._wait_for_reboot(step, str(exc), desired)
+            except _StepFailed as exc:
+                message = '%s: step %d of %d (%s) failed: %s' % (_where(self.hostname, step, entries), number, len(steps), step_text(step), exc.reason)
+                self.result['failure'] = {'step': step, 'step_number': number, 'error': exc.reason}
+                return message
+        self.result['deferred'].extend(waiting.values())
+        return None
+
+    def _wait_for_reboot(self, step: Mapping[str, Any], reason: str, desired: list[dict]) -> dict:
+        self.result['reboot_required'].append({'gpu': step['gpu'], 'uuid': step.get('uuid'), 'reason': reason})
+        for want in desired:
+            if want['gpu'] == step['gpu']:
+                want['reboot_required'] = True  # verify then checks the pending mode only
+        return {'gpu': step['gpu'], 'uuid': step.get('uuid'), 'reason': 'runs after the reboot that makes MIG mode current', 'steps': []}
+
+    def _roll_back(self, before: Sequence[Mapping[str, Any]], now: Sequence[Mapping[str, Any]], touched: set[int], failure: str) -> list[dict]:
+        """Restore the touched GPUs' previous layouts, compare, and report; returns the GPUs observed at the end."""
+        was = {gpu['index']: gpu for gpu in before}
+        rollback: dict[str, Any] = {'steps': [], 'errors': [], 'restored': False, 'mismatches': []}
+        for gpu in now:
+            if gpu['index'] not in touched:
+                continue
+            for step in restore_steps(was[gpu['index']], gpu):
+                try:
+                    rollback['steps'].append(dict(step, **self.executor.run(step)))
+                except (_StepFailed, _smi.SmiResetImpossible) as exc:
+                    rollback['errors'].append('GPU %s: %s failed: %s' % (gpu['index'], step_text(step), exc))
+                    break  # this GPU's later steps depend on this one
+        final = observe()
+        for gpu in final:
+            if gpu['index'] in touched and layout(gpu) != layout(was[gpu['index']]):
+                rollback['mismatches'].append('GPU %s (%s) is now %s; before: %s' % (
+                    gpu['index'], gpu.get('uuid'), describe_layout(gpu), describe_layout(was[gpu['index']])))
+        rollback['restored'] = not rollback['mismatches']
+        if rollback['restored']:
+            outcome = 'rolled back: GPU(s) %s are in their previous layout again' % ', '.join(map(str, sorted(touched)))
+        else:
+            outcome = 'ROLLBACK INCOMPLETE: %s' % '; '.join(rollback['errors'] + rollback['mismatches'])
+        self.result.update(failed=True, msg='%s; %s' % (failure, outcome), rollback=rollback)
+        return final
+
+
+def _parse_mig_parted(mig_parted: Any) -> tuple[Any, str]:
+    if isinstance(mig_parted, Mapping):
+        return mig_parted.get('config'), mig_parted.get('label')
+    config, label = mig_parted
+    return config, label
+
+
+def _start(result: dict) -> _Nvml | None:
+    if not _nvml.HAS_PYNVML:
+        result.update(failed=True, msg='the Python module pynvml (package %s) is required' % _nvml.PYNVML_PACKAGE,
+                      missing_library=_nvml.PYNVML_PACKAGE, exception=_nvml.PYNVML_IMPORT_ERROR)
+        return None
+    nvml = _Nvml()
+    try:
+        nvml.open()
+    except _nvml.DriverUnavailable as exc:
+        result.update(failed=True, msg='NVML is not available (is the NVIDIA driver loaded?): %s' % exc)
+        return None
+    return nvml
+
+
+def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
+                      mig_parted: Any = None, label: str | None = None, smi_path: str | None = None) -> dict:
+    """Bring this host's GPUs to `declaration` (gpu_mig; or `mig_parted`: a mig-parted v1 config and a label, as
+    {'config': .., 'label': ..} or a pair). `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`,
+    default from PATH) for resets; `reset='never'` leaves mode changes pending until a reboot.
+
+    Returns a dict: changed, failed, msg, steps (the ordered plan), applied (the steps run, with the ids they
+    created), reboot_required, deferred, before/after (per selected GPU, for diff), declaration and mig_parted (the
+    state at the end, in both formats), and on failure `errors` (a refused plan: nothing was changed) or `failure`
+    and `rollback` (steps, errors, restored, mismatches).
+    """
+    result = _new_result()
+    if reset not in RESET_CHOICES:
+        result.update(failed=True, msg='reset must be one of %s, got %r' % (', '.join(RESET_CHOICES), reset))
+        return result
+    if mig_parted is not None:
+        config, parted_label = _parse_mig_parted(mig_parted)
+        label = label or parted_label
+        try:
+            declaration = _mig.parse_mig_parted(config, parted_label)
+        except _mig.MigPlanError as exc:
+            result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
+            return result
+    nvml = _start(result)
+    if nvml is None:
+        return result
+    path = smi_path or shutil.which('nvidia-smi')
+    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL)
+    try:
+        before = observe()
+        plan = run.plan(declaration, before)
+        if plan is not None and plan.changed and not check_mode:
+            run.apply(plan, before)
+        else:
+            run.result['changed'] = plan is not None and plan.changed
+            _export(before, run.label, run.result)
+    except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
+        applied = run.result['applied']
+        run.result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the MIG layout%s' % (
+            hostname, 'applying' if applied else 'reading or planning',
+            '; %d step(s) had run (see applied) and the GPUs were not verified' % len(applied) if applied else '; nothing was changed'))
+    finally:
+        nvml.close()
+    return run.result
+
+
+def export_state(label: str | None = None) -> dict:
+    """The current MIG state as `declaration` (gpu_mig) and `mig_parted` (a v1 config with one label); changes nothing."""
+    result = _new_result()
+    nvml = _start(result)
+    if nvml is None:
+        return result
+    try:
+        _export(observe(), label or DEFAULT_LABEL, result)
+    finally:
+        nvml.close()
+    return result

@@ -1,0 +1,135 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.fleet.mig on the fleet, over SSH: apply, rerun unchanged, GPU clients stopped only for a change,
+and the boot-time service re-applying the layout after a reboot (MIG instances do not survive one).
+
+Needs root (the fleet). Brings up fleet-mig.yml (fleet 'migtest', ports 23100+) with its own inventory and
+tears it down in the fixture's finaliser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+FLEET_TOOL = REPO / 'sim' / 'fleet'
+FLEET = 'migtest'
+HOST = 'mt-h100'
+VENV_BIN = REPO / '.venv' / 'bin'
+CLIENT_UNIT = '''[Unit]
+Description=A GPU client stand-in (holds nothing, only shows when it was stopped and started)
+[Service]
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+'''
+HALVES = [{'name': 'halves', 'devices': [0], 'enabled': True,
+           'instances': [{'profile': '3g.40gb', 'start': 0}, {'profile': '3g.40gb', 'start': 4}]},
+          {'name': 'sevenths', 'devices': [1], 'enabled': True, 'instances': [{'profile': '1g.10gb', 'count': 7}]}]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root')
+
+
+def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
+    return proc
+
+
+class Host:
+    def __init__(self, workdir: Path, inventory: Path):
+        self.workdir = workdir
+        self.inventory = inventory
+
+    def sh(self, command: str) -> str:
+        proc = _fleet('exec', '--fleet', FLEET, HOST, '--', 'sh', '-c', command, check=False)
+        assert proc.returncode == 0, '%r failed: %s %s' % (command, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    def play(self, **variables) -> subprocess.CompletedProcess:
+        varfile = self.workdir / 'vars.json'
+        varfile.write_text(json.dumps(variables))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, str(HERE / 'mig.yml')],
+                              capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
+
+    def layout(self) -> list[list[tuple[str, int, list[int]]]]:
+        """Each GPU's GPU instances as (profile, start, compute-instance slices), read with gpu_facts on the host."""
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        proc = subprocess.run([str(VENV_BIN / 'ansible'), '-i', str(self.inventory), HOST, '-m', 'gpuvirt.fleet.gpu_facts', '-o'],
+                              capture_output=True, text=True, timeout=120, cwd=REPO, env=env, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        facts = json.loads(proc.stdout.split('=>', 1)[1])['ansible_facts']
+        return [sorted((gi['profile'], gi['placement']['start'], [ci['slices'] for ci in gi['compute_instances']])
+                       for gi in gpu['mig']['gpu_instances']) for gpu in facts['gpus']]
+
+    def client_started_at(self) -> str:
+        return self.sh('systemctl show -p ActiveEnterTimestampMonotonic --value gpu-client.service').strip()
+
+
+def _changed(proc: subprocess.CompletedProcess) -> int:
+    for line in proc.stdout.splitlines():
+        if line.startswith(HOST) and 'changed=' in line:
+            return int(line.split('changed=')[1].split()[0])
+    raise AssertionError('no recap:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-2000:]))
+
+
+@pytest.fixture(scope='module', name='host')
+def host_fixture(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('mig')
+    inventory = workdir / 'hosts.yml'
+    _fleet('down', '--fleet', FLEET, '--purge', check=False)
+    try:
+        _fleet('up', str(HERE / 'fleet-mig.yml'), '--inventory', str(inventory))
+        host = Host(workdir, inventory)
+        host.sh("cat > /etc/systemd/system/gpu-client.service <<'EOF'\n%sEOF\nsystemctl daemon-reload && systemctl enable --now gpu-client.service"
+                % CLIENT_UNIT)
+        yield host
+    finally:
+        _fleet('down', '--fleet', FLEET, '--purge', check=False)
+
+
+EXPECTED = [[('3g.40gb', 0, [3]), ('3g.40gb', 4, [3])], [('1g.10gb', start, [1]) for start in range(7)]]
+
+
+def test_role_applies_the_layout_and_restarts_the_declared_clients(host):
+    started = host.client_started_at()
+    proc = host.play(gpu_mig=HALVES, mig_clients=['gpu-client', 'not-installed-client'])
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert host.layout() == EXPECTED
+    assert host.client_started_at() != started, 'the client was not stopped and started around the change'
+    assert host.sh('systemctl is-active gpu-client.service').strip() == 'active'
+    assert host.sh('systemctl is-enabled gpuvirt-mig.service').strip() == 'enabled'
+
+
+def test_rerun_changes_nothing_and_leaves_the_clients_running(host):
+    started = host.client_started_at()
+    proc = host.play(gpu_mig=HALVES, mig_clients=['gpu-client', 'not-installed-client'])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert _changed(proc) == 0, proc.stdout[-4000:]
+    assert host.client_started_at() == started
+
+
+def test_boot_service_restores_the_layout_after_a_reboot(host):
+    _fleet('reboot', '--fleet', FLEET, HOST)
+    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    assert host.sh('systemctl is-active gpuvirt-mig.service').strip() == 'active'
+    assert host.layout() == EXPECTED
+    assert '"failed": false' in host.sh('journalctl -u gpuvirt-mig.service -b --no-pager -o cat')
+
+
+def test_an_infeasible_declaration_fails_before_touching_the_gpus(host):
+    started = host.client_started_at()
+    bad = [{'name': 'too-big', 'devices': [0], 'enabled': True,
+            'instances': [{'profile': '4g.40gb'}, {'profile': '3g.40gb', 'start': 0}]}]
+    proc = host.play(gpu_mig=bad, mig_clients=['gpu-client'])
+    assert proc.returncode != 0
+    assert 'too-big' in proc.stdout and 'GPU 0' in proc.stdout, proc.stdout[-4000:]
+    assert host.layout() == EXPECTED
+    assert host.client_started_at() == started
