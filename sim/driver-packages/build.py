@@ -25,14 +25,16 @@ DEFAULT_VERSIONS = ("580.95.05", "580.159.04", "570.195.03")
 DEFAULT_FAILING = ("580.105.08",)
 DEB_REVISION = "-1"
 
-# postinst of the kernel-module packages: tell the simulator which driver is now installed. A real package builds the
-# modules with DKMS; the simulated host renders /proc/driver/nvidia/version from this at its next boot.
+# postinst of the kernel-module packages: tell the simulator which driver is now installed (the userspace only). A real
+# package builds the modules with DKMS and leaves the running module alone: NVML then reports a driver/library version
+# mismatch until the modules are reloaded or the host reboots, when the simulated host loads this version (and renders
+# /proc/driver/nvidia/version from it).
 _POSTINST = """#!/bin/sh
 set -e
 if [ "$1" = configure ]; then
     %(fail)s
     if command -v gpusimctl >/dev/null 2>&1; then
-        gpusimctl driver --version %(version)s --flavor %(flavor)s --installed yes --loaded yes
+        gpusimctl driver --installed-version %(version)s --installed-flavor %(flavor)s
     fi
 fi
 exit 0

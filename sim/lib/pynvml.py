@@ -994,6 +994,13 @@ def nvmlInitWithFlags(flags):
         _raise(code)
     if not state["driver"].get("loaded", False):
         _raise(NVML_ERROR_DRIVER_NOT_LOADED)
+    if _host.version_mismatch(state["driver"]):
+        # this library (the installed packages) is not the loaded kernel module's: "RM has detected an NVML/RM
+        # version mismatch." until the modules are reloaded or the host reboots. The library's own version rides on
+        # the error (a stand-in extra) so that nvidia-smi can print "NVML library version: X" as the real one does.
+        error = NVMLError(NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+        error.library_version = _host.installed_version(state["driver"])
+        raise error
     if state["gpus"] and not _visible(state) and not flags & NVML_INIT_FLAG_NO_GPUS:
         # e.g. open kernel modules on a host with only pre-Turing GPUs: nvidia.ko does not load
         _raise(NVML_ERROR_DRIVER_NOT_LOADED)

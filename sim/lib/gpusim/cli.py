@@ -122,10 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     vrm.add_argument("--uuid", required=True)
 
     driver = sub.add_parser("driver", help="change the driver in place (used by the driver package stand-ins)")
-    driver.add_argument("--version", metavar="VERSION")
-    driver.add_argument("--flavor", metavar="open|proprietary")
-    driver.add_argument("--installed", choices=("yes", "no"))
-    driver.add_argument("--loaded", choices=("yes", "no"))
+    driver.add_argument("--version", metavar="VERSION", help="installed and loaded version at once (in place)")
+    driver.add_argument("--flavor", metavar="open|proprietary", help="installed and loaded flavor at once (in place)")
+    driver.add_argument("--installed-version", metavar="VERSION",
+                        help="install this userspace version only (package postinst); the loaded module stays")
+    driver.add_argument("--installed-flavor", metavar="open|proprietary", help="flavor of --installed-version")
+    driver.add_argument("--installed", choices=("yes", "no"), help="no: packages removed (the loaded module stays)")
+    load = driver.add_mutually_exclusive_group()
+    load.add_argument("--loaded", choices=("yes", "no"), help="force: load the installed driver's module, or unload it")
+    load.add_argument("--reload", action="store_true",
+                      help="modprobe -r + modprobe: load the installed version; refused while processes use a GPU")
 
     sub.add_parser("reboot", help="reboot the host: pending modes apply, instances and processes are gone")
     reset = sub.add_parser("reset", help="reset one GPU like nvidia-smi -r")
@@ -186,24 +192,41 @@ def _fault(args: argparse.Namespace) -> None:
 
 
 def _driver(args: argparse.Namespace) -> None:
-    if args.version is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", args.version):
-        raise CliError("gpusimctl: --version %s: expected a version like 580.159.04" % args.version)
-    if args.flavor is not None and args.flavor not in host.HOST_FLAVORS:
-        raise CliError("gpusimctl: --flavor %s: expected open or proprietary" % args.flavor)
+    for option, value in (("--version", args.version), ("--installed-version", args.installed_version)):
+        if value is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", value):
+            raise CliError("gpusimctl: %s %s: expected a version like 580.159.04" % (option, value))
+    for option, value in (("--flavor", args.flavor), ("--installed-flavor", args.installed_flavor)):
+        if value is not None and value not in host.HOST_FLAVORS:
+            raise CliError("gpusimctl: %s %s: expected open or proprietary" % (option, value))
+    if args.installed_flavor is not None and args.installed_version is None:
+        raise CliError("gpusimctl: --installed-flavor goes with --installed-version")
+    if args.installed_version is not None and args.installed == "no":
+        raise CliError("gpusimctl: --installed-version contradicts --installed no")
 
     def action(state: dict[str, Any]) -> None:
         drv = state["driver"]
+        # --version/--flavor: both sides at once, as if installed and the module swapped in place
         if args.version is not None:
             drv["version"] = args.version
+            drv["installed_version"] = args.version
         if args.flavor is not None:
             drv["flavor"] = args.flavor
-        if args.installed is not None:
-            drv["installed"] = args.installed == "yes"
-            drv["loaded"] = drv["loaded"] and drv["installed"]
-        if args.loaded is not None:
-            if args.loaded == "yes" and not drv["installed"]:
+            drv["installed_flavor"] = args.flavor
+        if args.installed_version is not None:
+            host.install_driver(state, args.installed_version, args.installed_flavor)
+        if args.installed == "yes":
+            if not drv.get("installed"):
+                host.install_driver(state, drv.get("installed_version") or drv["version"])
+        elif args.installed == "no":
+            host.uninstall_driver(state)
+        if args.loaded == "yes":
+            if not drv["installed"]:
                 raise ValueError("--loaded yes: no driver is installed")
-            drv["loaded"] = args.loaded == "yes"
+            host.load_installed_driver(state)
+        elif args.loaded == "no":
+            host.unload_driver(state)
+        if args.reload:
+            host.reload_driver(state)
     _mutate(args, action)
 
 

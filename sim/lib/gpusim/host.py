@@ -102,6 +102,8 @@ def build(hostname: str, gpus: list[tuple[str, int]], driver: str = DEFAULT_DRIV
             "flavor": flavor,
             "installed": driver_state != "absent",
             "loaded": driver_state == "loaded",
+            "installed_version": driver,
+            "installed_flavor": flavor,
         },
         "vgpu_host": vgpu_host,
         "boot_id": 1,
@@ -145,6 +147,76 @@ def _targets(state: dict[str, Any], which: str | int | None) -> list[dict[str, A
     if which in (None, "all"):
         return list(state["gpus"])
     return [gpu(state, int(which))]
+
+
+# ---- driver: installed userspace vs loaded kernel module -----------------------------------
+# ``driver.version``/``flavor``/``loaded`` describe the kernel module (what /proc/driver/nvidia/version shows and what
+# NVML's RM side reports); ``installed``/``installed_version``/``installed_flavor`` the userspace (libnvidia-ml and
+# the packages). Package maintainer scripts change only the latter; a reboot or a module reload makes them meet.
+def installed_version(drv: dict[str, Any]) -> str | None:
+    """The installed userspace driver version (None: no driver installed). States written before the split have
+    no ``installed_version``: their userspace is the loaded version."""
+    if not drv.get("installed"):
+        return None
+    return str(drv.get("installed_version") or drv.get("version"))
+
+
+def installed_flavor(drv: dict[str, Any]) -> str:
+    return str(drv.get("installed_flavor") or drv.get("flavor") or "open")
+
+
+def version_mismatch(drv: dict[str, Any]) -> bool:
+    """True when NVML (userspace) and RM (loaded kernel module) differ: nvmlInit fails with LibRmVersionMismatch."""
+    return bool(drv.get("installed") and drv.get("loaded") and installed_version(drv) != drv.get("version"))
+
+
+def install_driver(state: dict[str, Any], version: str, flavor: str | None = None) -> None:
+    """A driver package was installed: the userspace changes, the loaded kernel module stays as it is."""
+    drv = state["driver"]
+    if flavor is not None and flavor not in HOST_FLAVORS:
+        raise ValueError("--installed-flavor must be one of %s, not %r" % ("|".join(HOST_FLAVORS), flavor))
+    drv["installed"] = True
+    drv["installed_version"] = version
+    drv["installed_flavor"] = flavor or installed_flavor(drv)
+
+
+def uninstall_driver(state: dict[str, Any]) -> None:
+    """The driver packages were removed: the loaded kernel module (if any) stays loaded until reboot or unload."""
+    state["driver"]["installed"] = False
+
+
+def load_installed_driver(state: dict[str, Any]) -> None:
+    """The kernel module of the installed driver is loaded (nothing is loaded when no driver is installed)."""
+    drv = state["driver"]
+    version = installed_version(drv)
+    if version is None:
+        drv["loaded"] = False
+        return
+    drv["installed_version"] = version
+    drv["installed_flavor"] = installed_flavor(drv)
+    drv["version"] = version
+    drv["flavor"] = drv["installed_flavor"]
+    drv["loaded"] = True
+
+
+def unload_driver(state: dict[str, Any]) -> None:
+    state["driver"]["loaded"] = False
+
+
+def reload_driver(state: dict[str, Any]) -> None:
+    """rmmod + modprobe of the NVIDIA modules: refused while a process or vGPU uses a GPU (the module is in use);
+    otherwise the installed driver is loaded and GPU/compute instances, which live in the driver, are gone."""
+    busy = []
+    for entry in state["gpus"]:
+        busy += ["pid %d on GPU %d" % (p["pid"], entry["index"]) for p in entry.get("processes", [])]
+        busy += ["vGPU %s on GPU %d" % (v["uuid"], entry["index"]) for v in entry.get("vgpu_instances", [])]
+    if busy:
+        raise SimError(NVML_ERROR_IN_USE, "the NVIDIA kernel modules are in use (%s)" % ", ".join(busy))
+    if state["driver"].get("loaded"):
+        for entry in state["gpus"]:
+            entry["gpu_instances"] = []
+    load_installed_driver(state)
+    state["driver"]["reloads"] = state["driver"].get("reloads", 0) + 1
 
 
 # ---- faults --------------------------------------------------------------------------------
@@ -262,7 +334,9 @@ def reset(state: dict[str, Any], index: int) -> None:
 
 
 def reboot(state: dict[str, Any]) -> None:
-    """Pending modes take effect; instances, vGPUs and processes are gone; lost GPUs are back."""
+    """Pending modes take effect; instances, vGPUs and processes are gone; lost GPUs are back; the kernel module
+    of the installed driver is loaded (none when no driver is installed)."""
+    load_installed_driver(state)
     for entry in state["gpus"]:
         entry["mig"]["current"] = entry["mig"]["pending"]
         entry["ecc"]["current"] = entry["ecc"]["pending"]

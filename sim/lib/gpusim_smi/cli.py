@@ -135,7 +135,13 @@ def _init_failure(exc: BaseException) -> tuple[str, int]:
     if code == ERROR_LIBRARY_NOT_FOUND:
         return LIBRARY_NOT_FOUND, 12
     if code == ERROR_LIB_RM_VERSION_MISMATCH:
-        return "Failed to initialize NVML: Driver/library version mismatch\n", 18
+        text = "Failed to initialize NVML: Driver/library version mismatch\n"
+        # Newer tools add the library's major.minor (e.g. "NVML library version: 580.159"); the NVML stand-in
+        # attaches the installed version to the error, a real binding does not (then only the first line).
+        library = getattr(exc, "library_version", None)
+        if library:
+            text += "NVML library version: %s\n" % ".".join(str(library).split(".")[:2])
+        return text, 18
     if code == ERROR_NO_PERMISSION:
         return "Failed to initialize NVML: Insufficient Permissions\n", 4
     return f"Failed to initialize NVML: {error_text(exc)}\n", exit_code_for(exc)

@@ -69,6 +69,14 @@ class Host:
         return [sorted((gi['profile'], gi['placement']['start'], [ci['slices'] for ci in gi['compute_instances']])
                        for gi in gpu['mig']['gpu_instances']) for gpu in facts['gpus']]
 
+    def instance_ids(self, gpu: int) -> dict[int, tuple[int, int, int]]:
+        """GPU instance id -> (creation uid, NVML profile id, start) of one GPU, from the host's GPU state."""
+        state = json.loads(self.sh('gpusimctl show'))
+        return {gi['id']: (gi['uid'], gi['profile_id'], gi['start']) for gi in state['gpus'][gpu]['gpu_instances']}
+
+    def resets(self) -> list[int]:
+        return [gpu.get('resets', 0) for gpu in json.loads(self.sh('gpusimctl show'))['gpus']]
+
     def client_started_at(self) -> str:
         return self.sh('systemctl show -p ActiveEnterTimestampMonotonic --value gpu-client.service').strip()
 
@@ -133,3 +141,42 @@ def test_an_infeasible_declaration_fails_before_touching_the_gpus(host):
     assert 'too-big' in proc.stdout and 'GPU 0' in proc.stdout, proc.stdout[-4000:]
     assert host.layout() == EXPECTED
     assert host.client_started_at() == started
+
+
+def test_changing_one_of_seven_instances_recreates_only_that_one(host):
+    before = host.instance_ids(1)
+    assert len(before) == 7
+    keep = {gi_id: where for gi_id, where in before.items() if where[2] != 6}
+    changed = [HALVES[0], dict(HALVES[1], instances=[{'profile': '1g.10gb', 'start': s} for s in range(6)]
+                                + [{'profile': '1g.10gb+me', 'start': 6}])]
+    proc = host.play(gpu_mig=changed)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    after = host.instance_ids(1)
+    assert {gi_id: after.get(gi_id) for gi_id in keep} == keep, 'the six unchanged instances must keep their ids'
+    # 20 is the profile id of 1g.10gb+me on an H100 (real capture); a new creation uid proves it was created now.
+    assert [(where[1], where[2]) for gi_id, where in after.items() if gi_id not in keep] == [(20, 6)]
+    assert all(where[0] > max(uid for uid, _p, _s in before.values()) for gi_id, where in after.items() if gi_id not in keep)
+    assert _changed(host.play(gpu_mig=changed)) == 0
+
+
+def test_a_mode_change_on_one_gpu_resets_no_other_gpu(host):
+    before = host.resets()
+    current = host.instance_ids(1)
+    proc = host.play(gpu_mig=[{'name': 'off', 'devices': [0], 'enabled': False}])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    after = host.resets()
+    assert after[0] == before[0] + 1 and after[1] == before[1]
+    assert host.instance_ids(1) == current
+    assert host.layout()[0] == []
+
+
+def test_a_mig_parted_config_and_label_drive_the_role_and_its_boot_service(host):
+    config = {'version': 'v1', 'mig-configs': {'all-3g': [{'devices': [0], 'mig-enabled': True, 'mig-devices': {'3g.40gb': 2}},
+                                                          {'devices': [1], 'mig-enabled': False}]}}
+    proc = host.play(mig_parted_config=config, mig_parted_label='all-3g')
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    expected = [[('3g.40gb', 0, [3]), ('3g.40gb', 4, [3])], []]
+    assert host.layout() == expected
+    _fleet('reboot', '--fleet', FLEET, HOST)
+    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    assert host.layout() == expected

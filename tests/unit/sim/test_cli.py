@@ -25,7 +25,8 @@ def test_init_then_show(simhost):
     assert state["hostname"] == "gpu-a"
     assert [g["model"] for g in state["gpus"]] == ["h100-80gb-hbm3", "h100-80gb-hbm3", "t4"]
     assert [g["pci_bus_id"] for g in state["gpus"]] == ["00000000:18:00.0", "00000000:2A:00.0", "00000000:3A:00.0"]
-    assert state["driver"] == {"version": "580.159.04", "cuda_version": 13000, "flavor": "open", "installed": True, "loaded": True}
+    assert state["driver"] == {"version": "580.159.04", "cuda_version": 13000, "flavor": "open", "installed": True, "loaded": True,
+                               "installed_version": "580.159.04", "installed_flavor": "open"}
 
 
 def test_init_is_idempotent_and_identities_are_deterministic(simhost):
@@ -143,6 +144,7 @@ def test_driver_changes_in_place_and_nvml_follows(nvml, simhost):
     assert nvml.nvmlSystemGetDriverVersion() == "580.95.05"
     assert simhost.state()["gpus"][0]["processes"][0]["pid"] == 8
     simhost.ok("driver", "--installed", "no")
-    assert simhost.state()["driver"]["loaded"] is False
+    assert simhost.state()["driver"]["installed"] is False
+    assert simhost.state()["driver"]["loaded"] is True  # removing the packages does not unload the module
     result = simhost.run("driver", "--loaded", "yes")
     assert result.returncode == 2 and "--loaded" in result.stderr
