@@ -147,8 +147,8 @@ def test_changing_one_of_seven_instances_recreates_only_that_one(host):
     before = host.instance_ids(1)
     assert len(before) == 7
     keep = {gi_id: where for gi_id, where in before.items() if where[2] != 6}
-    changed = [HALVES[0], dict(HALVES[1], instances=[{'profile': '1g.10gb', 'start': s} for s in range(6)]
-                                + [{'profile': '1g.10gb+me', 'start': 6}])]
+    sevenths = [{'profile': '1g.10gb', 'start': s} for s in range(6)] + [{'profile': '1g.10gb+me', 'start': 6}]
+    changed = [HALVES[0], dict(HALVES[1], instances=sevenths)]
     proc = host.play(gpu_mig=changed)
     assert proc.returncode == 0, proc.stdout[-6000:]
     after = host.instance_ids(1)
