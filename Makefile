@@ -84,8 +84,11 @@ sanity: venv
 units: venv collection
 	$(BIN)/python -m pytest -q tests/unit
 
+# The fleet's base filesystem is built once before the test files start fleets in parallel (each file has its
+# own fleet name and ports; most of their time is spent waiting on SSH and simulated reboots).
 integration: venv collection
-	$(BIN)/python -m pytest -q tests/integration
+	sim/fleet base
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests/integration
 
 # The default scenario: create = sim/fleet up, converge = playbooks/facts.yml, verify, destroy = sim/fleet down.
 molecule: venv collection
