@@ -23,8 +23,9 @@ FLEET ?= sim/fleets/demo.yml
 
 # Debian packages the project uses: venv for the controller, git for ansible-test, shellcheck for its
 # shell sanity test, debootstrap and the ssh client for the simulated fleet, dpkg-dev and gnupg for the
-# stand-in driver packages' signed apt repository.
-DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg
+# stand-in driver packages' signed apt repository, fuse3 for the emulated vGPU sysfs, prometheus (and promtool)
+# for the monitoring tests.
+DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus
 
 .PHONY: help deps venv collection demo test lint sanity units integration molecule build-check bench clean
 
@@ -59,7 +60,13 @@ $(COLLECTION_LINK):
 	@mkdir -p $(dir $@)
 	@ln -sfn ../../.. $@
 
-demo: venv collection
+# The exporter's wheels for hosts without PyPI access (the simulated hosts), downloaded once.
+.build/exporter-wheels/.stamp: requirements/test.txt | venv
+	$(BIN)/python -m pip download -q --disable-pip-version-check -d $(dir $@) --only-binary=:all: --python-version 3.11 \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 prometheus-client==0.26.0 bcrypt==5.0.0 pip
+	@touch $@
+
+demo: venv collection .build/exporter-wheels/.stamp
 	sim/fleet up $(FLEET)
 	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/site.yml
 	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
@@ -102,7 +109,7 @@ build-check: venv
 	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories)/' || true); \
 	if [ -n "$$bad" ]; then echo "tarball contains files it must not:"; echo "$$bad" | head; exit 1; fi; \
 	$(BIN)/ansible-galaxy collection install --force -p .build/galaxy/installed $$tarball >/dev/null 2>&1; \
-	for m in gpu_facts mig_layout nvidia_driver; do \
+	for m in gpu_facts mig_layout nvidia_driver vgpu_devices; do \
 	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc gpuvirt.fleet.$$m >/dev/null; done; \
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible localhost -i localhost, -c local \
 	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts > .build/galaxy/adhoc.txt; \
@@ -113,6 +120,8 @@ bench: venv collection
 	$(BIN)/python bench/bench_sim_gpu_facts.py
 	PYTHONPATH=.build $(BIN)/python bench/bench_mig_plan.py
 	$(BIN)/python bench/bench_mig_apply.py
+	$(BIN)/python bench/bench_vgpu.py
+	$(BIN)/python bench/bench_exporter.py
 	$(BIN)/python bench/bench_fleet_facts.py
 
 clean:

@@ -98,14 +98,22 @@ _MIG_PARTED_KEY_RE = re.compile(r'^(?:(?P<ci>\d+)c\.)?(?P<gi>\d+g\..+)$')
 _DEVICE_ID_RE = re.compile(r'^(?:0x)?(?P<device>[0-9a-f]{4})(?P<vendor>[0-9a-f]{4})?$')
 
 
-class MigPlanError(ValueError):
-    """Every problem found in a declaration (or a mig-parted config), reported together."""
+class PlanError(ValueError):
+    """Every problem found in a declaration (or an imported config), reported together; `kind` names the planner."""
+
+    kind = 'GPU'
 
     def __init__(self, host: str | None, errors: Sequence[str]):
         self.host = host
         self.errors = list(errors)
-        head = 'MIG plan for host %s' % host if host is not None else 'MIG configuration'
+        head = '%s plan for host %s' % (self.kind, host) if host is not None else '%s configuration' % self.kind
         super().__init__('%s: %d error(s):\n- %s' % (head, len(self.errors), '\n- '.join(self.errors)))
+
+
+class MigPlanError(PlanError):
+    """Every problem found in a MIG declaration (or a mig-parted config), reported together."""
+
+    kind = 'MIG'
 
 
 class _Invalid(Exception):

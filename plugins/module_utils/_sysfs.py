@@ -33,3 +33,82 @@ def read_sriov(pci_address: str) -> dict:
         raw = _read(os.path.join(PCI_DEVICES, pci_address, name))
         result[key] = int(raw.strip()) if raw and raw.strip().isdigit() else None
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mdev (mediated devices): the vGPU types each parent offers, the devices it holds, create and remove.
+# `root` is where sysfs is mounted (/sys on a host; another path where a container sees the host's sysfs elsewhere).
+
+SYSFS = '/sys'
+MDEV_BUS = 'class/mdev_bus'
+MDEV_DEVICES = 'bus/mdev/devices'
+
+
+class SysfsWriteError(Exception):
+    """A write the kernel refused: `errno` and the `path` written, for the caller to explain."""
+
+    def __init__(self, path: str, code: int | None, text: str):
+        super().__init__('%s: %s' % (path, text))
+        self.path = path
+        self.errno = code
+        self.text = text
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _write(path: str, text: str) -> None:
+    """One write(2), unbuffered: a sysfs store answers each write, and a buffered file would repeat a refused one."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        raise SysfsWriteError(path, exc.errno, exc.strerror or str(exc)) from exc
+    try:
+        os.write(fd, text.encode('utf-8'))
+    except OSError as exc:
+        raise SysfsWriteError(path, exc.errno, exc.strerror or str(exc)) from exc
+    finally:
+        os.close(fd)
+
+
+def list_mdev_parents(root: str = SYSFS) -> list[str]:
+    """The PCI addresses (0000:18:00.0) that can host mediated devices."""
+    return _listdir(os.path.join(root, MDEV_BUS))
+
+
+def read_mdev_types(parent: str, root: str = SYSFS) -> list[dict]:
+    """Each type a parent offers: type_id (nvidia-562), name, description, device_api, available_instances and the
+    UUIDs of its devices."""
+    base = os.path.join(root, MDEV_BUS, parent, 'mdev_supported_types')
+    result = []
+    for type_id in _listdir(base):
+        path = os.path.join(base, type_id)
+        available = (_read(os.path.join(path, 'available_instances')) or '').strip()
+        result.append({
+            'type_id': type_id,
+            'name': (_read(os.path.join(path, 'name')) or type_id).strip(),
+            'description': (_read(os.path.join(path, 'description')) or '').strip(),
+            'device_api': (_read(os.path.join(path, 'device_api')) or '').strip(),
+            'available_instances': int(available) if available.isdigit() else 0,
+            'devices': [u.lower() for u in _listdir(os.path.join(path, 'devices'))],
+        })
+    return result
+
+
+def list_mdev_devices(root: str = SYSFS) -> list[str]:
+    """Every mediated device's UUID on the host."""
+    return [u.lower() for u in _listdir(os.path.join(root, MDEV_DEVICES))]
+
+
+def create_mdev(parent: str, type_id: str, uuid: str, root: str = SYSFS) -> None:
+    """Write the UUID to the type's `create`; raises SysfsWriteError with the kernel's errno."""
+    _write(os.path.join(root, MDEV_BUS, parent, 'mdev_supported_types', type_id, 'create'), uuid + '\n')
+
+
+def remove_mdev(uuid: str, root: str = SYSFS) -> None:
+    """Write 1 to the device's `remove`; raises SysfsWriteError (EBUSY while a VM holds it)."""
+    _write(os.path.join(root, MDEV_DEVICES, uuid, 'remove'), '1\n')

@@ -108,6 +108,47 @@ def install_sim(root: Path) -> list[str]:
     return done
 
 
+SYSFS_UNIT = """[Unit]
+Description=gpusim: emulated mdev sysfs trees (FUSE), bound over /sys/class/mdev_bus and /sys/bus/mdev
+DefaultDependencies=no
+Before=sysinit.target shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Environment=FUSE_LIBRARY_PATH=/usr/local/lib/gpusim/libfuse3.so.3
+ExecStartPre=/bin/mkdir -p /run/gpusim-sysfs
+ExecStart=/usr/bin/python3 -m gpusim_sysfs /run/gpusim-sysfs
+ExecStartPost=/bin/sh -c 'for i in $(seq 200); do mountpoint -q /run/gpusim-sysfs && break; sleep 0.05; done; \\
+  mount --bind /run/gpusim-sysfs/class/mdev_bus /sys/class/mdev_bus && mount --bind /run/gpusim-sysfs/bus/mdev /sys/bus/mdev'
+ExecStopPost=-/bin/sh -c 'umount -l /sys/class/mdev_bus; umount -l /sys/bus/mdev; umount -l /run/gpusim-sysfs'
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+def install_sysfs_emulation(root: Path) -> str:
+    """A vGPU host's emulated mdev trees: mfusepy and the machine's libfuse3 copied in, and a unit that mounts them."""
+    import ctypes.util  # pylint: disable=import-outside-toplevel
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    found = importlib.util.find_spec("mfusepy")
+    origin = found.origin if found is not None else next(iter(sorted(paths.REPO.glob(".venv/lib/python3*/site-packages/mfusepy.py"))), None)
+    lib = ctypes.util.find_library("fuse3")
+    libpath = next((Path(d) / lib for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64")
+                    if lib and (Path(d) / lib).exists()), None)
+    if origin is None or libpath is None:
+        return "no mdev sysfs emulation (mfusepy or libfuse3 missing on this machine)"
+    mkdirs_like(root, "usr/lib/python3/dist-packages")
+    shutil.copy2(origin, root / "usr/lib/python3/dist-packages/mfusepy.py")
+    mkdirs_like(root, "usr/local/lib/gpusim")
+    shutil.copy2(os.path.realpath(libpath), root / "usr/local/lib/gpusim/libfuse3.so.3")
+    write(root, "etc/systemd/system/gpusim-sysfs.service", SYSFS_UNIT)
+    wants = mkdirs_like(root, "etc/systemd/system/sysinit.target.wants") / "gpusim-sysfs.service"
+    if not wants.is_symlink():
+        os.symlink("/etc/systemd/system/gpusim-sysfs.service", wants)
+    return "installed the mdev sysfs emulation (gpusim-sysfs.service)"
+
+
 def gpusimctl_cmd() -> list[str] | None:
     tool = paths.REPO / "sim" / "bin" / "gpusimctl"
     if not tool.is_file():
@@ -207,6 +248,8 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     # The simulator, as if it were the real NVML and nvidia-smi.
     installed = install_sim(upper)
     notes.append("installed " + (", ".join(installed) if installed else "nothing (sim/ has no simulator yet)"))
+    if spec.vgpu_host:
+        notes.append(install_sysfs_emulation(upper))
     # The simulated GPUs and driver: only at the first up or when the fleet file changes them.
     digest = spec.gpu_digest()
     applied = st / "gpus.applied"

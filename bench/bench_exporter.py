@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Exporter scrape latency (p50/p99), CPU per scrape and resident memory. Figures only.
+
+Default: on the NVML simulator, a host with 8 H100s x 7 MIG instances and a host with 16 vGPUs (A40s).
+--real: on the machine's own GPUs (read-only NVML calls), side by side with an nvidia-smi-per-scrape approach
+(`nvidia-smi --query-gpu=... --format=csv` once per scrape, as nvidia_gpu_exporter does); --save FILE keeps /metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'unit', 'exporter'))
+from exporter_support import EXPORTER_LIB, SimExporter, free_port  # noqa: E402  pylint: disable=wrong-import-position
+
+SMI_FIELDS = ('timestamp,index,uuid,name,pci.bus_id,driver_version,utilization.gpu,utilization.memory,memory.total,memory.used,'
+              'memory.free,temperature.gpu,power.draw,enforced.power.limit,clocks.gr,clocks.sm,clocks.mem,clocks.video,'
+              'clocks_event_reasons.active,ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total,'
+              'pcie.link.gen.current,pcie.link.width.current,pstate')
+CLK_TCK = os.sysconf('SC_CLK_TCK')
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open('/proc/%d/stat' % pid, encoding='ascii') as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _rss_mib(pid: int) -> float:
+    with open('/proc/%d/status' % pid, encoding='ascii') as handle:
+        for line in handle:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def scrape_figures(url: str, pid: int, count: int) -> dict:
+    """Sequential scrapes, as one Prometheus does: latency per scrape, exporter CPU per scrape, RSS after."""
+    for _round in range(3):
+        urllib.request.urlopen(url, timeout=30).read()  # warm-up: first calls into NVML are slower
+    cpu0 = _cpu_seconds(pid)
+    latencies = []
+    size = 0
+    for _round in range(count):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=30) as response:
+            size = len(response.read())
+        latencies.append(time.perf_counter() - started)
+    cpu = (_cpu_seconds(pid) - cpu0) / count
+    return {'p50_ms': _pct(latencies, 0.5) * 1e3, 'p99_ms': _pct(latencies, 0.99) * 1e3, 'cpu_ms': cpu * 1e3,
+            'rss_mib': _rss_mib(pid), 'bytes': size, 'series': None}
+
+
+def smi_figures(count: int) -> dict:
+    """nvidia-smi once per scrape: wall time and the CPU of the child processes."""
+    smi = shutil.which('nvidia-smi')
+    cmd = [smi, '--query-gpu=' + SMI_FIELDS, '--format=csv,noheader,nounits']
+    subprocess.run(cmd, capture_output=True, check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    latencies = []
+    for _round in range(count):
+        started = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        latencies.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / count
+    return {'p50_ms': _pct(latencies, 0.5) * 1e3, 'p99_ms': _pct(latencies, 0.99) * 1e3, 'cpu_ms': cpu * 1e3}
+
+
+def _line(label: str, fig: dict) -> str:
+    text = '%-38s p50 %7.2f ms  p99 %7.2f ms  CPU/scrape %6.2f ms' % (label, fig['p50_ms'], fig['p99_ms'], fig['cpu_ms'])
+    if 'rss_mib' in fig:
+        text += '  RSS %5.1f MiB  %d bytes' % (fig['rss_mib'], fig['bytes'])
+    return text
+
+
+def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, mig: list[int] | None = None,
+              vgpus: list[tuple[int, str]] | None = None) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        host = SimExporter(root, gpus, vgpu_host=vgpu_host)
+        if mig:
+            host.mig_sevenths(mig)
+        for gpu, vgpu_type in vgpus or []:
+            host.ctl('vgpu', 'add', '--gpu', str(gpu), '--type', vgpu_type)
+        host.start()
+        try:
+            fig = scrape_figures('http://127.0.0.1:%d/metrics' % host.port, host.proc.pid, count)
+        finally:
+            host.stop()
+    print(_line(label, fig))
+
+
+def real(count: int, save: str | None) -> None:
+    env = dict(os.environ, PYTHONPATH=EXPORTER_LIB)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port], env=env)
+    url = 'http://127.0.0.1:%d/metrics' % port
+    try:
+        for _round in range(200):
+            try:
+                body = urllib.request.urlopen(url, timeout=30).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(11)  # let the PCIe sampler take its first samples
+        body = urllib.request.urlopen(url, timeout=30).read()
+        if save:
+            with open(save, 'wb') as handle:
+                handle.write(body)
+        exporter = scrape_figures(url, proc.pid, count)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    smi = smi_figures(count)
+    print(_line('exporter (NVML, one process)', exporter))
+    print(_line('nvidia-smi --query-gpu per scrape', smi))
+    print('ratio nvidia-smi / exporter: p50 %.1fx  p99 %.1fx  CPU %.1fx' % (
+        smi['p50_ms'] / exporter['p50_ms'], smi['p99_ms'] / exporter['p99_ms'], smi['cpu_ms'] / max(exporter['cpu_ms'], 1e-6)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+    parser.add_argument('--real', action='store_true')
+    parser.add_argument('--save', default=None)
+    parser.add_argument('--count', type=int, default=200)
+    args = parser.parse_args()
+    if args.real:
+        real(args.count, args.save)
+        return
+    _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))
+    _sim_host('sim: 8 x H100, no MIG', ['h100-80gb-hbm3:8'], args.count)
+    _sim_host('sim: 16 vGPUs on 2 x A40', ['a40:2'], args.count, vgpu_host=True,
+              vgpus=[(gpu, '560') for gpu in (0, 1) for _round in range(8)])
+
+
+if __name__ == '__main__':
+    main()

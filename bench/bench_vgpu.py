@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""vgpu_devices apply time for 16 vGPUs on one host (16 x A40-3Q, the A40's full capacity of that type): the first
+run (16 sysfs creates, mdevctl definitions written) and a rerun (nothing to do). Figures only.
+
+The module runs as Ansible runs it on a host (a subprocess, JSON in and out) against a simulated A40 whose mdev
+sysfs trees are the FUSE emulation, mounted in a temporary directory. Each figure is the median of --repeat runs,
+each on a fresh host (the first run) or on the applied one (the rerun); wall time includes Python's start-up.
+--fleet: the same through the role over SSH (ansible-playbook, gpuvirt.fleet.vgpu) on the test fleet of
+tests/integration/vgpu (fleet 'vgputest', brought up and torn down here; needs root); one first run and one rerun.
+Needs /dev/fuse and mfusepy. Usage: python bench/bench_vgpu.py [--repeat N] [--fleet]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
+from simhost import SIM_LIB, SimHost  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
+DECLARATION = [{'name': 'bench', 'devices': [0], 'type': 'A40-3Q', 'count': 16}]
+
+
+class _Mounted:
+    """A fresh simulated A40 host with its mdev trees mounted; unmounted on exit."""
+
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix='bench-vgpu-')
+        self.host = SimHost(os.path.join(self.tmp, 'gpusim'))
+        self.sysfs = os.path.join(self.tmp, 'sys')
+        self.proc = None
+
+    def __enter__(self):
+        self.host.ctl('init', '--hostname', 'bench-a40', '--gpu', 'a40', '--vgpu-host')
+        os.mkdir(self.sysfs)
+        self.proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', self.sysfs, '--root', self.host.root],
+                                     env=dict(os.environ, PYTHONPATH=SIM_LIB))
+        deadline = time.time() + 10
+        while not os.path.ismount(self.sysfs):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError('the FUSE emulation did not mount')
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(['fusermount3', '-u', self.sysfs], check=False)
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def apply(self) -> tuple[float, dict]:
+        args = {'config': DECLARATION, 'hostname': 'bench-a40', 'sysfs_root': self.sysfs, 'mdevctl_dir': os.path.join(self.tmp, 'mdevctl.d')}
+        start = time.perf_counter()
+        result = self.host.module('vgpu_devices', args)
+        return time.perf_counter() - start, result
+
+
+def _fleet_figures() -> int:
+    fleet_tool = os.path.join(REPO, 'sim', 'fleet')
+    here = os.path.join(REPO, 'tests', 'integration', 'vgpu')
+    venv_bin = os.path.join(REPO, '.venv', 'bin')
+    tmp = tempfile.mkdtemp(prefix='bench-vgpu-fleet-')
+    inventory, varfile = os.path.join(tmp, 'hosts.yml'), os.path.join(tmp, 'vars.json')
+    with open(varfile, 'w', encoding='utf-8') as handle:
+        json.dump({'gpu_vgpu': DECLARATION}, handle)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), PATH='%s:%s' % (venv_bin, os.environ['PATH']))
+    play = [os.path.join(venv_bin, 'ansible-playbook'), '-i', inventory, '-e', '@' + varfile, os.path.join(here, 'vgpu.yml')]
+    subprocess.run([fleet_tool, 'down', '--fleet', 'vgputest', '--purge'], capture_output=True, check=False)
+    try:
+        subprocess.run([fleet_tool, 'up', os.path.join(here, 'fleet-vgpu.yml'), '--inventory', inventory], capture_output=True, check=True)
+        figures = []
+        for _attempt in range(2):
+            start = time.perf_counter()
+            proc = subprocess.run(play, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+            figures.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                print(proc.stdout[-3000:], file=sys.stderr)
+                return 1
+        print('gpuvirt.fleet.vgpu over SSH, 16 x A40-3Q on one fleet host (ansible-playbook wall time):')
+        print('  first run: %.1f s; rerun (no change): %.1f s' % tuple(figures))
+    finally:
+        subprocess.run([fleet_tool, 'down', '--fleet', 'vgputest', '--purge'], capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+    parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--fleet', action='store_true', help='time the role over SSH on the test fleet instead')
+    args = parser.parse_args()
+    if args.fleet:
+        return _fleet_figures()
+    first, rerun = [], []
+    for _attempt in range(args.repeat):
+        with _Mounted() as host:
+            seconds, result = host.apply()
+            if result.get('failed') or len(result['applied']) != 16:
+                print('first run failed: %s' % result.get('msg'), file=sys.stderr)
+                return 1
+            first.append(seconds)
+            seconds, result = host.apply()
+            if result.get('failed') or result['changed']:
+                print('rerun was not a no-op: %s' % result, file=sys.stderr)
+                return 1
+            rerun.append(seconds)
+    print('vgpu_devices, 16 x A40-3Q on one simulated A40 (FUSE sysfs), median of %d:' % args.repeat)
+    print('  first run (16 creates + mdevctl definitions): %.0f ms (min %.0f, max %.0f)' % (
+        statistics.median(first) * 1000, min(first) * 1000, max(first) * 1000))
+    print('  rerun (no change):                            %.0f ms (min %.0f, max %.0f)' % (
+        statistics.median(rerun) * 1000, min(rerun) * 1000, max(rerun) * 1000))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

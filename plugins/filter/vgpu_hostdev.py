@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+name: vgpu_hostdev
+short_description: libvirt hostdev XML for vGPU (mdev) devices
+version_added: 0.3.0
+description:
+  - Emits one libvirt C(<hostdev mode='subsystem' type='mdev' model='vfio-pci'>) element per vGPU device, to put in a
+    domain's C(<devices>) section.
+author:
+  - gpuvirt.fleet maintainers (@gpuvirt)
+options:
+  _input:
+    description:
+      - A device UUID, a device as M(gpuvirt.fleet.vgpu_devices) returns it in RV(gpuvirt.fleet.vgpu_devices#module:devices)
+        (a mapping with C(uuid)), or a list of either.
+    type: raw
+    required: true
+  indent:
+    description: Spaces before each line.
+    type: int
+    default: 0
+'''
+
+EXAMPLES = r'''
+---
+- name: Write the hostdev elements of the first two vGPUs
+  ansible.builtin.copy:
+    content: "{{ __vgpu_result.devices[:2] | gpuvirt.fleet.vgpu_hostdev(indent=4) }}\n"
+    dest: /etc/libvirt/qemu/vm1-vgpu.xml
+    mode: "0644"
+'''
+
+RETURN = r'''
+_value:
+  description: The XML elements, one per device, separated by newlines.
+  type: str
+  sample: |-
+    <hostdev mode='subsystem' type='mdev' model='vfio-pci'>
+      <source>
+        <address uuid='0b6c1d1a-6f2e-4a8b-9c59-2d1c7a8e9f00'/>
+      </source>
+    </hostdev>
+'''
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._vgpu import libvirt_hostdev
+
+
+def vgpu_hostdev(devices, indent=0):
+    """libvirt <hostdev> XML for vGPU devices."""
+    if not isinstance(indent, int) or isinstance(indent, bool) or indent < 0:
+        raise AnsibleFilterError('vgpu_hostdev: indent must be a non-negative integer, got %r' % (indent,))
+    try:
+        return libvirt_hostdev(devices, indent)
+    except ValueError as exc:
+        raise AnsibleFilterError('vgpu_hostdev: %s' % exc) from exc
+
+
+class FilterModule:
+    def filters(self):
+        return {'vgpu_hostdev': vgpu_hostdev}

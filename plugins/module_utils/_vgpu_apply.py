@@ -1,0 +1,280 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
+
+"""Apply a `gpu_vgpu` declaration on this host (mdev backend): observe, plan, apply, verify, roll back on failure.
+
+The one implementation behind the `gpuvirt.fleet.vgpu_devices` module and the vgpu role's boot-time service, so it
+imports nothing from Ansible (only _vgpu, the pure planner, and the seams _nvml and _sysfs).
+
+1. observe: each GPU through NVML (identity, MIG mode, active vGPUs with the VM each is attached to) and its mdev
+   parent through sysfs (types with their available instances, the devices of each type);
+2. plan: `_vgpu.plan_host` validates the whole declaration and returns the minimal steps; a refused plan writes
+   nothing (and in check mode the plan is the answer);
+3. apply: removals, then creations, one sysfs write each;
+4. verify: observe again and compare every planned GPU's devices with the plan.
+
+A refused write, or a verify mismatch, rolls back: the devices this run created are removed and the ones it removed
+are created again with their UUIDs and types; the result then says which step failed, the kernel's errno in words,
+and whether the host holds exactly its previous devices again.
+
+Persistence: for every planned GPU the mdevctl definitions `<mdevctl_dir>/<parent>/<uuid>` (JSON with `start: auto`)
+are made to match the declared devices, so mdevctl re-creates them at boot; the role also installs a boot-time
+re-apply for hosts without mdevctl.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _nvml, _sysfs, _vgpu
+
+MDEVCTL_DIR = '/etc/mdevctl.d'
+_MAX_RE = re.compile(r'max_instance=(\d+)')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# observe
+
+def _types_of(parent: str | None, gpu: Mapping[str, Any], root: str) -> tuple[list[_vgpu.VgpuType], list[_vgpu.Device]]:
+    if parent is None:
+        return [], []
+    active = {(v.get('uuid') or '').lower(): v for v in (gpu.get('vgpu') or {}).get('active') or []}
+    nvml_max = {_vgpu.short_name(t.get('name') or ''): t.get('max_instances') for t in (gpu.get('vgpu') or {}).get('supported_types') or []}
+    types, devices = [], []
+    for raw in _sysfs.read_mdev_types(parent, root):
+        match = _MAX_RE.search(raw['description'])
+        maximum = int(match.group(1)) if match else nvml_max.get(_vgpu.short_name(raw['name'])) or 0
+        types.append(_vgpu.VgpuType(raw['type_id'], raw['name'], maximum, raw['available_instances']))
+        for value in raw['devices']:
+            vm_id = (active.get(value) or {}).get('vm_id')
+            devices.append(_vgpu.Device(value, raw['name'], in_use=bool(vm_id)))
+    return types, devices
+
+
+def observe(root: str) -> list[_vgpu.GpuView]:
+    """Every GPU as the planner sees it (the caller holds an NVML session)."""
+    parents = set(_sysfs.list_mdev_parents(root))
+    views = []
+    for index in range(_nvml.read_system()['count']):
+        gpu = _nvml.read_gpu(index)
+        pci = gpu.get('pci') or {}
+        bus_id = pci.get('bus_id')
+        address = _facts.sysfs_pci_address(bus_id) if bus_id else None
+        parent = address if address in parents else None
+        types, devices = _types_of(parent, gpu, root)
+        views.append(_vgpu.GpuView(index=index, uuid=gpu.get('uuid'), name=gpu.get('name') or 'GPU %d' % index, bus_id=bus_id,
+                                   parent=parent, types=types, devices=devices, pci=pci,
+                                   mig_enabled=bool((gpu.get('mig') or {}).get('current'))))
+    return views
+
+
+# ---------------------------------------------------------------------------------------------------------
+# apply, one sysfs write per step
+
+def explain(step: Mapping[str, Any], exc: _sysfs.SysfsWriteError) -> str:
+    """The kernel's errno in words: what was refused and what to do."""
+    device, code = step['device'], exc.errno
+    if step['action'] == 'create':
+        what = 'creating vGPU %s (%s) on %s' % (device, _vgpu.short_name(step['type']), step.get('parent'))
+        reasons = {
+            errno.EINVAL: 'the driver rejected the UUID or the type (malformed UUID, or a type this GPU cannot host beside '
+                          'its current vGPUs)',
+            errno.EEXIST: 'a mediated device with this UUID already exists (on this or another GPU): remove it or declare '
+                          'another UUID',
+            errno.ENOSPC: 'no capacity left for this type on the GPU: lower the count or remove other vGPUs first',
+            errno.EDQUOT: 'no capacity left for this type on the GPU: lower the count or remove other vGPUs first',
+            errno.EUSERS: 'no capacity left for this type on the GPU: lower the count or remove other vGPUs first',
+        }
+    else:
+        what = 'removing vGPU %s (%s) from %s' % (device, _vgpu.short_name(step.get('type') or ''), step.get('parent'))
+        reasons = {
+            errno.EBUSY: 'it is in use (a VM holds it): shut the VM down or detach the vGPU, then run again',
+            errno.ENOENT: 'the device is gone already (removed by someone else)',
+            errno.ENODEV: 'the device is gone already (removed by someone else)',
+        }
+    reasons[errno.EACCES] = reasons[errno.EPERM] = 'permission denied: run as root (become: true)'
+    reasons[errno.ENOENT] = reasons.get(errno.ENOENT, 'the sysfs file is missing: is the NVIDIA vGPU manager driver loaded?')
+    reason = reasons.get(code, 'the kernel refused it')
+    return '%s failed with %s (%s): %s' % (what, errno.errorcode.get(code or 0, code), exc.text, reason)
+
+
+def _run(step: Mapping[str, Any], root: str) -> None:
+    if step['action'] == 'create':
+        _sysfs.create_mdev(step['parent'], step['type_id'], step['device'], root)
+    else:
+        _sysfs.remove_mdev(step['device'], root)
+
+
+def _undo_steps(applied: Sequence[Mapping[str, Any]], before: Sequence[_vgpu.GpuView]) -> list[dict]:
+    """Remove what was created, create again what was removed (same UUID and type), latest first."""
+    type_ids = {(g.parent, t.name): t.type_id for g in before for t in g.types}
+    undo = []
+    for step in reversed(applied):
+        if step['action'] == 'create':
+            undo.append(dict(step, action='remove'))
+        else:
+            undo.append(dict(step, action='create', type_id=type_ids.get((step['parent'], step['type']))))
+    return sorted(undo, key=lambda s: s['action'] != 'remove')
+
+
+def _device_sets(gpus: Sequence[_vgpu.GpuView]) -> dict[int, set]:
+    return {g.index: {(d.uuid, _vgpu.short_name(d.type_name)) for d in g.devices} for g in gpus}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# persistence: mdevctl definitions
+
+def _definition(type_id: str) -> str:
+    return json.dumps({'mdev_type': type_id, 'start': 'auto', 'attrs': []}, indent=2, sort_keys=True) + '\n'
+
+
+def persist(plan: _vgpu.HostPlan, type_ids: Mapping[tuple, str], directory: str, check_mode: bool) -> list[str]:
+    """Make `<directory>/<parent>/` hold exactly the planned devices of each planned GPU; the paths changed."""
+    changed = []
+    for gpu_plan in plan.gpus:
+        parent = gpu_plan.gpu.parent
+        folder = os.path.join(directory, parent)
+        want = {d['uuid']: _definition(type_ids[(parent, d['type'])]) for d in gpu_plan.after()['devices']}
+        have = {}
+        for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+            with open(os.path.join(folder, name), encoding='utf-8') as handle:
+                have[name] = handle.read()
+        for name in sorted(set(have) - set(want)):
+            changed.append(os.path.join(folder, name))
+            if not check_mode:
+                os.unlink(os.path.join(folder, name))
+        for name, text in sorted(want.items()):
+            if have.get(name) != text:
+                changed.append(os.path.join(folder, name))
+                if not check_mode:
+                    os.makedirs(folder, mode=0o755, exist_ok=True)
+                    with open(os.path.join(folder, name), 'w', encoding='utf-8') as handle:
+                        handle.write(text)
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one run
+
+def _new_result() -> dict:
+    return {'changed': False, 'failed': False, 'msg': '', 'steps': [], 'applied': [], 'before': [], 'after': [],
+            'devices': [], 'persisted': [], 'declaration': None}
+
+
+def _devices_out(gpus: Sequence[_vgpu.GpuView]) -> list[dict]:
+    """Every vGPU device on the host, for the libvirt filter and the caller."""
+    return [{'uuid': d.uuid, 'type': _vgpu.short_name(d.type_name), 'gpu': g.index, 'gpu_uuid': g.uuid, 'parent': g.parent,
+             'in_use': d.in_use} for g in gpus for d in sorted(g.devices, key=lambda d: d.uuid)]
+
+
+def _roll_back(result: dict, before: Sequence[_vgpu.GpuView], root: str, failure: str) -> list[_vgpu.GpuView]:
+    rollback: dict[str, Any] = {'steps': [], 'errors': [], 'restored': False}
+    for step in _undo_steps(result['applied'], before):
+        try:
+            _run(step, root)
+            rollback['steps'].append(step)
+        except _sysfs.SysfsWriteError as exc:
+            rollback['errors'].append(explain(step, exc))
+    final = observe(root)
+    was, now = _device_sets(before), _device_sets(final)
+    touched = {s['gpu'] for s in result['applied']} | ({result['failure']['step']['gpu']} if result.get('failure', {}).get('step') else set())
+    mismatches = ['GPU %s holds %s; before: %s' % (i, sorted(p[0] for p in now.get(i, ())), sorted(p[0] for p in was.get(i, ())))
+                  for i in sorted(touched) if now.get(i) != was.get(i)]
+    rollback['restored'] = not mismatches
+    outcome = ('rolled back: GPU(s) %s hold their previous vGPUs again' % ', '.join(map(str, sorted(touched))) if not mismatches
+               else 'ROLLBACK INCOMPLETE: %s' % '; '.join(rollback['errors'] + mismatches))
+    result.update(failed=True, msg='%s; %s' % (failure, outcome), rollback=rollback)
+    return final
+
+
+def _apply(hostname: str, plan: _vgpu.HostPlan, before: Sequence[_vgpu.GpuView], root: str, result: dict) -> list[_vgpu.GpuView]:
+    steps = plan.steps
+    failure = None
+    for number, step in enumerate(steps, 1):
+        try:
+            _run(step, root)
+        except _sysfs.SysfsWriteError as exc:
+            failure = 'host %s: GPU %s (%s): step %d of %d: %s' % (hostname, step['gpu'], step.get('uuid'), number, len(steps), explain(step, exc))
+            result['failure'] = {'step': step, 'step_number': number, 'errno': errno.errorcode.get(exc.errno or 0), 'error': exc.text}
+            break
+        result['applied'].append(step)
+    result['changed'] = bool(result['applied'])
+    after = observe(root)
+    if failure is None:
+        mismatches = _vgpu.verify(plan.desired(), after)
+        if mismatches:
+            failure = 'host %s: verify after apply found: %s' % (hostname, '; '.join(mismatches))
+            result['failure'] = {'step': None, 'error': failure}
+    if failure is not None:
+        after = _roll_back(result, before, root, failure)
+    return after
+
+
+def _start(result: dict) -> _nvml.NvmlSession | None:
+    if not _nvml.HAS_PYNVML:
+        result.update(failed=True, msg='the Python module pynvml (package %s) is required' % _nvml.PYNVML_PACKAGE,
+                      missing_library=_nvml.PYNVML_PACKAGE, exception=_nvml.PYNVML_IMPORT_ERROR)
+        return None
+    session = _nvml.NvmlSession()
+    try:
+        session.__enter__()
+    except _nvml.DriverUnavailable as exc:
+        result.update(failed=True, msg='NVML is not available (is the NVIDIA driver loaded?): %s' % exc)
+        return None
+    return session
+
+
+def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = False, vgpu_device_manager: Any = None,
+                      sysfs_root: str = _sysfs.SYSFS, mdevctl_dir: str | None = MDEVCTL_DIR) -> dict:
+    """Bring this host's vGPU devices to `declaration` (gpu_vgpu; or `vgpu_device_manager`: {'config': .., 'label': ..}).
+
+    Returns changed, failed, msg, steps (the plan), applied, before/after (per planned GPU, for diff), devices (every
+    vGPU device at the end), persisted (mdevctl definitions written or removed; none when `mdevctl_dir` is None),
+    declaration (the state at the end in gpu_vgpu form), and on failure `errors` (a refused plan: nothing was
+    written) or `failure` and `rollback`.
+    """
+    result = _new_result()
+    if vgpu_device_manager is not None:
+        try:
+            declaration = _vgpu.parse_vgpu_device_manager(vgpu_device_manager.get('config'), vgpu_device_manager.get('label'))
+        except _vgpu.VgpuPlanError as exc:
+            result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
+            return result
+    session = _start(result)
+    if session is None:
+        return result
+    try:
+        before = observe(sysfs_root)
+        try:
+            plan = _vgpu.plan_host(hostname, before, declaration)
+        except _vgpu.VgpuPlanError as exc:
+            result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors, devices=_devices_out(before))
+            return result
+        result.update(plan.as_dict())
+        after = before
+        if plan.changed and not check_mode:
+            after = _apply(hostname, plan, before, sysfs_root, result)
+        else:
+            result['changed'] = plan.changed
+        if mdevctl_dir and not result['failed']:
+            type_ids = {(g.parent, _vgpu.short_name(t.name)): t.type_id for g in before for t in g.types}
+            result['persisted'] = persist(plan, type_ids, mdevctl_dir, check_mode)
+            result['changed'] = result['changed'] or bool(result['persisted'])
+        result['devices'] = _devices_out(after)
+        result['declaration'] = _vgpu.export_declaration(after)
+    except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
+        applied = result['applied']
+        result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the vGPU devices%s' % (
+            hostname, 'applying' if applied else 'reading or planning',
+            '; %d step(s) had run (see applied) and were not verified' % len(applied) if applied else '; nothing was changed'))
+    finally:
+        session.__exit__(None, None, None)
+    return result

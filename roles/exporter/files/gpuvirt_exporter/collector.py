@@ -1,0 +1,468 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Prometheus collector: per-GPU, per-MIG-instance and per-vGPU series read from NVML at each scrape.
+
+What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once.
+Calls known to be slow because they sample (PCIe throughput, about 20 ms on an H100) run in a background thread and
+are exported with their age. XID events arrive through an NVML event set in another thread. A scrape never starts a
+process, and a failing call or a lost GPU drops only the series it feeds (and is counted).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import threading
+import time
+
+import pynvml
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from gpuvirt_exporter import __version__
+from gpuvirt_exporter.nvml import GpuLost, Nvml, text
+
+GPU_LABELS = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName', 'Hostname']
+MIG_LABELS = GPU_LABELS + ['GPU_I_ID', 'GPU_I_PROFILE']
+VGPU_LABELS = GPU_LABELS + ['vgpu_id', 'vgpu_uuid']
+
+CLOCKS = {'graphics': 0, 'sm': 1, 'mem': 2, 'video': 3}
+CLOCK_EVENT_REASONS = {
+    'gpu_idle': 0x1, 'applications_clocks_setting': 0x2, 'sw_power_cap': 0x4, 'hw_slowdown': 0x8,
+    'sync_boost': 0x10, 'sw_thermal_slowdown': 0x20, 'hw_thermal_slowdown': 0x40, 'hw_power_brake_slowdown': 0x80,
+    'display_clock_setting': 0x100,
+}
+XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+GPU_INSTANCE_PROFILE_ENUMS = range(0, 18)
+
+
+class Gpu:
+    """What is read once per GPU: handle, labels, max clocks, MIG profiles."""
+
+    def __init__(self, index: int, handle, labels: list[str]):
+        self.index = index
+        self.handle = handle
+        self.labels = labels
+        self.scope = str(index)
+        self.max_clocks: dict[str, int] = {}
+        self.mig_profiles: dict[int, tuple[str, int]] = {}
+
+
+class PcieSampler(threading.Thread):
+    """Reads PCIe TX/RX throughput every interval; NVML samples for about 20 ms per counter, so never in a scrape."""
+
+    def __init__(self, nvml: Nvml, interval: float):
+        super().__init__(name='pcie-sampler', daemon=True)
+        self.nvml = nvml
+        self.interval = interval
+        self.gpus: list[Gpu] = []
+        self.samples: dict[int, tuple[int, int, float]] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for gpu in list(self.gpus):
+                try:
+                    tx = self.nvml.call(gpu.scope, 'nvmlDeviceGetPcieThroughput', gpu.handle, 0)
+                    rx = self.nvml.call(gpu.scope, 'nvmlDeviceGetPcieThroughput', gpu.handle, 1)
+                except GpuLost:
+                    self.samples.pop(gpu.index, None)
+                    continue
+                if tx is not None and rx is not None:
+                    self.samples[gpu.index] = (tx, rx, time.monotonic())
+            self.stopping.wait(self.interval)
+
+
+class XidWatcher(threading.Thread):
+    """Counts XID critical-error events per GPU through an NVML event set, where NVML offers events."""
+
+    def __init__(self, nvml: Nvml):
+        super().__init__(name='xid-watcher', daemon=True)
+        self.nvml = nvml
+        self.counts: dict[tuple[int, int], int] = {}
+        self.watched: set[int] = set()
+        self.supported = False
+        self.stopping = threading.Event()
+        self._event_set = None
+
+    def setup(self, gpus: list[Gpu]) -> None:
+        self._event_set = self.nvml.call('system', 'nvmlEventSetCreate')
+        if self._event_set is None:
+            return
+        for gpu in gpus:
+            try:
+                self.nvml.call(gpu.scope, 'nvmlDeviceRegisterEvents', gpu.handle, XID_EVENT, self._event_set, default=False)
+            except GpuLost:
+                continue
+            if self.nvml.supported(gpu.scope, 'nvmlDeviceRegisterEvents'):
+                self.watched.add(gpu.index)
+        self.supported = bool(self.watched)
+
+    def run(self) -> None:
+        if not self.supported:
+            return
+        by_handle = {}
+        while not self.stopping.is_set():
+            try:
+                data = pynvml.nvmlEventSetWait_v2(self._event_set, 1000)
+            except pynvml.NVMLError_Timeout:
+                continue
+            except pynvml.NVMLError:
+                self.nvml.count_error('nvmlEventSetWait_v2')
+                self.stopping.wait(1.0)
+                continue
+            key = ctypes.cast(data.device, ctypes.c_void_p).value
+            if key not in by_handle:
+                by_handle[key] = self.nvml.call('system', 'nvmlDeviceGetIndex', data.device, default=-1)
+            index = (by_handle[key], int(data.eventData))
+            self.counts[index] = self.counts.get(index, 0) + 1
+
+
+class Families:
+    """Metric families of one scrape, made on first use."""
+
+    def __init__(self):
+        self.items: dict[str, object] = {}
+
+    def gauge(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
+        self._add(GaugeMetricFamily, name, doc, labels, values, value)
+
+    def counter(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
+        self._add(CounterMetricFamily, name, doc, labels, values, value)
+
+    def _add(self, kind, name, doc, labels, values, value) -> None:
+        if value is None:
+            return
+        family = self.items.get(name)
+        if family is None:
+            family = self.items[name] = kind(name, doc, labels=labels)
+        family.add_metric(values, float(value))
+
+
+class GpuCollector:
+    """A prometheus_client custom collector over NVML (register it with a CollectorRegistry)."""
+
+    def __init__(self, hostname: str | None = None, pcie_interval: float = 10.0, events: bool = True):
+        self.nvml = Nvml()
+        self.hostname = hostname or socket.gethostname()
+        self.gpus: list[Gpu] = []
+        self.system: dict[str, str] = {}
+        self.vgpu_types: dict[int, tuple[str, int]] = {}
+        self.pcie = PcieSampler(self.nvml, pcie_interval) if pcie_interval > 0 else None
+        self.events = events
+        self.xid: XidWatcher | None = None
+        self._lock = threading.Lock()
+        self._next_init = 0.0
+        self.start()
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open NVML once and read what does not change; retried at most every 30 s by scrapes while it fails."""
+        if not self.nvml.init():
+            self._next_init = time.monotonic() + 30
+            return
+        self._discover()
+        if self.pcie is not None:
+            self.pcie.gpus = self.gpus
+            if not self.pcie.is_alive():
+                self.pcie.start()
+        if self.events and self.xid is None:
+            self.xid = XidWatcher(self.nvml)
+            self.xid.setup(self.gpus)
+            self.xid.start()
+
+    def stop(self) -> None:
+        if self.pcie is not None:
+            self.pcie.stopping.set()
+        if self.xid is not None:
+            self.xid.stopping.set()
+
+    def _discover(self) -> None:
+        n = self.nvml
+        self.system = {
+            'driver_version': text(n.call('system', 'nvmlSystemGetDriverVersion', default='')),
+            'nvml_version': text(n.call('system', 'nvmlSystemGetNVMLVersion', default='')),
+            'cuda_version': _cuda_version(n.call('system', 'nvmlSystemGetCudaDriverVersion_v2', default=0)),
+        }
+        gpus = []
+        for index in range(n.call('system', 'nvmlDeviceGetCount', default=0)):
+            handle = n.call('system', 'nvmlDeviceGetHandleByIndex', index)
+            if handle is None:
+                continue
+            gpus.append(self._identify(index, handle))
+        self.gpus = gpus
+
+    def _identify(self, index: int, handle) -> Gpu:
+        n, scope = self.nvml, str(index)
+        ident = {'uuid': '', 'bus': '', 'minor': index, 'name': ''}
+        gpu = Gpu(index, handle, [])
+        try:
+            ident['uuid'] = text(n.call(scope, 'nvmlDeviceGetUUID', handle, default=''))
+            pci = n.call(scope, 'nvmlDeviceGetPciInfo_v3', handle)
+            ident['bus'] = text(pci.busId) if pci is not None else ''
+            ident['minor'] = n.call(scope, 'nvmlDeviceGetMinorNumber', handle, default=index)
+            ident['name'] = text(n.call(scope, 'nvmlDeviceGetName', handle, default=''))
+            for clock, kind in CLOCKS.items():
+                value = n.call(scope, 'nvmlDeviceGetMaxClockInfo', handle, kind)
+                if value is not None:
+                    gpu.max_clocks[clock] = value
+            if n.call(scope, 'nvmlDeviceGetMigMode', handle) is not None:
+                gpu.mig_profiles = self._mig_profiles(scope, handle)
+        except GpuLost:
+            pass  # identity stays partial; the GPU reports down at each scrape
+        gpu.labels = [str(index), ident['uuid'], ident['bus'], 'nvidia%s' % ident['minor'], ident['name'], self.hostname]
+        return gpu
+
+    def _mig_profiles(self, scope: str, handle) -> dict[int, tuple[str, int]]:
+        profiles = {}
+        for enum in GPU_INSTANCE_PROFILE_ENUMS:
+            try:
+                info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, enum)
+            except pynvml.NVMLError_GpuIsLost as exc:
+                raise GpuLost(text(exc)) from exc
+            except pynvml.NVMLError:
+                continue  # probing: a GPU answers NotSupported or InvalidArgument for the profiles it lacks
+            # NVML names a profile 'MIG 1g.10gb'; dcgm-exporter's GPU_I_PROFILE is '1g.10gb'
+            name = text(getattr(info, 'name', '') or '').replace('MIG ', '', 1)
+            name = name or '%dg.%dgb' % (info.sliceCount, round(info.memorySizeMB / 1024))
+            profiles[int(info.id)] = (name, int(info.memorySizeMB) * 1024 * 1024)
+        return profiles
+
+    # -- prometheus_client interface ---------------------------------------------------------------------------
+    def describe(self):
+        return []  # unchecked collector: registering it does not scrape
+
+    def collect(self):
+        started = time.perf_counter()
+        fam = Families()
+        with self._lock:
+            if not self.nvml.initialized and time.monotonic() >= self._next_init:
+                self.start()
+            lost = 0
+            if self.nvml.initialized:
+                fam.gauge('gpuvirt_driver_info', 'NVIDIA driver, NVML and CUDA driver versions (value 1).',
+                          ['driver_version', 'nvml_version', 'cuda_version', 'Hostname'],
+                          [self.system['driver_version'], self.system['nvml_version'], self.system['cuda_version'],
+                           self.hostname], 1)
+                for gpu in self.gpus:
+                    lost += not self._collect_gpu(fam, gpu)
+            self._self_metrics(fam, lost, time.perf_counter() - started)
+        return list(fam.items.values())
+
+    # -- one GPU ----------------------------------------------------------------------------------------------
+    def _collect_gpu(self, fam: Families, gpu: Gpu) -> bool:
+        labels = gpu.labels
+        fam.gauge('gpuvirt_gpu_info', 'GPU identity (value 1).', GPU_LABELS, labels, 1)
+        try:
+            self._gpu_telemetry(fam, gpu)
+            self._gpu_health(fam, gpu)
+            self._mig(fam, gpu)
+            self._vgpus(fam, gpu)
+        except GpuLost:
+            fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost (fell off the bus).', GPU_LABELS, labels, 0)
+            return False
+        fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost (fell off the bus).', GPU_LABELS, labels, 1)
+        self._background(fam, gpu)
+        return True
+
+    def _gpu_telemetry(self, fam: Families, gpu: Gpu) -> None:
+        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+        util = n.call(s, 'nvmlDeviceGetUtilizationRates', h)
+        if util is not None:
+            fam.gauge('gpuvirt_gpu_utilization_percent', 'GPU (SM) utilization over the last sample period.', GPU_LABELS, lab, util.gpu)
+            fam.gauge('gpuvirt_gpu_memory_utilization_percent', 'Memory controller utilization over the last sample period.',
+                      GPU_LABELS, lab, util.memory)
+        for engine in ('Encoder', 'Decoder'):
+            value = n.call(s, 'nvmlDeviceGet%sUtilization' % engine, h)
+            if value is not None:
+                fam.gauge('gpuvirt_gpu_%s_utilization_percent' % engine.lower(), '%s utilization.' % engine, GPU_LABELS, lab, value[0])
+        mem = n.call(s, 'nvmlDeviceGetMemoryInfo', h)
+        if mem is not None:
+            for key in ('used', 'free', 'total'):
+                fam.gauge('gpuvirt_gpu_memory_%s_bytes' % key, 'Framebuffer memory %s.' % key, GPU_LABELS, lab, getattr(mem, key))
+        fam.gauge('gpuvirt_gpu_temperature_celsius', 'GPU core temperature.', GPU_LABELS, lab,
+                  n.call(s, 'nvmlDeviceGetTemperature', h, 0))
+        power = n.call(s, 'nvmlDeviceGetPowerUsage', h)
+        fam.gauge('gpuvirt_gpu_power_watts', 'Power draw.', GPU_LABELS, lab, None if power is None else power / 1000)
+        limit = n.call(s, 'nvmlDeviceGetEnforcedPowerLimit', h)
+        fam.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit.', GPU_LABELS, lab, None if limit is None else limit / 1000)
+        energy = n.call(s, 'nvmlDeviceGetTotalEnergyConsumption', h)
+        fam.counter('gpuvirt_gpu_energy_joules', 'Energy consumed since the driver was loaded.', GPU_LABELS, lab,
+                    None if energy is None else energy / 1000)
+        for clock, kind in CLOCKS.items():
+            value = n.call(s, 'nvmlDeviceGetClockInfo', h, kind)
+            fam.gauge('gpuvirt_gpu_clock_hz', 'Current clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
+                      None if value is None else value * 1e6)
+            if clock in gpu.max_clocks:
+                fam.gauge('gpuvirt_gpu_clock_max_hz', 'Maximum clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
+                          gpu.max_clocks[clock] * 1e6)
+        fam.gauge('gpuvirt_gpu_performance_state', 'Performance state (0 = P0, highest performance).', GPU_LABELS, lab,
+                  n.call(s, 'nvmlDeviceGetPerformanceState', h))
+        reasons = n.call(s, 'nvmlDeviceGetCurrentClocksEventReasons', h)
+        if reasons is not None:
+            fam.gauge('gpuvirt_gpu_clocks_event_reasons', 'Clock event (throttle) reasons, the NVML bit mask.', GPU_LABELS, lab, reasons)
+            for name, bit in CLOCK_EVENT_REASONS.items():
+                fam.gauge('gpuvirt_gpu_clocks_event_reason', 'Whether a clock event (throttle) reason is active (1) or not (0).',
+                          GPU_LABELS + ['reason'], lab + [name], 1 if reasons & bit else 0)
+        fam.gauge('gpuvirt_gpu_pcie_link_generation', 'Current PCIe link generation.', GPU_LABELS, lab,
+                  n.call(s, 'nvmlDeviceGetCurrPcieLinkGeneration', h))
+        fam.gauge('gpuvirt_gpu_pcie_link_width', 'Current PCIe link width (lanes).', GPU_LABELS, lab,
+                  n.call(s, 'nvmlDeviceGetCurrPcieLinkWidth', h))
+        fam.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', GPU_LABELS, lab, n.call(s, 'nvmlDeviceGetPcieReplayCounter', h))
+
+    def _gpu_health(self, fam: Families, gpu: Gpu) -> None:
+        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+        for kind, error_type in (('corrected', 0), ('uncorrected', 1)):
+            # aggregate (lifetime) counters, NVML_AGGREGATE_ECC = 1
+            fam.counter('gpuvirt_gpu_ecc_errors', 'ECC errors over the GPU lifetime.', GPU_LABELS + ['error_type'], lab + [kind],
+                        n.call(s, 'nvmlDeviceGetTotalEccErrors', h, error_type, 1))
+        for cause, source in (('multiple_single_bit', 0), ('double_bit', 1)):
+            pages = n.call(s, 'nvmlDeviceGetRetiredPages', h, source)
+            fam.gauge('gpuvirt_gpu_retired_pages', 'Retired framebuffer pages (pre-Ampere GPUs; Hopper remaps rows instead).',
+                      GPU_LABELS + ['cause'], lab + [cause], None if pages is None else len(pages))
+        rows = n.call(s, 'nvmlDeviceGetRemappedRows', h)
+        if rows is not None:
+            corr, unc, pending, failure = rows
+            fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
+                      lab + ['corrected'], corr)
+            fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
+                      lab + ['uncorrected'], unc)
+            fam.gauge('gpuvirt_gpu_row_remap_pending', '1 when a row remap waits for a GPU reset.', GPU_LABELS, lab, 1 if pending else 0)
+            fam.gauge('gpuvirt_gpu_row_remap_failure', '1 when a row remap failed.', GPU_LABELS, lab, 1 if failure else 0)
+
+    def _background(self, fam: Families, gpu: Gpu) -> None:
+        lab = gpu.labels
+        sample = self.pcie.samples.get(gpu.index) if self.pcie is not None else None
+        if sample is not None:
+            tx, rx, when = sample
+            for direction, kbps in (('tx', tx), ('rx', rx)):
+                fam.gauge('gpuvirt_gpu_pcie_throughput_bytes_per_second', 'PCIe throughput, sampled in the background.',
+                          GPU_LABELS + ['direction'], lab + [direction], kbps * 1024)
+            fam.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', GPU_LABELS, lab,
+                      time.monotonic() - when)
+        if self.xid is not None and gpu.index in self.xid.watched:
+            counts = {xid: c for (index, xid), c in list(self.xid.counts.items()) if index == gpu.index}
+            fam.counter('gpuvirt_gpu_xid_events', 'XID critical error events since the exporter started (all XIDs).',
+                        GPU_LABELS, lab, sum(counts.values()))
+            for xid, count in sorted(counts.items()):
+                fam.counter('gpuvirt_gpu_xid_errors', 'XID critical error events since the exporter started, by XID.',
+                            GPU_LABELS + ['xid'], lab + [str(xid)], count)
+
+    # -- MIG ----------------------------------------------------------------------------------------------------
+    def _mig(self, fam: Families, gpu: Gpu) -> None:
+        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+        mode = n.call(s, 'nvmlDeviceGetMigMode', h)
+        if mode is None:
+            return
+        fam.gauge('gpuvirt_gpu_mig_mode', 'MIG mode: 1 enabled, 0 disabled (current mode).', GPU_LABELS, lab, mode[0])
+        if not mode[0]:
+            return
+        instances = {}
+        for profile_id, (profile, memory) in gpu.mig_profiles.items():
+            for gi in n.run(s, 'nvmlDeviceGetGpuInstances', _gpu_instances, h, profile_id, default=[], remember=False):
+                info = n.call(s, 'nvmlGpuInstanceGetInfo', gi, remember=False)
+                if info is not None:
+                    instances[int(info.id)] = (profile, memory, info.placement.start, info.placement.size)
+        used = self._mig_memory_used(gpu)
+        for gi_id, (profile, memory, start, size) in sorted(instances.items()):
+            mlab = lab + [str(gi_id), profile]
+            fam.gauge('gpuvirt_mig_instance_info', 'A MIG GPU instance and its placement (value 1).',
+                      MIG_LABELS + ['placement_start', 'placement_size'], mlab + [str(start), str(size)], 1)
+            total = used.get(gi_id, (None, memory))[1]
+            fam.gauge('gpuvirt_mig_memory_total_bytes', 'Memory of the GPU instance.', MIG_LABELS, mlab, total)
+            fam.gauge('gpuvirt_mig_memory_used_bytes', 'Memory used in the GPU instance (from its MIG devices).', MIG_LABELS, mlab,
+                      used.get(gi_id, (0, memory))[0])
+            if gi_id in used and used[gi_id][2] is not None:
+                fam.gauge('gpuvirt_mig_utilization_percent', 'GPU instance utilization, where NVML offers it.', MIG_LABELS, mlab,
+                          used[gi_id][2])
+
+    def _mig_memory_used(self, gpu: Gpu) -> dict[int, tuple[int, int, int | None]]:
+        """GPU instance id -> (used, total, utilization or None), read through the MIG device handles."""
+        n, s = self.nvml, gpu.scope
+        found = {}
+        for index in range(n.call(s, 'nvmlDeviceGetMaxMigDeviceCount', gpu.handle, default=0, remember=False)):
+            mig = n.call(s, 'nvmlDeviceGetMigDeviceHandleByIndex', gpu.handle, index, remember=False)
+            if mig is None:
+                continue
+            gi_id = n.call(s, 'nvmlDeviceGetGpuInstanceId', mig, remember=False)
+            if gi_id is None or gi_id in found:
+                continue
+            mem = n.call(s, 'nvmlDeviceGetMemoryInfo', mig, remember=False)
+            util = n.call('mig', 'nvmlDeviceGetUtilizationRates', mig)
+            if mem is not None:
+                found[int(gi_id)] = (mem.used, mem.total, None if util is None else util.gpu)
+        return found
+
+    # -- vGPU ---------------------------------------------------------------------------------------------------
+    def _vgpus(self, fam: Families, gpu: Gpu) -> None:
+        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+        active = n.call(s, 'nvmlDeviceGetActiveVgpus', h)
+        if active is None:
+            return
+        fam.gauge('gpuvirt_gpu_vgpu_instances', 'Active vGPU instances on the GPU.', GPU_LABELS, lab, len(active))
+        samples = self._vgpu_utilization(gpu) if active else {}
+        for instance in active:
+            instance = int(instance)
+            uuid = n.call('vgpu', 'nvmlVgpuInstanceGetUUID', instance, remember=False)
+            if uuid is None:
+                continue  # gone since it was listed
+            vlab = lab + [str(instance), text(uuid)]
+            type_id = n.call('vgpu', 'nvmlVgpuInstanceGetType', instance, remember=False)
+            type_name, framebuffer = self._vgpu_type(type_id)
+            vm_id = n.call('vgpu', 'nvmlVgpuInstanceGetVmID', instance, remember=False)
+            fam.gauge('gpuvirt_vgpu_info', 'A vGPU instance: its type and the VM it belongs to (value 1).',
+                      VGPU_LABELS + ['vgpu_type', 'vgpu_type_id', 'vm_id'],
+                      vlab + [type_name, str(type_id), text(vm_id[0]) if vm_id else ''], 1)
+            fam.gauge('gpuvirt_vgpu_framebuffer_used_bytes', 'Framebuffer used by the vGPU instance.', VGPU_LABELS, vlab,
+                      n.call('vgpu', 'nvmlVgpuInstanceGetFbUsage', instance, remember=False))
+            fam.gauge('gpuvirt_vgpu_framebuffer_total_bytes', 'Framebuffer of the vGPU type.', VGPU_LABELS, vlab, framebuffer)
+            fam.gauge('gpuvirt_vgpu_license_status', 'vGPU license: 1 licensed, 0 not licensed (guest driver report).',
+                      VGPU_LABELS, vlab, n.call('vgpu', 'nvmlVgpuInstanceGetLicenseStatus', instance))
+            for engine, value in samples.get(instance, {}).items():
+                fam.gauge('gpuvirt_vgpu_utilization_percent', 'vGPU utilization from the latest NVML sample, by engine.',
+                          VGPU_LABELS + ['engine'], vlab + [engine], value)
+
+    def _vgpu_type(self, type_id) -> tuple[str, int | None]:
+        if type_id is None:
+            return '', None
+        if type_id not in self.vgpu_types:
+            name = self.nvml.call('vgpu', 'nvmlVgpuTypeGetName', type_id)
+            if name is None:
+                return str(type_id), None
+            self.vgpu_types[type_id] = (text(name), self.nvml.call('vgpu', 'nvmlVgpuTypeGetFramebufferSize', type_id))
+        return self.vgpu_types[type_id]
+
+    def _vgpu_utilization(self, gpu: Gpu) -> dict[int, dict[str, int]]:
+        samples = self.nvml.call(gpu.scope, 'nvmlDeviceGetVgpuUtilization', gpu.handle, 0) or []
+        latest: dict[int, tuple[int, dict[str, int]]] = {}
+        for sample in samples:
+            instance, stamp = int(sample.vgpuInstance), int(sample.timeStamp)
+            if instance not in latest or stamp >= latest[instance][0]:
+                latest[instance] = (stamp, {'sm': sample.smUtil.uiVal, 'memory': sample.memUtil.uiVal,
+                                            'encoder': sample.encUtil.uiVal, 'decoder': sample.decUtil.uiVal})
+        return {instance: values for instance, (_stamp, values) in latest.items()}
+
+    # -- self ---------------------------------------------------------------------------------------------------
+    def _self_metrics(self, fam: Families, lost: int, duration: float) -> None:
+        fam.gauge('gpuvirt_exporter_build_info', 'Exporter version (value 1).', ['version'], [__version__], 1)
+        fam.gauge('gpuvirt_exporter_nvml_up', '1 when NVML is initialized, 0 when it failed to start (no driver).', [], [],
+                  1 if self.nvml.initialized else 0)
+        fam.gauge('gpuvirt_exporter_gpus', 'GPUs the exporter watches.', [], [], len(self.gpus))
+        fam.gauge('gpuvirt_exporter_gpus_lost', 'GPUs that did not answer in this scrape (lost).', [], [], lost)
+        fam.gauge('gpuvirt_exporter_xid_events_supported', '1 when XID events are watched through an NVML event set.', [], [],
+                  1 if self.xid is not None and self.xid.supported else 0)
+        fam.gauge('gpuvirt_exporter_scrape_duration_seconds', 'Time this scrape spent reading NVML.', [], [], duration)
+        for call, count in sorted(self.nvml.errors.items()):
+            fam.counter('gpuvirt_exporter_nvml_errors', 'Failed NVML calls (other than not supported), by function.', ['call'], [call],
+                        count)
+
+
+def _gpu_instances(handle, profile_id: int) -> list:
+    count = ctypes.c_uint(0)
+    instances = (pynvml.c_nvmlGpuInstance_t * 8)()
+    pynvml.nvmlDeviceGetGpuInstances(handle, profile_id, instances, ctypes.byref(count))
+    return list(instances[:count.value])
+
+
+def _cuda_version(value) -> str:
+    value = int(value or 0)
+    return '%d.%d' % (value // 1000, value % 1000 // 10) if value else ''

@@ -1,0 +1,98 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The exporter's only door to NVML: one session, guarded calls, per-call error and support bookkeeping.
+
+A call NVML does not support (NotSupported, or a function this binding or driver lacks) is remembered per GPU and
+not made again, so a scrape only pays for what the GPU answers. Any other error is counted per call name and
+degrades that one series. GpuIsLost is raised to the caller, which marks the whole GPU down for this scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pynvml
+
+
+class GpuLost(Exception):
+    """The GPU fell off the bus (NVML_ERROR_GPU_IS_LOST)."""
+
+
+def text(value) -> str:
+    """NVML strings are bytes in old bindings and str in new ones."""
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'replace')
+    return str(value)
+
+
+class Nvml:
+    """nvmlInit once; counts errors per call; remembers calls a GPU does not support."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.errors: dict[str, int] = {}
+        self._unsupported: set[tuple[str, str]] = set()
+        self.initialized = False
+        self.init_error = ''
+
+    def init(self) -> bool:
+        if self.initialized:
+            return True
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            self.init_error = text(exc) or exc.__class__.__name__
+            self.count_error('nvmlInit')
+            return False
+        self.initialized = True
+        self.init_error = ''
+        return True
+
+    def shutdown(self) -> None:
+        if self.initialized:
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError:
+                pass
+            self.initialized = False
+
+    def count_error(self, name: str) -> None:
+        with self._lock:
+            self.errors[name] = self.errors.get(name, 0) + 1
+
+    def supported(self, scope: str, name: str) -> bool:
+        return (scope, name) not in self._unsupported
+
+    def call(self, scope: str, name: str, *args, default=None, remember: bool = True):
+        """pynvml.<name>(*args) for the GPU named by scope; default when unsupported or failing, GpuLost when lost.
+
+        remember=False for calls whose support follows a mode that can change at run time (MIG, vGPU instances).
+        """
+        if remember and (scope, name) in self._unsupported:
+            return default
+        func = getattr(pynvml, name, None)
+        if func is None:
+            self._unsupported.add((scope, name))
+            return default
+        return self.run(scope, name, func, *args, default=default, remember=remember)
+
+    def run(self, scope: str, name: str, func, *args, default=None, remember: bool = True):
+        """func(*args) with the bookkeeping of call(); name is what errors are counted under."""
+        if remember and (scope, name) in self._unsupported:
+            return default
+        try:
+            return func(*args)
+        except pynvml.NVMLError_GpuIsLost as exc:
+            self.count_error(name)
+            raise GpuLost(text(exc)) from exc
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound):
+            if remember:
+                self._unsupported.add((scope, name))
+        except pynvml.NVMLError_NotFound:
+            pass  # an index with nothing behind it (a MIG device slot, a vGPU gone since it was listed)
+        except pynvml.NVMLError:
+            self.count_error(name)
+        except AttributeError:
+            # the binding has no such function, or the loaded library lacks it
+            self._unsupported.add((scope, name))
+        return default

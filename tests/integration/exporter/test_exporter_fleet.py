@@ -1,0 +1,171 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.fleet.exporter and gpuvirt.fleet.monitoring on the fleet, over SSH: every host serves metrics, a real
+Prometheus on loopback scrapes them all (up == 1), promtool accepts the rendered config, and basic auth answers 401.
+
+Needs root (the fleet) and Debian's prometheus package (promtool, prometheus). Brings up fleet-exporter.yml (fleet
+'exptest', ports 23300-23399) with its own inventory and tears it down in the fixture's finaliser.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+FLEET_TOOL = REPO / 'sim' / 'fleet'
+FLEET = 'exptest'
+VENV_BIN = REPO / '.venv' / 'bin'
+PORTS = {'et-h100': 23350, 'et-a40': 23351}
+PROMETHEUS_PORT = 23390
+WHEELS = ['prometheus-client==0.26.0', 'bcrypt==5.0.0', 'pip']
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root'),
+              pytest.mark.skipif(not shutil.which('prometheus') or not shutil.which('promtool'),
+                                 reason="Debian's prometheus package (prometheus, promtool) is not installed")]
+
+
+def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
+    return proc
+
+
+def _get(port: int, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request('http://127.0.0.1:%d/metrics' % port)
+    if auth:
+        request.add_header('Authorization', 'Basic ' + base64.b64encode(('%s:%s' % auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ''
+
+
+class Fleet:
+    def __init__(self, workdir: Path, inventory: Path, wheels: Path):
+        self.workdir = workdir
+        self.inventory = inventory
+        self.wheels = wheels
+        self.prometheus_config = workdir / 'monitoring' / 'prometheus.yml'
+
+    def play(self, *extra: str, **variables) -> subprocess.CompletedProcess:
+        variables = dict({'exporter_wheel_dir': str(self.wheels), 'monitoring_prometheus_config': str(self.prometheus_config),
+                          'monitoring_dashboard_dir': str(self.workdir / 'monitoring' / 'grafana'),
+                          'monitoring_scrape_interval': '1s', 'monitoring_scrape_timeout': '1s'}, **variables)
+        varfile = self.workdir / 'vars.json'
+        varfile.write_text(json.dumps(variables))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, *extra,
+                               str(HERE / 'exporter.yml')], capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
+
+    def sh(self, host: str, command: str) -> str:
+        proc = _fleet('exec', '--fleet', FLEET, host, '--', 'sh', '-c', command, check=False)
+        assert proc.returncode == 0, '%r failed: %s %s' % (command, proc.stdout, proc.stderr)
+        return proc.stdout
+
+
+def _changed(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    return {line.split()[0]: int(line.split('changed=')[1].split()[0]) for line in proc.stdout.splitlines() if 'changed=' in line}
+
+
+@pytest.fixture(scope='module', name='fleet')
+def fleet_fixture(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('exporter')
+    inventory = workdir / 'hosts.yml'
+    wheels = workdir / 'wheels'
+    subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--disable-pip-version-check', '-d', str(wheels), '--only-binary=:all:',
+                    '--python-version', '3.11', '--platform', 'manylinux2014_x86_64', *WHEELS], check=True, capture_output=True)
+    _fleet('down', '--fleet', FLEET, '--purge', check=False)
+    try:
+        _fleet('up', str(HERE / 'fleet-exporter.yml'), '--inventory', str(inventory))
+        yield Fleet(workdir, inventory, wheels)
+    finally:
+        _fleet('down', '--fleet', FLEET, '--purge', check=False)
+
+
+def test_the_roles_deploy_and_a_rerun_changes_nothing(fleet):
+    proc = fleet.play()
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    again = fleet.play()
+    assert again.returncode == 0, again.stdout[-6000:]
+    assert set(_changed(again).values()) == {0}, again.stdout[-4000:]
+    check = fleet.play('--check', '--limit', 'gpu_hosts')
+    assert check.returncode == 0 and set(_changed(check).values()) == {0}, check.stdout[-4000:]
+    for host in PORTS:
+        assert fleet.sh(host, 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
+        assert fleet.sh(host, 'getent passwd gpuvirt-exporter | cut -d: -f7').strip() == '/usr/sbin/nologin'
+
+
+def test_every_host_serves_its_own_gpus(fleet):
+    fleet.sh('et-a40', 'gpusimctl vgpu add --gpu 0 --type 558 --vm-id vm-7 >/dev/null')
+    for host, port in PORTS.items():
+        status, text = _get(port)
+        assert status == 200
+        assert 'gpuvirt_gpu_up{Hostname="%s"' % host in text
+    assert 'vm_id="vm-7"' in _get(PORTS['et-a40'])[1]
+    assert 'NVIDIA H100 80GB HBM3' in _get(PORTS['et-h100'])[1]
+
+
+def test_the_unit_is_hardened(fleet):
+    out = fleet.sh('et-h100', 'systemd-analyze security gpuvirt-exporter.service --no-pager | tail -1')
+    score = float(out.split('service:')[1].split()[0])
+    print('systemd-analyze security gpuvirt-exporter.service: %s' % out.strip())
+    assert score <= 2.0, out
+
+
+def test_promtool_accepts_the_rendered_config_with_every_gpu_host(fleet):
+    proc = subprocess.run(['promtool', 'check', 'config', str(fleet.prometheus_config)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = fleet.prometheus_config.read_text()
+    assert 'job_name: vgpu_metrics' in text
+    for port in PORTS.values():
+        assert '127.0.0.1:%d' % port in text
+
+
+def test_a_real_prometheus_scrapes_every_host_up(fleet):
+    data = fleet.workdir / 'tsdb'
+    prometheus = subprocess.Popen(['prometheus', '--config.file=%s' % fleet.prometheus_config, '--storage.tsdb.path=%s' % data,
+                                   '--web.listen-address=127.0.0.1:%d' % PROMETHEUS_PORT], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    url = 'http://127.0.0.1:%d/api/v1/query?query=up%%7Bjob%%3D%%22vgpu_metrics%%22%%7D' % PROMETHEUS_PORT
+    result = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    result = json.load(response)['data']['result']
+            except (OSError, ValueError, KeyError):
+                result = []
+            if len(result) == len(PORTS) and all(r['value'][1] == '1' for r in result):
+                break
+            time.sleep(1)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(20)
+    assert sorted((r['metric']['instance'], r['value'][1]) for r in result) == sorted((h, '1') for h in PORTS)
+
+
+def test_with_basic_auth_no_or_wrong_credentials_get_401(fleet):
+    bcrypt = pytest.importorskip('bcrypt')
+    hashed = bcrypt.hashpw(b'gpu-s3cret', bcrypt.gensalt(rounds=6)).decode()
+    proc = fleet.play('--limit', 'et-h100', '--tags', 'exporter_configure,exporter_run', exporter_basic_auth_users={'prometheus': hashed})
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    port = PORTS['et-h100']
+    assert _get(port)[0] == 401
+    assert _get(port, ('prometheus', 'wrong'))[0] == 401
+    status, text = _get(port, ('prometheus', 'gpu-s3cret'))
+    assert status == 200 and 'gpuvirt_gpu_up' in text
+    assert fleet.sh('et-h100', 'stat -c %a:%G /etc/gpuvirt-exporter/web-config.yml').strip() == '640:gpuvirt-exporter'

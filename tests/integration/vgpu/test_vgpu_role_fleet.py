@@ -1,0 +1,142 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.fleet.vgpu on the fleet, over SSH, against a host whose /sys/class/mdev_bus and /sys/bus/mdev are the
+FUSE emulation: apply, rerun unchanged, a changed count touches only the difference, the same UUIDs after a
+re-apply and after a reboot (the boot-time service re-creates them), and refused declarations write nothing.
+
+Needs root (the fleet). Brings up fleet-vgpu.yml (fleet 'vgputest', ports 23200+) with its own inventory and tears
+it down in the fixture's finaliser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+FLEET_TOOL = REPO / 'sim' / 'fleet'
+FLEET = 'vgputest'
+HOST = 'vt-a40'
+VENV_BIN = REPO / '.venv' / 'bin'
+A40 = '0000:18:00.0'
+SIX = [{'name': 'desktops', 'devices': {'model': 'NVIDIA A40'}, 'type': 'A40-8Q', 'count': 6}]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root')
+
+
+def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
+    return proc
+
+
+class Host:
+    def __init__(self, workdir: Path, inventory: Path):
+        self.workdir = workdir
+        self.inventory = inventory
+
+    def sh(self, command: str) -> str:
+        proc = _fleet('exec', '--fleet', FLEET, HOST, '--', 'sh', '-c', command, check=False)
+        assert proc.returncode == 0, '%r failed: %s %s' % (command, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    def play(self, **variables) -> subprocess.CompletedProcess:
+        varfile = self.workdir / 'vars.json'
+        varfile.write_text(json.dumps(variables))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, str(HERE / 'vgpu.yml')],
+                              capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
+
+    def state(self) -> dict:
+        return json.loads(self.sh('gpusimctl show'))
+
+    def devices(self, gpu: int = 0) -> list[tuple[str, int]]:
+        """(uuid, type id) per vGPU instance of one GPU, as NVML sees them."""
+        return sorted((v['uuid'], v['type_id']) for v in self.state()['gpus'][gpu]['vgpu_instances'])
+
+    def sysfs_devices(self) -> list[str]:
+        return sorted(self.sh('ls /sys/bus/mdev/devices').split())
+
+    def writes(self) -> int:
+        return sum(self.state().get('sysfs_writes', {}).values())
+
+
+def _changed(proc: subprocess.CompletedProcess) -> int:
+    for line in proc.stdout.splitlines():
+        if line.startswith(HOST) and 'changed=' in line:
+            return int(line.split('changed=')[1].split()[0])
+    raise AssertionError('no recap:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-2000:]))
+
+
+@pytest.fixture(scope='module', name='host')
+def host_fixture(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('vgpu')
+    inventory = workdir / 'hosts.yml'
+    _fleet('down', '--fleet', FLEET, '--purge', check=False)
+    try:
+        _fleet('up', str(HERE / 'fleet-vgpu.yml'), '--inventory', str(inventory))
+        host = Host(workdir, inventory)
+        host.sh('systemctl is-system-running --wait >/dev/null || true')
+        yield host
+    finally:
+        _fleet('down', '--fleet', FLEET, '--purge', check=False)
+
+
+def test_the_host_has_the_emulated_mdev_trees(host):
+    assert host.sh('ls /sys/class/mdev_bus').split() == [A40, '0000:2a:00.0']
+    assert host.sh('cat /sys/class/mdev_bus/%s/mdev_supported_types/nvidia-562/name' % A40).strip() == 'NVIDIA A40-8Q'
+
+
+def test_role_creates_the_devices_and_persists_them(host):
+    proc = host.play(gpu_vgpu=SIX)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    devices = host.devices()
+    assert len(devices) == 6 and {pair[1] for pair in devices} == {562}
+    assert host.sysfs_devices() == [pair[0] for pair in devices]
+    assert sorted(host.sh('ls /etc/mdevctl.d/%s' % A40).split()) == [pair[0] for pair in devices]
+    assert '"start": "auto"' in host.sh('cat /etc/mdevctl.d/%s/%s' % (A40, devices[0][0]))
+    assert host.sh('systemctl is-enabled gpuvirt-vgpu.service').strip() == 'enabled'
+
+
+def test_rerun_changes_nothing_and_writes_nothing(host):
+    before, writes = host.devices(), host.writes()
+    proc = host.play(gpu_vgpu=SIX)
+    assert proc.returncode == 0 and _changed(proc) == 0, proc.stdout[-4000:]
+    assert host.devices() == before and host.writes() == writes
+
+
+def test_changed_count_creates_and_removes_only_the_difference(host):
+    six, writes = host.devices(), host.writes()
+    proc = host.play(gpu_vgpu=[dict(SIX[0], count=4)])
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    four = host.devices()
+    assert set(four) < set(six) and len(four) == 4 and host.writes() == writes + 2
+    proc = host.play(gpu_vgpu=SIX)
+    assert proc.returncode == 0 and host.devices() == six and host.writes() == writes + 4
+
+
+def test_uuids_are_the_same_after_a_reboot(host):
+    before = host.devices()
+    _fleet('reboot', '--fleet', FLEET, HOST)
+    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    assert host.sh('systemctl is-active gpuvirt-vgpu.service').strip() == 'active'
+    assert host.devices() == before
+    assert host.sysfs_devices() == [pair[0] for pair in before]
+    assert _changed(host.play(gpu_vgpu=SIX)) == 0
+
+
+@pytest.mark.parametrize('declaration, needle', [
+    ([dict(SIX[0], count=7)], 'exceed its capacity'),
+    ([dict(SIX[0], type='A40-7Z')], 'vGPU type A40-7Z is not supported'),
+    ([SIX[0], {'name': 'mixed', 'devices': [0], 'type': 'A40-4Q', 'count': 1}], 'allows one time-sliced vGPU type per GPU'),
+])
+def test_refused_declarations_write_nothing(host, declaration, needle):
+    before, writes = host.devices(), host.writes()
+    proc = host.play(gpu_vgpu=declaration)
+    assert proc.returncode != 0 and needle in proc.stdout, proc.stdout[-4000:]
+    assert host.devices() == before and host.writes() == writes
