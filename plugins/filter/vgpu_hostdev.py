@@ -7,18 +7,20 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 ---
 name: vgpu_hostdev
-short_description: libvirt hostdev XML for vGPU (mdev) devices
+short_description: libvirt hostdev XML for vGPU devices (mdev, or SR-IOV VFs)
 version_added: 0.3.0
 description:
   - Emits one libvirt C(<hostdev mode='subsystem' type='mdev' model='vfio-pci'>) element per vGPU device, to put in a
     domain's C(<devices>) section.
+  - A device of the SR-IOV vGPU interface (one with C(vf)) becomes a PCI C(<hostdev mode='subsystem' type='pci'>) naming
+    its VF.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 options:
   _input:
     description:
       - A device UUID, a device as M(gpuvirt.fleet.vgpu_devices) returns it in RV(gpuvirt.fleet.vgpu_devices#module:devices)
-        (a mapping with C(uuid)), or a list of either.
+        (a mapping with C(uuid), or with C(vf) for an SR-IOV vGPU), or a list of these.
     type: raw
     required: true
   indent:

@@ -112,3 +112,49 @@ def create_mdev(parent: str, type_id: str, uuid: str, root: str = SYSFS) -> None
 def remove_mdev(uuid: str, root: str = SYSFS) -> None:
     """Write 1 to the device's `remove`; raises SysfsWriteError (EBUSY while a VM holds it)."""
     _write(os.path.join(root, MDEV_DEVICES, uuid, 'remove'), '1\n')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SR-IOV vendor interface (vGPU 17+ on Ada, Hopper and newer): each VF of a GPU holds at most one vGPU;
+# `<VF>/nvidia/creatable_vgpu_types` lists "ID : Name" of the types creatable on it now, and
+# `<VF>/nvidia/current_vgpu_type` holds the type id (0: none); writing an id creates, writing 0 removes.
+
+SRIOV_MANAGE = '/usr/lib/nvidia/sriov-manage'
+
+
+def list_vfs(pf_address: str, root: str = SYSFS) -> list[str]:
+    """The VFs of a physical function in VF order (virtfn0, virtfn1, ...), as sysfs addresses."""
+    base = os.path.join(root, 'bus/pci/devices', pf_address)
+    numbered = []
+    for name in _listdir(base):
+        if name.startswith('virtfn') and name[6:].isdigit():
+            numbered.append((int(name[6:]), os.path.basename(os.readlink(os.path.join(base, name)))))
+    return [pair[1] for pair in sorted(numbered)]
+
+
+def parse_creatable_types(text: str) -> list[tuple[int, str]]:
+    """'ID    : vGPU Name' lines (a header line first on real drivers) -> [(id, name)]."""
+    result = []
+    for line in text.splitlines():
+        key, sep, name = line.partition(':')
+        if sep and key.strip().isdigit():
+            result.append((int(key.strip()), name.strip()))
+    return result
+
+
+def is_sriov_vgpu(vf_address: str, root: str = SYSFS) -> bool:
+    """Whether a VF offers the vendor vGPU interface."""
+    return os.path.exists(os.path.join(root, 'bus/pci/devices', vf_address, 'nvidia', 'creatable_vgpu_types'))
+
+
+def read_vf_vgpu(vf_address: str, root: str = SYSFS) -> dict:
+    """A VF's vGPU state: creatable [(id, name)] now and current type id (0: none)."""
+    base = os.path.join(root, 'bus/pci/devices', vf_address, 'nvidia')
+    current = (_read(os.path.join(base, 'current_vgpu_type')) or '').strip()
+    return {'vf': vf_address, 'creatable': parse_creatable_types(_read(os.path.join(base, 'creatable_vgpu_types')) or ''),
+            'current': int(current) if current.isdigit() else 0}
+
+
+def set_vf_vgpu_type(vf_address: str, type_id: int, root: str = SYSFS) -> None:
+    """Write a type id to create the VF's vGPU, 0 to remove it; raises SysfsWriteError (EINVAL, ENOSPC, EBUSY)."""
+    _write(os.path.join(root, 'bus/pci/devices', vf_address, 'nvidia', 'current_vgpu_type'), '%d\n' % type_id)

@@ -15,7 +15,10 @@ the vGPU devices it holds), and `plan_host` validates the whole declaration befo
 - a type the GPU does not support, a count above the type's capacity, or two types on a GPU that allows one
   time-sliced type only (A40, T4 without heterogeneous mode) is refused, naming host, GPU, entry and why;
 - devices that already match stay; only the difference is removed and created (removals first, since capacity
-  frees up); a device in use (a VM attached) is never removed unless its entry allows disruption.
+  frees up); a device in use (a VM attached) is never removed unless its entry allows disruption;
+- on a GPU with the SR-IOV vendor interface (`backend == 'sriov'`) a device is a VF holding a vGPU type: its identity
+  is the VF's bus id, kept devices stay on their VFs and each new device takes the lowest free VF, so re-applying
+  maps the same slots onto the same VFs; explicit UUIDs do not apply there.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class Device:
     uuid: str
     type_name: str
     in_use: bool = False  # a VM holds it (the kernel answers EBUSY to remove)
+    vf: str | None = None  # SR-IOV: the VF's sysfs address holding it (then also the identity in `uuid`)
+    vgpu_uuid: str | None = None  # SR-IOV: the UUID NVML gives the vGPU, where it gives one
 
 
 @dataclass
@@ -85,6 +90,8 @@ class GpuView:
     homogeneous: bool = True
     pci: Mapping[str, Any] = field(default_factory=dict)
     mig_enabled: bool = False
+    backend: str = 'mdev'  # 'mdev' or 'sriov' (the vendor interface: <VF>/nvidia/current_vgpu_type)
+    vfs: list[str] = field(default_factory=list)  # SR-IOV: every enabled VF, in VF order (virtfn0, virtfn1, ...)
 
     def as_facts(self) -> dict:
         """The shape _mig.Selector matches against."""
@@ -267,6 +274,9 @@ class GpuPlan:
         base = {'gpu': self.gpu.index, 'uuid': self.gpu.uuid, 'parent': self.gpu.parent}
         steps = [dict(base, action='remove', device=d.uuid, type=d.type_name, in_use=d.in_use) for d in self.remove]
         steps += [dict(base, action='create', device=u, type=t.name, type_id=t.type_id) for u, t in self.create]
+        if self.gpu.backend == 'sriov':
+            for step in steps:
+                step.update(backend='sriov', vf=step['device'])
         return steps
 
     def before(self) -> dict:
@@ -334,7 +344,16 @@ def _plan_gpu(host: str, gpu: GpuView, entries: Sequence[Entry], errors: list[st
         errors.append(_where(host, gpu) + '%s allows one time-sliced vGPU type per GPU, but entries %s declare %s' % (
             gpu.name, ', '.join(w[0].label for w in wanted), ', '.join(sorted(declared))))
         return None
+    if gpu.backend == 'sriov':
+        explicit = [w[0].label for w in wanted if w[0].uuids is not None]
+        if explicit:
+            errors.append(_where(host, gpu) + 'entry %s: uses the SR-IOV vGPU interface, where a vGPU is identified by its VF, '
+                          'not a UUID: drop uuids and declare a count' % ', '.join(explicit))
+            return None
     keep, remove, create = _match(gpu, wanted)
+    if gpu.backend == 'sriov':
+        create, problem = assign_vfs(gpu, keep, create)
+        problems += [problem] if problem else []
     allow = any(e.allow_disruption for e in entries)
     for device in remove:
         if device.in_use and not allow:
@@ -373,6 +392,20 @@ def _match(gpu: GpuView, wanted: Sequence[tuple[Entry, VgpuType, list[str]]]) ->
         create.extend((value, vtype) for value in unfilled)
     remove = [d for u, d in sorted(existing.items()) if u not in claimed]
     return keep, remove, create
+
+
+def assign_vfs(gpu: GpuView, keep: Sequence[Device], create: Sequence[tuple[str, VgpuType]]) -> tuple[list[tuple[str, VgpuType]], str | None]:
+    """SR-IOV: each new device takes the lowest free VF (free now, or freed by a removal), in slot order; kept devices
+    stay where they are (the VFs of removed devices are free, since removals run first). Returns the creations keyed
+    by VF, and a problem when the GPU has too few VFs enabled."""
+    held = {d.vf or d.uuid for d in keep}
+    order = {vf: number for number, vf in enumerate(gpu.vfs)}
+    free = sorted((vf for vf in gpu.vfs if vf not in held), key=order.__getitem__)
+    types = [pair[1] for pair in create]
+    if len(create) > len(free):
+        return [], '%d new vGPU(s) need as many free VFs, but %d of the %d enabled VF(s) are free: enable more VFs (sriov-manage -e)' % (
+            len(create), len(free), len(gpu.vfs))
+    return list(zip(free, types)), None
 
 
 def _capacity_problems(gpu: GpuView, keep: Sequence[Device], remove: Sequence[Device], create: Sequence[tuple[str, VgpuType]]) -> list[str]:
@@ -444,21 +477,36 @@ def export_declaration(gpus: Sequence[GpuView]) -> list[dict]:
         for device in gpu.devices:
             by_type.setdefault(short_name(device.type_name), []).append(device.uuid)
         for type_name, uuids in sorted(by_type.items()):
-            entries.append({'devices': [gpu.index], 'type': type_name, 'count': len(uuids), 'uuids': sorted(uuids)})
+            entry = {'devices': [gpu.index], 'type': type_name, 'count': len(uuids), 'uuids': sorted(uuids)}
+            if gpu.backend == 'sriov':
+                del entry['uuids']  # a VF, not a UUID, identifies an SR-IOV vGPU
+            entries.append(entry)
     return entries
 
 
+_VF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$')
+
+
 def libvirt_hostdev(devices: Any, indent: int = 0) -> str:
-    """libvirt <hostdev> XML (mdev, vfio-pci) for each device: a UUID, a mapping with 'uuid' (as vgpu_devices returns
-    them), or a list of either. Raises ValueError on anything else."""
+    """libvirt <hostdev> XML for each device: a UUID (mdev, vfio-pci), a mapping with 'vf' (an SR-IOV vGPU: the VF as a
+    PCI hostdev) or 'uuid' (as vgpu_devices returns them), or a list of these. Raises ValueError on anything else."""
     items = devices if isinstance(devices, list) else [devices]
-    uuids = []
+    pad = ' ' * indent
+    out = []
     for item in items:
+        vf = item.get('vf') if isinstance(item, Mapping) else None
+        if vf is not None:
+            match = _VF_RE.match(str(vf).lower())
+            if not match:
+                raise ValueError('expected a VF PCI address such as 0000:41:00.4, got %r' % (vf,))
+            domain, bus, slot, function = match.groups()
+            address = "<address domain='0x%04x' bus='0x%s' slot='0x%s' function='0x%s'/>" % (int(domain, 16), bus, slot, function)
+            out.append("%s<hostdev mode='subsystem' type='pci' managed='no'>\n%s  <source>\n%s    %s\n%s  </source>\n%s</hostdev>"
+                       % (pad, pad, pad, address, pad, pad))
+            continue
         value = item.get('uuid') if isinstance(item, Mapping) else item
         if not isinstance(value, str) or not _UUID_RE.match(value.lower()):
-            raise ValueError('expected a vGPU device UUID (or a mapping with uuid), got %r' % (item,))
-        uuids.append(value.lower())
-    pad = ' ' * indent
-    return '\n'.join(
-        "%s<hostdev mode='subsystem' type='mdev' model='vfio-pci'>\n%s  <source>\n%s    <address uuid='%s'/>\n%s  </source>\n%s</hostdev>"
-        % (pad, pad, pad, value, pad, pad) for value in uuids)
+            raise ValueError('expected a vGPU device UUID (or a mapping with uuid or vf), got %r' % (item,))
+        out.append("%s<hostdev mode='subsystem' type='mdev' model='vfio-pci'>\n%s  <source>\n%s    <address uuid='%s'/>\n%s  </source>\n%s</hostdev>"
+                   % (pad, pad, pad, value.lower(), pad, pad))
+    return '\n'.join(out)

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
 
-"""Apply a `gpu_vgpu` declaration on this host (mdev backend): observe, plan, apply, verify, roll back on failure.
+"""Apply a `gpu_vgpu` declaration on this host (mdev, or the SR-IOV vendor interface per GPU): observe, plan, apply,
+verify, roll back on failure.
 
 The one implementation behind the `gpuvirt.fleet.vgpu_devices` module and the vgpu role's boot-time service, so it
 imports nothing from Ansible (only _vgpu, the pure planner, and the seams _nvml and _sysfs).
@@ -12,7 +13,8 @@ imports nothing from Ansible (only _vgpu, the pure planner, and the seams _nvml 
    parent through sysfs (types with their available instances, the devices of each type);
 2. plan: `_vgpu.plan_host` validates the whole declaration and returns the minimal steps; a refused plan writes
    nothing (and in check mode the plan is the answer);
-3. apply: removals, then creations, one sysfs write each;
+3. apply: removals, then creations, one sysfs write each (mdev: `create` / `remove`; SR-IOV: the VF's
+   `nvidia/current_vgpu_type`, the type id or 0);
 4. verify: observe again and compare every planned GPU's devices with the plan.
 
 A refused write, or a verify mismatch, rolls back: the devices this run created are removed and the ones it removed
@@ -21,7 +23,7 @@ and whether the host holds exactly its previous devices again.
 
 Persistence: for every planned GPU the mdevctl definitions `<mdevctl_dir>/<parent>/<uuid>` (JSON with `start: auto`)
 are made to match the declared devices, so mdevctl re-creates them at boot; the role also installs a boot-time
-re-apply for hosts without mdevctl.
+re-apply for hosts without mdevctl, and for SR-IOV vGPUs (VFs have no mdevctl definitions).
 """
 
 from __future__ import annotations
@@ -59,8 +61,41 @@ def _types_of(parent: str | None, gpu: Mapping[str, Any], root: str) -> tuple[li
     return types, devices
 
 
+def sriov_parts(vf_states: Sequence[Mapping[str, Any]], gpu: Mapping[str, Any]) -> tuple[list[_vgpu.VgpuType], list[_vgpu.Device]]:
+    """The SR-IOV vendor interface as the planner sees it. `vf_states` are _sysfs.read_vf_vgpu of each VF in order: a
+    VF whose current type is not 0 holds a device (identity: the VF); a type is available on as many free VFs as list
+    it creatable now; the catalogue and per-GPU maximum come from NVML, else from what the VFs list."""
+    nvml = (gpu.get('vgpu') or {}).get('supported_types') or []
+    names = {int(t['id']): t.get('name') or str(t['id']) for t in nvml if t.get('id') is not None}
+    maximum = {int(t['id']): int(t.get('max_instances') or 0) for t in nvml if t.get('id') is not None}
+    for state in vf_states:
+        for type_id, name in state['creatable']:
+            names.setdefault(type_id, name)
+    free = [s for s in vf_states if not s['current']]
+    held = {}
+    for state in vf_states:
+        if state['current']:
+            held.setdefault(state['current'], []).append(state['vf'])
+    active = {}
+    for item in (gpu.get('vgpu') or {}).get('active') or []:
+        active.setdefault(_vgpu.short_name(item.get('type') or ''), []).append(item.get('uuid'))
+    types = []
+    for type_id, name in sorted(names.items()):
+        available = sum(1 for s in free if any(pair[0] == type_id for pair in s['creatable']))
+        types.append(_vgpu.VgpuType(str(type_id), name, maximum.get(type_id) or len(vf_states), available))
+    devices = []
+    for type_id, vfs in sorted(held.items()):
+        name = names.get(type_id, str(type_id))
+        uuids = active.get(_vgpu.short_name(name), [])
+        # NVML does not name the VF of an active vGPU: a UUID is reported only where one device of the type exists.
+        single = uuids[0] if len(vfs) == 1 and len(uuids) == 1 else None
+        devices.extend(_vgpu.Device(vf, name, vf=vf, vgpu_uuid=single) for vf in vfs)
+    return types, devices
+
+
 def observe(root: str) -> list[_vgpu.GpuView]:
-    """Every GPU as the planner sees it (the caller holds an NVML session)."""
+    """Every GPU as the planner sees it (the caller holds an NVML session). A GPU whose VFs carry
+    `nvidia/creatable_vgpu_types` uses the SR-IOV vendor interface; else its mdev parent, if any."""
     parents = set(_sysfs.list_mdev_parents(root))
     views = []
     for index in range(_nvml.read_system()['count']):
@@ -68,11 +103,18 @@ def observe(root: str) -> list[_vgpu.GpuView]:
         pci = gpu.get('pci') or {}
         bus_id = pci.get('bus_id')
         address = _facts.sysfs_pci_address(bus_id) if bus_id else None
-        parent = address if address in parents else None
-        types, devices = _types_of(parent, gpu, root)
+        vfs = _sysfs.list_vfs(address, root) if address else []
+        backend = 'sriov' if vfs and _sysfs.is_sriov_vgpu(vfs[0], root) else 'mdev'
+        if backend == 'sriov':
+            parent = address
+            types, devices = sriov_parts([_sysfs.read_vf_vgpu(vf, root) for vf in vfs], gpu)
+        else:
+            parent = address if address in parents else None
+            types, devices = _types_of(parent, gpu, root)
         views.append(_vgpu.GpuView(index=index, uuid=gpu.get('uuid'), name=gpu.get('name') or 'GPU %d' % index, bus_id=bus_id,
                                    parent=parent, types=types, devices=devices, pci=pci,
-                                   mig_enabled=bool((gpu.get('mig') or {}).get('current'))))
+                                   mig_enabled=bool((gpu.get('mig') or {}).get('current')), backend=backend,
+                                   vfs=vfs if backend == 'sriov' else []))
     return views
 
 
@@ -82,6 +124,8 @@ def observe(root: str) -> list[_vgpu.GpuView]:
 def explain(step: Mapping[str, Any], exc: _sysfs.SysfsWriteError) -> str:
     """The kernel's errno in words: what was refused and what to do."""
     device, code = step['device'], exc.errno
+    if step.get('backend') == 'sriov':
+        return _explain_sriov(step, exc)
     if step['action'] == 'create':
         what = 'creating vGPU %s (%s) on %s' % (device, _vgpu.short_name(step['type']), step.get('parent'))
         reasons = {
@@ -106,8 +150,28 @@ def explain(step: Mapping[str, Any], exc: _sysfs.SysfsWriteError) -> str:
     return '%s failed with %s (%s): %s' % (what, errno.errorcode.get(code or 0, code), exc.text, reason)
 
 
-def _run(step: Mapping[str, Any], root: str) -> None:
+def _explain_sriov(step: Mapping[str, Any], exc: _sysfs.SysfsWriteError) -> str:
+    code = exc.errno
     if step['action'] == 'create':
+        what = 'creating a %s vGPU on VF %s of %s' % (_vgpu.short_name(step['type']), step['vf'], step.get('parent'))
+        reasons = {
+            errno.EINVAL: 'the driver does not know this type id or cannot create it on this VF (see its creatable_vgpu_types)',
+            errno.ENOSPC: 'no capacity left for this type on the GPU (or another type is active on a GPU that allows one): '
+                          'lower the count or remove other vGPUs first',
+            errno.EBUSY: 'the VF holds a vGPU already: remove it first',
+        }
+    else:
+        what = 'removing the %s vGPU of VF %s on %s' % (_vgpu.short_name(step.get('type') or ''), step['vf'], step.get('parent'))
+        reasons = {errno.EBUSY: 'it is in use (a VM holds the VF): shut the VM down or detach the VF, then run again'}
+    reasons[errno.EACCES] = reasons[errno.EPERM] = 'permission denied: run as root (become: true)'
+    reasons[errno.ENOENT] = 'the VF has no nvidia/current_vgpu_type: are its VFs enabled (sriov-manage -e) with the vGPU manager driver?'
+    return '%s failed with %s (%s): %s' % (what, errno.errorcode.get(code or 0, code), exc.text, reasons.get(code, 'the kernel refused it'))
+
+
+def _run(step: Mapping[str, Any], root: str) -> None:
+    if step.get('backend') == 'sriov':
+        _sysfs.set_vf_vgpu_type(step['vf'], int(step['type_id']) if step['action'] == 'create' else 0, root)
+    elif step['action'] == 'create':
         _sysfs.create_mdev(step['parent'], step['type_id'], step['device'], root)
     else:
         _sysfs.remove_mdev(step['device'], root)
@@ -140,6 +204,8 @@ def persist(plan: _vgpu.HostPlan, type_ids: Mapping[tuple, str], directory: str,
     """Make `<directory>/<parent>/` hold exactly the planned devices of each planned GPU; the paths changed."""
     changed = []
     for gpu_plan in plan.gpus:
+        if gpu_plan.gpu.backend == 'sriov':
+            continue  # no mdevctl for VFs: the role's boot-time re-apply re-creates them
         parent = gpu_plan.gpu.parent
         folder = os.path.join(directory, parent)
         want = {d['uuid']: _definition(type_ids[(parent, d['type'])]) for d in gpu_plan.after()['devices']}
@@ -171,8 +237,15 @@ def _new_result() -> dict:
 
 def _devices_out(gpus: Sequence[_vgpu.GpuView]) -> list[dict]:
     """Every vGPU device on the host, for the libvirt filter and the caller."""
-    return [{'uuid': d.uuid, 'type': _vgpu.short_name(d.type_name), 'gpu': g.index, 'gpu_uuid': g.uuid, 'parent': g.parent,
-             'in_use': d.in_use} for g in gpus for d in sorted(g.devices, key=lambda d: d.uuid)]
+    out = []
+    for gpu in gpus:
+        for device in sorted(gpu.devices, key=lambda d: d.uuid):
+            item = {'uuid': device.vgpu_uuid if device.vf else device.uuid, 'type': _vgpu.short_name(device.type_name), 'gpu': gpu.index,
+                    'gpu_uuid': gpu.uuid, 'parent': gpu.parent, 'in_use': device.in_use, 'backend': gpu.backend}
+            if device.vf:
+                item['vf'] = device.vf
+            out.append(item)
+    return out
 
 
 def _roll_back(result: dict, before: Sequence[_vgpu.GpuView], root: str, failure: str) -> list[_vgpu.GpuView]:

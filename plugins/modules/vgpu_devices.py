@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 ---
 module: vgpu_devices
-short_description: Declare NVIDIA vGPU (mdev) devices per GPU, with stable UUIDs, changed minimally and safely
+short_description: Declare NVIDIA vGPU devices (mdev or SR-IOV) per GPU, with stable UUIDs, changed minimally and safely
 version_added: 0.3.0
 description:
   - Brings the host's vGPU devices to a declared set in four steps. Observe reads every GPU through NVML and its
@@ -26,8 +26,14 @@ description:
   - Persistence uses mdevctl definitions C(<mdevctl_dir>/<parent>/<uuid>) with C(start=auto), kept equal to the
     declared devices of each declared GPU. The P(gpuvirt.fleet.vgpu#role) role also re-applies at boot.
   - Also accepts a vgpu-device-manager v1 configuration and a label (O(vgpu_device_manager_config)).
-  - Backend is mdev (C(/sys/class/mdev_bus)). The SR-IOV vendor interface of vGPU 17+ (C(<VF>/nvidia/current_vgpu_type))
-    is not supported yet; MIG-backed vGPU types are refused.
+  - The backend is detected per GPU. Where the GPU's VFs carry C(<VF>/nvidia/creatable_vgpu_types) (the SR-IOV vendor
+    interface of vGPU 17+ on Ada, Hopper and newer), a vGPU is created by writing its type id to the VF's
+    C(nvidia/current_vgpu_type) and removed by writing V(0). Else the mdev parent under C(/sys/class/mdev_bus) is used.
+    MIG-backed vGPU types are refused.
+  - On the SR-IOV interface a device is identified by its VF, not a UUID, so O(config[].uuids) is refused there. Kept
+    devices stay on their VFs and each new one takes the lowest free VF, so re-applying maps the same slots onto the
+    same VFs. The VFs must be enabled first (C(sriov-manage -e)); the P(gpuvirt.fleet.vgpu#role) role does that.
+    No mdevctl definitions are written for VFs; the role's boot-time re-apply re-creates them.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
@@ -133,7 +139,9 @@ applied:
   type: list
   elements: dict
 devices:
-  description: Every vGPU device on the host at the end (uuid, type, gpu, gpu_uuid, parent, in_use); input of the libvirt_hostdev filter.
+  description:
+    - Every vGPU device on the host at the end (uuid, type, gpu, gpu_uuid, parent, in_use, backend); input of the vgpu_hostdev filter.
+    - On the SR-IOV interface also C(vf), the VF's bus id, and C(uuid) is the UUID NVML gives the vGPU where it gives one, else null.
   returned: success
   type: list
   elements: dict

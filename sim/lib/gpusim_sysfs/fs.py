@@ -12,8 +12,20 @@ EEXIST; no capacity left for that type, or another type on a homogeneous GPU: EN
 (anything else: EINVAL; a VM holds the device: EBUSY). Every write to ``create`` or ``remove`` is counted in the
 state's ``sysfs_writes`` (failed ones too), so a test can prove that nothing was attempted.
 
-The parent of a GPU's vGPUs is its physical function (``0000:18:00.0``); the SR-IOV vendor interface
-(``<VF>/nvidia/current_vgpu_type``) is not emulated.
+The parent of a GPU's vGPUs is its physical function (``0000:18:00.0``).
+
+With ``sriov=True`` (``--sriov``) every vGPU-capable GPU whose model has SR-IOV VFs (``sriov_total_vfs``, the A40)
+uses the SR-IOV vendor interface of vGPU 17+ instead, and leaves ``class/mdev_bus``:
+
+* ``bus/pci/devices/<PF>/{sriov_totalvfs,sriov_numvfs,virtfn<N>}``: writing N to ``sriov_numvfs`` enables N VFs
+  (more than the total: ERANGE; another non-zero count while VFs are enabled, or 0 while a VF holds a vGPU: EBUSY);
+* ``bus/pci/devices/<VF>/{physfn,nvidia/creatable_vgpu_types,nvidia/current_vgpu_type}``: the VF of number N sits at
+  devfn 4 + N of the PF's bus. ``creatable_vgpu_types`` lists "ID : Name" of the types creatable now on the VF (none
+  while it holds a vGPU; one type only once a sibling holds one, as the homogeneous GPU allows);
+  ``current_vgpu_type`` reads the type id or 0; writing an id creates a vGPU (not a number, or a type the GPU does not
+  support: EINVAL; not creatable now: ENOSPC; the VF holds a vGPU already: EBUSY), writing 0 removes it (a VM holds
+  it: EBUSY). Writes are counted as ``current_vgpu_type`` and ``sriov_numvfs`` in ``sysfs_writes``; the VF of a vGPU is
+  kept in its instance (``vf``) so NVML's active vGPUs and the VFs agree.
 """
 from __future__ import annotations
 
@@ -42,6 +54,18 @@ def _type_dir(vtype: dict[str, Any]) -> str:
     return 'nvidia-%d' % vtype['id']
 
 
+def vf_address(pf: str, number: int) -> str:
+    """The address of VF `number` of a PF: devfn 4 + number on the PF's bus (0000:18:00.0 -> 0000:18:00.4, ...)."""
+    devfn = 4 + number
+    return '%s:%02x.%d' % (pf[:-5], devfn // 8, devfn % 8)
+
+
+def numvfs(state: dict[str, Any], gpu: dict[str, Any]) -> int:
+    """The VFs enabled on a GPU in this boot (a reboot disables them, as on a real host)."""
+    vfs = gpu.get('sriov_vfs') or {}
+    return vfs.get('count', 0) if vfs.get('boot_id') == state.get('boot_id') else 0
+
+
 def count_write(state: dict[str, Any], what: str) -> None:
     writes = state.setdefault('sysfs_writes', {})
     writes[what] = writes.get(what, 0) + 1
@@ -52,8 +76,9 @@ class MdevFs(fuse.Operations):
 
     use_ns = True
 
-    def __init__(self, root: str | None = None):
+    def __init__(self, root: str | None = None, sriov: bool = False):
         self.root = root
+        self.sriov = sriov
         self.started = time.time_ns()
 
     # ---- the state, as the tree sees it
@@ -67,7 +92,26 @@ class MdevFs(fuse.Operations):
         if not state.get('vgpu_host'):
             return {}
         return {parent_of(g): g for g in host.visible_gpus(state)
-                if g.get('virtualization_mode') == host.VIRT_MODES['host-vgpu'] and models.vgpu_types(models.get(g['model']))}
+                if g.get('virtualization_mode') == host.VIRT_MODES['host-vgpu'] and models.vgpu_types(models.get(g['model']))
+                and not self._is_sriov(g)}
+
+    def _is_sriov(self, gpu: dict[str, Any]) -> bool:
+        return self.sriov and bool(models.get(gpu['model']).get('sriov_total_vfs'))
+
+    def _sriov_pfs(self, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        if not self.sriov or not state.get('vgpu_host'):
+            return {}
+        return {parent_of(g): g for g in host.visible_gpus(state)
+                if g.get('virtualization_mode') == host.VIRT_MODES['host-vgpu'] and models.vgpu_types(models.get(g['model']))
+                and self._is_sriov(g)}
+
+    def _vfs(self, state: dict[str, Any]) -> dict[str, tuple[dict[str, Any], int]]:
+        """Every enabled VF: address -> (its GPU, its number)."""
+        result = {}
+        for pf, gpu in self._sriov_pfs(state).items():
+            for number in range(numvfs(state, gpu)):
+                result[vf_address(pf, number)] = (gpu, number)
+        return result
 
     @staticmethod
     def _types(gpu: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -87,6 +131,8 @@ class MdevFs(fuse.Operations):
             return 'dir', (state, parts)
         if parts[:2] == ['class', 'mdev_bus']:
             return self._resolve_parent(state, parts[2:])
+        if parts[:3] == ['bus', 'pci', 'devices'] or parts == ['bus', 'pci']:
+            return self._resolve_pci(state, parts[3:], parts)
         if parts[:3] == ['bus', 'mdev', 'devices'] and len(parts) >= 4:
             found = self._devices(state).get(parts[3].lower())
             if found is not None:
@@ -97,6 +143,32 @@ class MdevFs(fuse.Operations):
                     return 'remove', (state, gpu, inst)
                 if len(parts) == 5 and parts[4] == 'mdev_type':
                     return 'link', '../../../../class/mdev_bus/%s/mdev_supported_types/nvidia-%d' % (parent_of(gpu), inst['type_id'])
+        raise fuse.FuseOSError(errno.ENOENT)
+
+    def _resolve_pci(self, state: dict[str, Any], rest: list[str], parts: list[str]) -> tuple[str, Any]:
+        if not self._sriov_pfs(state):
+            raise fuse.FuseOSError(errno.ENOENT)
+        if len(parts) <= 3:
+            return 'dir', (state, parts)
+        pfs, vfs = self._sriov_pfs(state), self._vfs(state)
+        if rest[0] in pfs:
+            gpu = pfs[rest[0]]
+            if len(rest) == 1:
+                return 'dir', (state, ['pf', gpu, rest[0]])
+            if len(rest) == 2 and rest[1] in ('sriov_totalvfs', 'sriov_numvfs'):
+                return 'pfattr', (state, gpu, rest[1])
+            if len(rest) == 2 and rest[1].startswith('virtfn') and rest[1][6:].isdigit() and int(rest[1][6:]) < numvfs(state, gpu):
+                return 'link', '../' + vf_address(rest[0], int(rest[1][6:]))
+        elif rest[0] in vfs:
+            gpu, number = vfs[rest[0]]
+            if len(rest) == 1:
+                return 'dir', (state, ['vf'])
+            if len(rest) == 2 and rest[1] == 'physfn':
+                return 'link', '../' + parent_of(gpu)
+            if len(rest) == 2 and rest[1] == 'nvidia':
+                return 'dir', (state, ['vfnvidia'])
+            if len(rest) == 3 and rest[1] == 'nvidia' and rest[2] in ('creatable_vgpu_types', 'current_vgpu_type'):
+                return 'vfattr', (state, gpu, number, rest[2])
         raise fuse.FuseOSError(errno.ENOENT)
 
     def _resolve_parent(self, state: dict[str, Any], rest: list[str]) -> tuple[str, Any]:
@@ -148,6 +220,8 @@ class MdevFs(fuse.Operations):
             attrs.update(st_mode=stat.S_IFDIR | 0o755, st_nlink=2, st_size=0)
         elif kind == 'link':
             attrs.update(st_mode=stat.S_IFLNK | 0o777, st_size=len(data))
+        elif (kind == 'pfattr' and data[2] == 'sriov_numvfs') or (kind == 'vfattr' and data[3] == 'current_vgpu_type'):
+            attrs.update(st_mode=stat.S_IFREG | 0o644, st_size=4096)
         elif kind == 'remove' or (kind == 'attr' and data[3] == 'create'):
             attrs.update(st_mode=stat.S_IFREG | 0o200, st_size=4096)
         else:
@@ -172,7 +246,13 @@ class MdevFs(fuse.Operations):
         return ['.', '..'] + names
 
     def _dir_names(self, state: dict[str, Any], parts: list[Any]) -> list[str]:
-        table = {(): ['bus', 'class'], ('class',): ['mdev_bus'], ('bus',): ['mdev'], ('bus', 'mdev'): ['devices']}
+        table = {(): ['bus', 'class'], ('class',): ['mdev_bus'], ('bus',): ['mdev'] + (['pci'] if self._sriov_pfs(state) else []),
+                 ('bus', 'mdev'): ['devices'], ('bus', 'pci'): ['devices'], ('vf',): ['nvidia', 'physfn'],
+                 ('vfnvidia',): ['creatable_vgpu_types', 'current_vgpu_type']}
+        if parts and parts[0] == 'pf':
+            return ['sriov_numvfs', 'sriov_totalvfs'] + ['virtfn%d' % n for n in range(numvfs(state, parts[1]))]
+        if parts == ['bus', 'pci', 'devices']:
+            return sorted(list(self._sriov_pfs(state)) + list(self._vfs(state)))
         if parts and parts[0] == 'parent':
             return ['mdev_supported_types'] if len(parts) == 2 else sorted(self._types(parts[1]), key=lambda n: int(n.split('-')[1]))
         if parts == ['class', 'mdev_bus']:
@@ -197,6 +277,8 @@ class MdevFs(fuse.Operations):
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         kind, data = self._resolve(path)
+        if kind in ('pfattr', 'vfattr'):
+            return self._sriov_text(kind, data).encode()[offset:offset + size]
         if kind != 'attr' or data[3] == 'create':
             raise fuse.FuseOSError(errno.EACCES if kind in ('attr', 'remove') else errno.EISDIR)
         gpu, vtype, name = data[1], data[2], data[3]
@@ -205,7 +287,11 @@ class MdevFs(fuse.Operations):
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         kind, found = self._resolve(path)
         text = data.decode('utf-8', 'replace').strip()
-        if kind == 'attr' and found[3] == 'create':
+        if kind == 'pfattr' and found[2] == 'sriov_numvfs':
+            self._set_numvfs(found[1]['index'], text)
+        elif kind == 'vfattr' and found[3] == 'current_vgpu_type':
+            self._set_vf_type(found[1]['index'], found[2], text)
+        elif kind == 'attr' and found[3] == 'create':
             self._create(found[1], found[2], text)
         elif kind == 'remove':
             self._remove(found[2]['uuid'], text)
@@ -245,9 +331,70 @@ class MdevFs(fuse.Operations):
         if code:
             raise fuse.FuseOSError(code)
 
+    # ---- the SR-IOV vendor interface
+    @staticmethod
+    def _vf_instance(gpu: dict[str, Any], number: int) -> dict[str, Any] | None:
+        return next((v for v in gpu.get('vgpu_instances', []) if v.get('vf') == number), None)
 
-def mount(mountpoint: str, root: str | None = None, foreground: bool = True) -> None:
-    """Serve the trees at `mountpoint` until unmounted (blocks when foreground)."""
+    def _sriov_text(self, kind: str, data: tuple) -> str:
+        if kind == 'pfattr':
+            gpu, name = data[1], data[2]
+            return '%d\n' % (models.get(gpu['model'])['sriov_total_vfs'] if name == 'sriov_totalvfs' else numvfs(data[0], gpu))
+        gpu, number, name = data[1], data[2], data[3]
+        inst = self._vf_instance(gpu, number)
+        if name == 'current_vgpu_type':
+            return '%d\n' % (inst['type_id'] if inst else 0)
+        names = {t['id']: t['name'] for t in models.vgpu_types(models.get(gpu['model']))}
+        lines = ['ID    : vGPU Name'] + ([] if inst else ['%-5d : %s' % (t, names[t]) for t in host.creatable_vgpu_types(gpu)])
+        return '\n'.join(lines) + '\n'
+
+    def _set_numvfs(self, index: int, text: str) -> None:
+        code = 0
+        with store.transaction(self.root) as state:
+            count_write(state, 'sriov_numvfs')
+            gpu = host.gpu(state, index)
+            now = numvfs(state, gpu)
+            if not text.isdigit():
+                code = errno.EINVAL
+            elif int(text) > models.get(gpu['model'])['sriov_total_vfs']:
+                code = errno.ERANGE
+            elif int(text) and now and int(text) != now:
+                code = errno.EBUSY
+            elif not int(text) and any('vf' in v for v in gpu.get('vgpu_instances', [])):
+                code = errno.EBUSY
+            else:
+                gpu['sriov_vfs'] = {'count': int(text), 'boot_id': state.get('boot_id')}
+        if code:
+            raise fuse.FuseOSError(code)
+
+    def _set_vf_type(self, index: int, number: int, text: str) -> None:
+        code = 0
+        with store.transaction(self.root) as state:
+            count_write(state, 'current_vgpu_type')
+            gpu = host.gpu(state, index)
+            inst = self._vf_instance(gpu, number)
+            if not text.isdigit():
+                code = errno.EINVAL
+            elif int(text) == 0:
+                if inst is not None and inst.get('vm_id'):
+                    code = errno.EBUSY
+                elif inst is not None:
+                    host.remove_vgpu(state, inst['uuid'])
+            elif inst is not None:
+                code = errno.EBUSY
+            elif int(text) not in [t['id'] for t in models.vgpu_types(models.get(gpu['model']))]:
+                code = errno.EINVAL
+            else:
+                try:
+                    host.add_vgpu(state, index, int(text))['vf'] = number
+                except SimError as exc:
+                    code = errno.ENOSPC if 'cannot be created now' in str(exc) else errno.EINVAL
+        if code:
+            raise fuse.FuseOSError(code)
+
+
+def mount(mountpoint: str, root: str | None = None, foreground: bool = True, sriov: bool = False) -> None:
+    """Serve the trees at `mountpoint` until unmounted (blocks when foreground); `sriov`: see the module's doc."""
     # allow_other + default_permissions: readable by every user, as sysfs is; create and remove (0200) for root only.
-    fuse.FUSE(MdevFs(root), mountpoint, foreground=foreground, nothreads=True, direct_io=True, allow_other=True,
+    fuse.FUSE(MdevFs(root, sriov=sriov), mountpoint, foreground=foreground, nothreads=True, direct_io=True, allow_other=True,
               default_permissions=True, attr_timeout=0, entry_timeout=0, negative_timeout=0)
