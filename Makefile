@@ -25,7 +25,7 @@ FLEET ?= sim/fleets/demo.yml
 # shell sanity test, debootstrap and the ssh client for the simulated fleet, dpkg-dev and gnupg for the
 # stand-in driver packages' signed apt repository, fuse3 for the emulated vGPU sysfs, prometheus (and promtool)
 # for the monitoring tests.
-DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus
+DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus chromium
 
 .PHONY: help deps venv collection demo test lint sanity units integration molecule build-check bench clean
 
