@@ -2,13 +2,16 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vgpu_devices apply time for 16 vGPUs on one host (16 x A40-3Q, the A40's full capacity of that type): the first
-run (16 sysfs creates, mdevctl definitions written) and a rerun (nothing to do). Figures only.
+run (16 sysfs creates, mdevctl definitions written) and a rerun (nothing to do), for both backends side by side: mdev
+(create under mdev_supported_types) and the SR-IOV vendor interface (current_vgpu_type on 16 of the 32 VFs). Figures
+only.
 
 The module runs as Ansible runs it on a host (a subprocess, JSON in and out) against a simulated A40 whose mdev
 sysfs trees are the FUSE emulation, mounted in a temporary directory. Each figure is the median of --repeat runs,
 each on a fresh host (the first run) or on the applied one (the rerun); wall time includes Python's start-up.
 --fleet: the same through the role over SSH (ansible-playbook, gpuvirt.fleet.vgpu) on the test fleet of
-tests/integration/vgpu (fleet 'vgputest', brought up and torn down here; needs root); one first run and one rerun.
+tests/integration/vgpu (fleets 'vgputest' and 'vgpusriov', brought up and torn down here; needs root); one first run
+and one rerun per backend.
 Needs /dev/fuse and mfusepy. Usage: python bench/bench_vgpu.py [--repeat N] [--fleet]
 """
 from __future__ import annotations
@@ -31,9 +34,10 @@ DECLARATION = [{'name': 'bench', 'devices': [0], 'type': 'A40-3Q', 'count': 16}]
 
 
 class _Mounted:
-    """A fresh simulated A40 host with its mdev trees mounted; unmounted on exit."""
+    """A fresh simulated A40 host with its vGPU sysfs trees mounted (SR-IOV: with all 32 VFs enabled); unmounted on exit."""
 
-    def __init__(self):
+    def __init__(self, sriov: bool = False):
+        self.sriov = sriov
         self.tmp = tempfile.mkdtemp(prefix='bench-vgpu-')
         self.host = SimHost(os.path.join(self.tmp, 'gpusim'))
         self.sysfs = os.path.join(self.tmp, 'sys')
@@ -42,13 +46,16 @@ class _Mounted:
     def __enter__(self):
         self.host.ctl('init', '--hostname', 'bench-a40', '--gpu', 'a40', '--vgpu-host')
         os.mkdir(self.sysfs)
-        self.proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', self.sysfs, '--root', self.host.root],
-                                     env=dict(os.environ, PYTHONPATH=SIM_LIB))
+        self.proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', self.sysfs, '--root', self.host.root]
+                                     + (['--sriov'] if self.sriov else []), env=dict(os.environ, PYTHONPATH=SIM_LIB))
         deadline = time.time() + 10
         while not os.path.ismount(self.sysfs):
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError('the FUSE emulation did not mount')
             time.sleep(0.02)
+        if self.sriov:
+            with open(os.path.join(self.sysfs, 'bus', 'pci', 'devices', '0000:18:00.0', 'sriov_numvfs'), 'w', encoding='ascii') as handle:
+                handle.write('32\n')
         return self
 
     def __exit__(self, *exc):
@@ -64,6 +71,16 @@ class _Mounted:
 
 
 def _fleet_figures() -> int:
+    for fleet, fleetfile, what in (('vgputest', 'fleet-vgpu.yml', 'mdev'), ('vgpusriov', 'fleet-vgpu-sriov.yml', 'SR-IOV')):
+        figures = _fleet_run(fleet, fleetfile)
+        if figures is None:
+            return 1
+        print('gpuvirt.fleet.vgpu over SSH, 16 x A40-3Q on one fleet host, %s (ansible-playbook wall time):' % what)
+        print('  first run: %.1f s; rerun (no change): %.1f s' % tuple(figures))
+    return 0
+
+
+def _fleet_run(fleet: str, fleetfile: str) -> list[float] | None:
     fleet_tool = os.path.join(REPO, 'sim', 'fleet')
     here = os.path.join(REPO, 'tests', 'integration', 'vgpu')
     venv_bin = os.path.join(REPO, '.venv', 'bin')
@@ -73,9 +90,9 @@ def _fleet_figures() -> int:
         json.dump({'gpu_vgpu': DECLARATION}, handle)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), PATH='%s:%s' % (venv_bin, os.environ['PATH']))
     play = [os.path.join(venv_bin, 'ansible-playbook'), '-i', inventory, '-e', '@' + varfile, os.path.join(here, 'vgpu.yml')]
-    subprocess.run([fleet_tool, 'down', '--fleet', 'vgputest', '--purge'], capture_output=True, check=False)
+    subprocess.run([fleet_tool, 'down', '--fleet', fleet, '--purge'], capture_output=True, check=False)
     try:
-        subprocess.run([fleet_tool, 'up', os.path.join(here, 'fleet-vgpu.yml'), '--inventory', inventory], capture_output=True, check=True)
+        subprocess.run([fleet_tool, 'up', os.path.join(here, fleetfile), '--inventory', inventory], capture_output=True, check=True)
         figures = []
         for _attempt in range(2):
             start = time.perf_counter()
@@ -83,13 +100,11 @@ def _fleet_figures() -> int:
             figures.append(time.perf_counter() - start)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], file=sys.stderr)
-                return 1
-        print('gpuvirt.fleet.vgpu over SSH, 16 x A40-3Q on one fleet host (ansible-playbook wall time):')
-        print('  first run: %.1f s; rerun (no change): %.1f s' % tuple(figures))
+                return None
+        return figures
     finally:
-        subprocess.run([fleet_tool, 'down', '--fleet', 'vgputest', '--purge'], capture_output=True, check=False)
+        subprocess.run([fleet_tool, 'down', '--fleet', fleet, '--purge'], capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0
 
 
 def main() -> int:
@@ -99,9 +114,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.fleet:
         return _fleet_figures()
+    for sriov in (False, True):
+        if _local_figures(args.repeat, sriov):
+            return 1
+    return 0
+
+
+def _local_figures(repeat: int, sriov: bool) -> int:
     first, rerun = [], []
-    for _attempt in range(args.repeat):
-        with _Mounted() as host:
+    for _attempt in range(repeat):
+        with _Mounted(sriov) as host:
             seconds, result = host.apply()
             if result.get('failed') or len(result['applied']) != 16:
                 print('first run failed: %s' % result.get('msg'), file=sys.stderr)
@@ -112,10 +134,11 @@ def main() -> int:
                 print('rerun was not a no-op: %s' % result, file=sys.stderr)
                 return 1
             rerun.append(seconds)
-    print('vgpu_devices, 16 x A40-3Q on one simulated A40 (FUSE sysfs), median of %d:' % args.repeat)
-    print('  first run (16 creates + mdevctl definitions): %.0f ms (min %.0f, max %.0f)' % (
-        statistics.median(first) * 1000, min(first) * 1000, max(first) * 1000))
-    print('  rerun (no change):                            %.0f ms (min %.0f, max %.0f)' % (
+    print('vgpu_devices, 16 x A40-3Q on one simulated A40 (FUSE sysfs), %s, median of %d:' % (
+        'SR-IOV vendor interface (16 VFs)' if sriov else 'mdev', repeat))
+    print('  first run (16 creates%s): %.0f ms (min %.0f, max %.0f)' % (
+        '' if sriov else ' + mdevctl definitions', statistics.median(first) * 1000, min(first) * 1000, max(first) * 1000))
+    print('  rerun (no change): %.0f ms (min %.0f, max %.0f)' % (
         statistics.median(rerun) * 1000, min(rerun) * 1000, max(rerun) * 1000))
     return 0
 

@@ -25,6 +25,17 @@ class FleetError(ValueError):
     """A fleet file that cannot be used; the message names the offending entry."""
 
 
+def _vgpu_host(where: str, value: object) -> str:
+    """vgpu_host: false | true (= mdev) | mdev | sriov, as 'none', 'mdev' or 'sriov'."""
+    if value is False or value is None:
+        return "none"
+    if value is True or value == "mdev":
+        return "mdev"
+    if value == "sriov":
+        return "sriov"
+    raise FleetError(f"{where}: vgpu_host must be true, false, mdev or sriov, not {value!r}")
+
+
 @dataclass
 class HostSpec:
     name: str
@@ -35,6 +46,8 @@ class HostSpec:
     driver_flavour: str
     vgpu_host: bool
     vars: dict = field(default_factory=dict)
+    # vgpu_host: sriov: the SR-IOV GPUs (A40) serve the vendor vGPU interface on their VFs instead of mdev.
+    vgpu_sriov: bool = False
 
     def gpu_args(self) -> list[str]:
         return [f"{m}:{c}" for m, c in self.gpus]
@@ -190,8 +203,9 @@ def parse(data, path: Path) -> Fleet:
                 gpus=_gpus(hw, entry.get("gpus")),
                 driver_version=driver[0],
                 driver_flavour=driver[1],
-                vgpu_host=bool(entry.get("vgpu_host", defaults.get("vgpu_host", False))),
+                vgpu_host=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) != "none",
                 vars=hvars,
+                vgpu_sriov=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) == "sriov",
             ))
 
     seen: dict[str, int] = {}

@@ -338,6 +338,7 @@ def inventory_data(fleet: Fleet) -> dict:
             "gpusim_driver_version": h.driver_version,
             "gpusim_driver_flavour": h.driver_flavour,
             "gpusim_vgpu_host": h.vgpu_host,
+            "gpusim_vgpu_sriov": h.vgpu_sriov,
         }
         hv.update(h.vars)
         hosts[h.name] = hv

@@ -109,7 +109,7 @@ def install_sim(root: Path) -> list[str]:
 
 
 SYSFS_UNIT = """[Unit]
-Description=gpusim: emulated mdev sysfs trees (FUSE), bound over /sys/class/mdev_bus and /sys/bus/mdev
+Description=gpusim: emulated vGPU sysfs trees (FUSE), bound over /sys/class/mdev_bus and /sys/bus/mdev{pci_desc}
 DefaultDependencies=no
 Before=sysinit.target shutdown.target
 Conflicts=shutdown.target
@@ -117,18 +117,42 @@ Conflicts=shutdown.target
 [Service]
 Environment=FUSE_LIBRARY_PATH=/usr/local/lib/gpusim/libfuse3.so.3
 ExecStartPre=/bin/mkdir -p /run/gpusim-sysfs
-ExecStart=/usr/bin/python3 -m gpusim_sysfs /run/gpusim-sysfs
+ExecStart=/usr/bin/python3 -m gpusim_sysfs /run/gpusim-sysfs{sriov_flag}
 ExecStartPost=/bin/sh -c 'for i in $(seq 200); do mountpoint -q /run/gpusim-sysfs && break; sleep 0.05; done; \\
-  mount --bind /run/gpusim-sysfs/class/mdev_bus /sys/class/mdev_bus && mount --bind /run/gpusim-sysfs/bus/mdev /sys/bus/mdev'
-ExecStopPost=-/bin/sh -c 'umount -l /sys/class/mdev_bus; umount -l /sys/bus/mdev; umount -l /run/gpusim-sysfs'
+  mount --bind /run/gpusim-sysfs/class/mdev_bus /sys/class/mdev_bus && mount --bind /run/gpusim-sysfs/bus/mdev /sys/bus/mdev{pci_bind}'
+ExecStopPost=-/bin/sh -c '{pci_umount}umount -l /sys/class/mdev_bus; umount -l /sys/bus/mdev; umount -l /run/gpusim-sysfs'
 
 [Install]
 WantedBy=sysinit.target
 """
 
+# What NVIDIA's vGPU manager installs as /usr/lib/nvidia/sriov-manage, for the emulated tree: -e enables every
+# SR-IOV GPU's VFs (sriov_numvfs = sriov_totalvfs), -d disables them; ALL or one PF address.
+SRIOV_MANAGE = """#!/bin/sh
+# gpusim stand-in for sriov-manage: enable (-e) or disable (-d) the VFs of ALL or one GPU (PCI address).
+set -eu
+usage() { echo "usage: $0 -e|-d ALL|<domain:bus:slot.function>" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+case "$1" in -e|-d) ;; *) usage ;; esac
+for pf in /sys/bus/pci/devices/*; do
+    [ -f "$pf/sriov_totalvfs" ] || continue
+    if [ "$2" != ALL ] && [ "$(basename "$pf")" != "$2" ]; then continue; fi
+    want=0
+    [ "$1" = -e ] && want=$(cat "$pf/sriov_totalvfs")
+    [ "$(cat "$pf/sriov_numvfs")" = "$want" ] && continue
+    if [ "$want" != 0 ] && [ "$(cat "$pf/sriov_numvfs")" != 0 ]; then echo 0 > "$pf/sriov_numvfs"; fi
+    echo "$want" > "$pf/sriov_numvfs"
+    echo "$(basename "$pf"): $want VFs"
+done
+"""
 
-def install_sysfs_emulation(root: Path) -> str:
-    """A vGPU host's emulated mdev trees: mfusepy and the machine's libfuse3 copied in, and a unit that mounts them."""
+
+def install_sysfs_emulation(root: Path, sriov: bool = False) -> str:
+    """A vGPU host's emulated mdev trees: mfusepy and the machine's libfuse3 copied in, and a unit that mounts them.
+
+    With `sriov` the SR-IOV GPUs' PFs and VFs are served under /sys/bus/pci/devices too (the vendor vGPU
+    interface), and sriov-manage is installed where NVIDIA's vGPU manager puts it.
+    """
     import ctypes.util  # pylint: disable=import-outside-toplevel
     import importlib.util  # pylint: disable=import-outside-toplevel
     found = importlib.util.find_spec("mfusepy")
@@ -142,11 +166,21 @@ def install_sysfs_emulation(root: Path) -> str:
     shutil.copy2(origin, root / "usr/lib/python3/dist-packages/mfusepy.py")
     mkdirs_like(root, "usr/local/lib/gpusim")
     shutil.copy2(os.path.realpath(libpath), root / "usr/local/lib/gpusim/libfuse3.so.3")
-    write(root, "etc/systemd/system/gpusim-sysfs.service", SYSFS_UNIT)
+    write(root, "etc/systemd/system/gpusim-sysfs.service", SYSFS_UNIT.format(
+        pci_desc=" and /sys/bus/pci/devices" if sriov else "",
+        sriov_flag=" --sriov" if sriov else "",
+        pci_bind=" && mount --bind /run/gpusim-sysfs/bus/pci/devices /sys/bus/pci/devices" if sriov else "",
+        pci_umount="umount -l /sys/bus/pci/devices; " if sriov else ""))
+    manage = root / "usr/lib/nvidia/sriov-manage"
+    if sriov:
+        mkdirs_like(root, "usr/lib/nvidia")
+        write(root, "usr/lib/nvidia/sriov-manage", SRIOV_MANAGE, 0o755)
+    elif manage.exists():
+        manage.unlink()
     wants = mkdirs_like(root, "etc/systemd/system/sysinit.target.wants") / "gpusim-sysfs.service"
     if not wants.is_symlink():
         os.symlink("/etc/systemd/system/gpusim-sysfs.service", wants)
-    return "installed the mdev sysfs emulation (gpusim-sysfs.service)"
+    return "installed the vGPU sysfs emulation (gpusim-sysfs.service%s)" % (", SR-IOV" if sriov else "")
 
 
 def gpusimctl_cmd() -> list[str] | None:
@@ -249,7 +283,7 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     installed = install_sim(upper)
     notes.append("installed " + (", ".join(installed) if installed else "nothing (sim/ has no simulator yet)"))
     if spec.vgpu_host:
-        notes.append(install_sysfs_emulation(upper))
+        notes.append(install_sysfs_emulation(upper, sriov=spec.vgpu_sriov))
     # The simulated GPUs and driver: only at the first up or when the fleet file changes them.
     digest = spec.gpu_digest()
     applied = st / "gpus.applied"

@@ -57,6 +57,13 @@ hosts:
     assert set(inv["children"]["vgpu_hosts"]["hosts"]) == {"b-1"}
 
 
+def test_vgpu_host_picks_the_backend_the_host_emulates():
+    f = parse("hosts: [{name: a, vgpu_host: true}, {name: b, vgpu_host: mdev}, {name: c, vgpu_host: sriov}, {name: d}]")
+    assert [(h.vgpu_host, h.vgpu_sriov) for h in f.hosts] == [(True, False), (True, False), (True, True), (False, False)]
+    inv = control.inventory_data(f)["all"]
+    assert inv["hosts"]["c"]["gpusim_vgpu_sriov"] is True and inv["hosts"]["a"]["gpusim_vgpu_sriov"] is False
+
+
 def test_count_expands_a_name_template():
     f = parse("hosts: [{name: 'n-{n:02d}', count: 3, start: 7, gpus: {a30: 1}}]")
     assert [h.name for h in f.hosts] == ["n-07", "n-08", "n-09"]
@@ -74,6 +81,7 @@ def test_count_expands_a_name_template():
     ("hosts: [{name: a, port: 23000}, {name: b, port: 23000}]", "share a port"),
     ("hosts: [{name: a, colour: red}]", "unknown keys"),
     ("hosts: [{name: a, count: 2}]", "placeholder"),
+    ("hosts: [{name: a, vgpu_host: vfio}]", r"hosts\[0\] \(a\): vgpu_host must be true, false, mdev or sriov"),
 ])
 def test_bad_fleet_files_are_refused_naming_the_entry(text, message):
     with pytest.raises(config.FleetError, match=message):

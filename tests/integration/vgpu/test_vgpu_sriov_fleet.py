@@ -1,0 +1,151 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.fleet.vgpu on the fleet, over SSH, against a host whose A40 uses the SR-IOV vendor vGPU interface
+(vGPU 17+): /sys/bus/pci/devices is the FUSE emulation and sriov-manage is where NVIDIA's vGPU manager installs it.
+The role enables the VFs, puts one vGPU on each VF (current_vgpu_type), reruns unchanged, changes only the difference
+for a changed count, and after a reboot (the VFs and their vGPUs are gone) the boot-time service enables the VFs and
+re-creates the same devices on the same VFs. On this interface a vGPU is its VF: the VF's PCI address is what a VM
+is given and what stays stable (NVML's vGPU UUID is the driver's, new at each creation). Refused declarations write
+nothing.
+
+Needs root (the fleet). Brings up fleet-vgpu-sriov.yml (fleet 'vgpusriov', ports 23250+) with its own inventory and
+tears it down in the fixture's finaliser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+FLEET_TOOL = REPO / 'sim' / 'fleet'
+FLEET = 'vgpusriov'
+HOST = 'vs-a40'
+VENV_BIN = REPO / '.venv' / 'bin'
+A40 = '0000:18:00.0'
+T4 = '0000:2a:00.0'
+SIX = [{'name': 'desktops', 'devices': {'model': 'NVIDIA A40'}, 'type': 'A40-8Q', 'count': 6}]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root')
+
+
+def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
+    return proc
+
+
+class Host:
+    def __init__(self, workdir: Path, inventory: Path):
+        self.workdir = workdir
+        self.inventory = inventory
+
+    def sh(self, command: str) -> str:
+        proc = _fleet('exec', '--fleet', FLEET, HOST, '--', 'sh', '-c', command, check=False)
+        assert proc.returncode == 0, '%r failed: %s %s' % (command, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    def play(self, **variables) -> subprocess.CompletedProcess:
+        varfile = self.workdir / 'vars.json'
+        varfile.write_text(json.dumps(variables))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, str(HERE / 'vgpu.yml')],
+                              capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
+
+    def state(self) -> dict:
+        return json.loads(self.sh('gpusimctl show'))
+
+    def devices(self) -> list[tuple[int, int]]:
+        """(VF number, type id) per vGPU instance of the A40, as NVML sees them."""
+        return sorted((v['vf'], v['type_id']) for v in self.state()['gpus'][0]['vgpu_instances'])
+
+    def vf_types(self) -> dict[str, int]:
+        """current_vgpu_type of every VF of the A40 that has a vGPU, read from sysfs."""
+        out = self.sh('for vf in /sys/bus/pci/devices/%s/virtfn*; do t=$(cat $vf/nvidia/current_vgpu_type); '
+                      '[ "$t" = 0 ] || echo "$(basename $(readlink -f $vf)) $t"; done' % A40)
+        return {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.strip()}
+
+    def writes(self) -> int:
+        return sum(self.state().get('sysfs_writes', {}).get(k, 0) for k in ('current_vgpu_type',))
+
+
+def _changed(proc: subprocess.CompletedProcess) -> int:
+    for line in proc.stdout.splitlines():
+        if line.startswith(HOST) and 'changed=' in line:
+            return int(line.split('changed=')[1].split()[0])
+    raise AssertionError('no recap:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-2000:]))
+
+
+@pytest.fixture(scope='module', name='host')
+def host_fixture(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('vgpu-sriov')
+    inventory = workdir / 'hosts.yml'
+    _fleet('down', '--fleet', FLEET, '--purge', check=False)
+    try:
+        _fleet('up', str(HERE / 'fleet-vgpu-sriov.yml'), '--inventory', str(inventory))
+        host = Host(workdir, inventory)
+        host.sh('systemctl is-system-running --wait >/dev/null || true')
+        yield host
+    finally:
+        _fleet('down', '--fleet', FLEET, '--purge', check=False)
+
+
+def test_the_a40_is_an_sriov_pf_and_the_t4_an_mdev_parent(host):
+    assert host.sh('cat /sys/bus/pci/devices/%s/sriov_totalvfs' % A40).strip() == '32'
+    assert host.sh('cat /sys/bus/pci/devices/%s/sriov_numvfs' % A40).strip() == '0'
+    assert host.sh('ls /sys/class/mdev_bus').split() == [T4]
+    assert host.sh('test -x /usr/lib/nvidia/sriov-manage && echo yes').strip() == 'yes'
+
+
+def test_role_enables_the_vfs_and_puts_one_vgpu_on_each(host):
+    proc = host.play(gpu_vgpu=SIX)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert host.sh('cat /sys/bus/pci/devices/%s/sriov_numvfs' % A40).strip() == '32'
+    devices = host.devices()
+    assert devices == [(vf, 562) for vf in range(6)], 'one vGPU per VF, on the first six VFs'
+    assert sorted(host.vf_types().values()) == [562] * 6
+    assert host.sh('systemctl is-enabled gpuvirt-vgpu.service').strip() == 'enabled'
+
+
+def test_rerun_changes_nothing_and_writes_nothing(host):
+    before, writes = host.devices(), host.writes()
+    proc = host.play(gpu_vgpu=SIX)
+    assert proc.returncode == 0 and _changed(proc) == 0, proc.stdout[-4000:]
+    assert host.devices() == before and host.writes() == writes
+
+
+def test_changed_count_writes_only_the_difference(host):
+    six, writes = host.devices(), host.writes()
+    proc = host.play(gpu_vgpu=[dict(SIX[0], count=4)])
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    four = host.devices()
+    assert set(four) < set(six) and len(four) == 4 and host.writes() == writes + 2
+    proc = host.play(gpu_vgpu=SIX)
+    assert proc.returncode == 0 and host.devices() == six and host.writes() == writes + 4
+
+
+def test_the_same_vfs_after_a_reboot(host):
+    before = host.devices()
+    _fleet('reboot', '--fleet', FLEET, HOST)
+    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    assert host.sh('systemctl is-active gpuvirt-vgpu.service').strip() == 'active'
+    assert host.sh('cat /sys/bus/pci/devices/%s/sriov_numvfs' % A40).strip() == '32'
+    assert host.devices() == before
+    assert _changed(host.play(gpu_vgpu=SIX)) == 0
+
+
+@pytest.mark.parametrize('declaration, needle', [
+    ([dict(SIX[0], count=7)], 'exceed its capacity'),
+    ([dict(SIX[0], type='A40-7Z')], 'vGPU type A40-7Z is not supported'),
+    ([SIX[0], {'name': 'mixed', 'devices': [0], 'type': 'A40-4Q', 'count': 1}], 'allows one time-sliced vGPU type per GPU'),
+])
+def test_refused_declarations_write_nothing(host, declaration, needle):
+    before, writes = host.devices(), host.writes()
+    proc = host.play(gpu_vgpu=declaration)
+    assert proc.returncode != 0 and needle in proc.stdout, proc.stdout[-4000:]
+    assert host.devices() == before and host.writes() == writes
