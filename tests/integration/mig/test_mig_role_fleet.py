@@ -8,19 +8,18 @@ tears it down in the fixture's finaliser.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import FleetHost, fleet_up  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 HERE = Path(__file__).resolve().parent
-FLEET_TOOL = REPO / 'sim' / 'fleet'
 FLEET = 'migtest'
 HOST = 'mt-h100'
-VENV_BIN = REPO / '.venv' / 'bin'
 CLIENT_UNIT = '''[Unit]
 Description=A GPU client stand-in (holds nothing, only shows when it was stopped and started)
 [Service]
@@ -35,72 +34,31 @@ HALVES = [{'name': 'halves', 'devices': [0], 'enabled': True,
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root')
 
 
-def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
-    return proc
-
-
-class Host:
-    def __init__(self, workdir: Path, inventory: Path):
-        self.workdir = workdir
-        self.inventory = inventory
-
-    def sh(self, command: str) -> str:
-        proc = _fleet('exec', '--fleet', FLEET, HOST, '--', 'sh', '-c', command, check=False)
-        assert proc.returncode == 0, '%r failed: %s %s' % (command, proc.stdout, proc.stderr)
-        return proc.stdout
-
-    def play(self, **variables) -> subprocess.CompletedProcess:
-        varfile = self.workdir / 'vars.json'
-        varfile.write_text(json.dumps(variables))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
-        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, str(HERE / 'mig.yml')],
-                              capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
-
+class Host(FleetHost):
     def layout(self) -> list[list[tuple[str, int, list[int]]]]:
         """Each GPU's GPU instances as (profile, start, compute-instance slices), read with gpu_facts on the host."""
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
-        proc = subprocess.run([str(VENV_BIN / 'ansible'), '-i', str(self.inventory), HOST, '-m', 'gpuvirt.fleet.gpu_facts', '-o'],
-                              capture_output=True, text=True, timeout=120, cwd=REPO, env=env, check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        facts = json.loads(proc.stdout.split('=>', 1)[1])['ansible_facts']
         return [sorted((gi['profile'], gi['placement']['start'], [ci['slices'] for ci in gi['compute_instances']])
-                       for gi in gpu['mig']['gpu_instances']) for gpu in facts['gpus']]
+                       for gi in gpu['mig']['gpu_instances']) for gpu in self.facts()['gpus']]
 
     def instance_ids(self, gpu: int) -> dict[int, tuple[int, int, int]]:
         """GPU instance id -> (creation uid, NVML profile id, start) of one GPU, from the host's GPU state."""
-        state = json.loads(self.sh('gpusimctl show'))
-        return {gi['id']: (gi['uid'], gi['profile_id'], gi['start']) for gi in state['gpus'][gpu]['gpu_instances']}
+        return {gi['id']: (gi['uid'], gi['profile_id'], gi['start']) for gi in self.state()['gpus'][gpu]['gpu_instances']}
 
     def resets(self) -> list[int]:
-        return [gpu.get('resets', 0) for gpu in json.loads(self.sh('gpusimctl show'))['gpus']]
+        return [gpu.get('resets', 0) for gpu in self.state()['gpus']]
 
     def client_started_at(self) -> str:
         return self.sh('systemctl show -p ActiveEnterTimestampMonotonic --value gpu-client.service').strip()
 
 
-def _changed(proc: subprocess.CompletedProcess) -> int:
-    for line in proc.stdout.splitlines():
-        if line.startswith(HOST) and 'changed=' in line:
-            return int(line.split('changed=')[1].split()[0])
-    raise AssertionError('no recap:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-2000:]))
-
-
 @pytest.fixture(scope='module', name='host')
 def host_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('mig')
-    inventory = workdir / 'hosts.yml'
-    _fleet('down', '--fleet', FLEET, '--purge', check=False)
-    try:
-        _fleet('up', str(HERE / 'fleet-mig.yml'), '--inventory', str(inventory))
-        host = Host(workdir, inventory)
+    with fleet_up(FLEET, HERE / 'fleet-mig.yml', workdir) as inventory:
+        host = Host(FLEET, HOST, workdir, inventory, HERE / 'mig.yml')
         host.sh("cat > /etc/systemd/system/gpu-client.service <<'EOF'\n%sEOF\nsystemctl daemon-reload && systemctl enable --now gpu-client.service"
                 % CLIENT_UNIT)
         yield host
-    finally:
-        _fleet('down', '--fleet', FLEET, '--purge', check=False)
 
 
 EXPECTED = [[('3g.40gb', 0, [3]), ('3g.40gb', 4, [3])], [('1g.10gb', start, [1]) for start in range(7)]]
@@ -120,13 +78,12 @@ def test_rerun_changes_nothing_and_leaves_the_clients_running(host):
     started = host.client_started_at()
     proc = host.play(gpu_mig=HALVES, mig_clients=['gpu-client', 'not-installed-client'])
     assert proc.returncode == 0, proc.stdout[-6000:]
-    assert _changed(proc) == 0, proc.stdout[-4000:]
+    assert host.changed(proc) == 0, proc.stdout[-4000:]
     assert host.client_started_at() == started
 
 
 def test_boot_service_restores_the_layout_after_a_reboot(host):
-    _fleet('reboot', '--fleet', FLEET, HOST)
-    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    host.reboot()
     assert host.sh('systemctl is-active gpuvirt-mig.service').strip() == 'active'
     assert host.layout() == EXPECTED
     assert '"failed": false' in host.sh('journalctl -u gpuvirt-mig.service -b --no-pager -o cat')
@@ -156,7 +113,7 @@ def test_changing_one_of_seven_instances_recreates_only_that_one(host):
     # 20 is the profile id of 1g.10gb+me on an H100 (real capture); a new creation uid proves it was created now.
     assert [(where[1], where[2]) for gi_id, where in after.items() if gi_id not in keep] == [(20, 6)]
     assert all(where[0] > max(uid for uid, _p, _s in before.values()) for gi_id, where in after.items() if gi_id not in keep)
-    assert _changed(host.play(gpu_mig=changed)) == 0
+    assert host.changed(host.play(gpu_mig=changed)) == 0
 
 
 def test_a_mode_change_on_one_gpu_resets_no_other_gpu(host):
@@ -177,6 +134,5 @@ def test_a_mig_parted_config_and_label_drive_the_role_and_its_boot_service(host)
     assert proc.returncode == 0, proc.stdout[-6000:]
     expected = [[('3g.40gb', 0, [3]), ('3g.40gb', 4, [3])], []]
     assert host.layout() == expected
-    _fleet('reboot', '--fleet', FLEET, HOST)
-    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    host.reboot()
     assert host.layout() == expected

@@ -13,19 +13,18 @@ tears it down in the fixture's finaliser.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import FleetHost, fleet_up  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 HERE = Path(__file__).resolve().parent
-FLEET_TOOL = REPO / 'sim' / 'fleet'
 FLEET = 'vgpusriov'
 HOST = 'vs-a40'
-VENV_BIN = REPO / '.venv' / 'bin'
 A40 = '0000:18:00.0'
 T4 = '0000:2a:00.0'
 SIX = [{'name': 'desktops', 'devices': {'model': 'NVIDIA A40'}, 'type': 'A40-8Q', 'count': 6}]
@@ -33,33 +32,7 @@ SIX = [{'name': 'desktops', 'devices': {'model': 'NVIDIA A40'}, 'type': 'A40-8Q'
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root')
 
 
-def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
-    return proc
-
-
-class Host:
-    def __init__(self, workdir: Path, inventory: Path):
-        self.workdir = workdir
-        self.inventory = inventory
-
-    def sh(self, command: str) -> str:
-        proc = _fleet('exec', '--fleet', FLEET, HOST, '--', 'sh', '-c', command, check=False)
-        assert proc.returncode == 0, '%r failed: %s %s' % (command, proc.stdout, proc.stderr)
-        return proc.stdout
-
-    def play(self, **variables) -> subprocess.CompletedProcess:
-        varfile = self.workdir / 'vars.json'
-        varfile.write_text(json.dumps(variables))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
-        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, str(HERE / 'vgpu.yml')],
-                              capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
-
-    def state(self) -> dict:
-        return json.loads(self.sh('gpusimctl show'))
-
+class Host(FleetHost):
     def devices(self) -> list[tuple[int, int]]:
         """(VF number, type id) per vGPU instance of the A40, as NVML sees them."""
         return sorted((v['vf'], v['type_id']) for v in self.state()['gpus'][0]['vgpu_instances'])
@@ -74,25 +47,13 @@ class Host:
         return sum(self.state().get('sysfs_writes', {}).get(k, 0) for k in ('current_vgpu_type',))
 
 
-def _changed(proc: subprocess.CompletedProcess) -> int:
-    for line in proc.stdout.splitlines():
-        if line.startswith(HOST) and 'changed=' in line:
-            return int(line.split('changed=')[1].split()[0])
-    raise AssertionError('no recap:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-2000:]))
-
-
 @pytest.fixture(scope='module', name='host')
 def host_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('vgpu-sriov')
-    inventory = workdir / 'hosts.yml'
-    _fleet('down', '--fleet', FLEET, '--purge', check=False)
-    try:
-        _fleet('up', str(HERE / 'fleet-vgpu-sriov.yml'), '--inventory', str(inventory))
-        host = Host(workdir, inventory)
+    with fleet_up(FLEET, HERE / 'fleet-vgpu-sriov.yml', workdir) as inventory:
+        host = Host(FLEET, HOST, workdir, inventory, HERE / 'vgpu.yml')
         host.sh('systemctl is-system-running --wait >/dev/null || true')
         yield host
-    finally:
-        _fleet('down', '--fleet', FLEET, '--purge', check=False)
 
 
 def test_the_a40_is_an_sriov_pf_and_the_t4_an_mdev_parent(host):
@@ -115,7 +76,7 @@ def test_role_enables_the_vfs_and_puts_one_vgpu_on_each(host):
 def test_rerun_changes_nothing_and_writes_nothing(host):
     before, writes = host.devices(), host.writes()
     proc = host.play(gpu_vgpu=SIX)
-    assert proc.returncode == 0 and _changed(proc) == 0, proc.stdout[-4000:]
+    assert proc.returncode == 0 and host.changed(proc) == 0, proc.stdout[-4000:]
     assert host.devices() == before and host.writes() == writes
 
 
@@ -131,12 +92,11 @@ def test_changed_count_writes_only_the_difference(host):
 
 def test_the_same_vfs_after_a_reboot(host):
     before = host.devices()
-    _fleet('reboot', '--fleet', FLEET, HOST)
-    host.sh('systemctl is-system-running --wait >/dev/null || true')
+    host.reboot()
     assert host.sh('systemctl is-active gpuvirt-vgpu.service').strip() == 'active'
     assert host.sh('cat /sys/bus/pci/devices/%s/sriov_numvfs' % A40).strip() == '32'
     assert host.devices() == before
-    assert _changed(host.play(gpu_vgpu=SIX)) == 0
+    assert host.changed(host.play(gpu_vgpu=SIX)) == 0
 
 
 @pytest.mark.parametrize('declaration, needle', [
