@@ -276,9 +276,9 @@ rollback:
 
 import socket
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig_apply
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig_apply, _results
 
 INSTANCE_SPEC = {
     'profile': {'type': 'str', 'required': True},
@@ -342,18 +342,7 @@ def main():
             run_command=lambda argv: module.run_command(argv, environ_update={'LC_ALL': 'C'}),
             reset=params['reset'], check_mode=module.check_mode, mig_parted=mig_parted, label=params['mig_parted_label'],
             smi_path=module.get_bin_path('nvidia-smi'))
-    for warning in result.pop('warnings', []):
-        module.warn(warning)
-    if module._diff and not params['export']:  # pylint: disable=protected-access
-        result['diff'] = _diff(result)
-    result.pop('before', None)
-    result.pop('after', None)
-    if result.pop('failed'):
-        if result.get('missing_library'):
-            result['msg'] = missing_required_lib(result.pop('missing_library'))
-        module.fail_json(**result)
-    result.pop('msg', None)
-    module.exit_json(**result)
+    _results.finish(module, result, None if params['export'] else _diff)
 
 
 if __name__ == '__main__':

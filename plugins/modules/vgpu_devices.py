@@ -172,9 +172,9 @@ rollback:
 
 import socket
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _vgpu_apply
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _results, _vgpu_apply
 
 ENTRY_SPEC = {
     'name': {'type': 'str'},
@@ -222,16 +222,7 @@ def main():
         params['hostname'] or socket.gethostname(), _declaration(params['config']) if params['config'] is not None else None,
         check_mode=module.check_mode, vgpu_device_manager=manager, sysfs_root=params['sysfs_root'],
         mdevctl_dir=params['mdevctl_dir'] or None)
-    if module._diff:  # pylint: disable=protected-access
-        result['diff'] = _diff(result)
-    result.pop('before', None)
-    result.pop('after', None)
-    if result.pop('failed'):
-        if result.get('missing_library'):
-            result['msg'] = missing_required_lib(result.pop('missing_library'))
-        module.fail_json(**result)
-    result.pop('msg', None)
-    module.exit_json(**result)
+    _results.finish(module, result, _diff)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,26 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How the declarative modules (mig_layout, vgpu_devices) end: one apply result turned into the task's result."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+
+def finish(module: AnsibleModule, result: dict, diff: Optional[Callable[[dict], dict]] = None) -> None:
+    """Exit with `result`: its warnings become task warnings, `diff(result)` the diff when --diff asks for one, the
+    before/after states are dropped (they are the diff's), and a failed result fails the task with its message (a
+    missing Python library named the way Ansible names one)."""
+    for warning in result.pop('warnings', []):
+        module.warn(warning)
+    if diff is not None and module._diff:  # pylint: disable=protected-access
+        result['diff'] = diff(result)
+    result.pop('before', None)
+    result.pop('after', None)
+    if result.pop('failed'):
+        if result.get('missing_library'):
+            result['msg'] = missing_required_lib(result.pop('missing_library'))
+        module.fail_json(**result)
+    result.pop('msg', None)
+    module.exit_json(**result)
