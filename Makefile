@@ -69,6 +69,8 @@ $(COLLECTION_LINK):
 demo: venv collection .build/exporter-wheels/.stamp
 	sim/fleet up $(FLEET)
 	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/site.yml
+	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/report.yml
+	@echo "Fleet report: $(CURDIR)/.build/report/fleet-report.html"
 	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
 
 test: lint sanity units integration molecule build-check
@@ -105,12 +107,14 @@ molecule: venv collection
 build-check: venv
 	rm -rf .build/galaxy && mkdir -p .build/galaxy
 	$(BIN)/ansible-galaxy collection build --output-path .build/galaxy --force .
-	@tarball=$$(ls .build/galaxy/gpuvirt-fleet-*.tar.gz); \
+	@set -e; tarball=$$(ls .build/galaxy/gpuvirt-fleet-*.tar.gz); \
 	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories)/' || true); \
 	if [ -n "$$bad" ]; then echo "tarball contains files it must not:"; echo "$$bad" | head; exit 1; fi; \
 	$(BIN)/ansible-galaxy collection install --force -p .build/galaxy/installed $$tarball >/dev/null 2>&1; \
 	for m in gpu_facts mig_layout nvidia_driver vgpu_devices; do \
 	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc gpuvirt.fleet.$$m >/dev/null; done; \
+	for f in gpu_summary vgpu_hostdev fleet_report_html gpu_plan; do \
+	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible-doc -t filter gpuvirt.fleet.$$f >/dev/null; done; \
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/galaxy/installed $(BIN)/ansible localhost -i localhost, -c local \
 	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts > .build/galaxy/adhoc.txt; \
 	grep -q '"backend"' .build/galaxy/adhoc.txt; \

@@ -19,6 +19,8 @@ description:
   - Drift is judged by the same planners the roles use (MIG and vGPU plan and verify) and by the loaded driver version
     and kernel-module flavour; a host with drift lists its differences.
   - Every text taken from facts or inventory is HTML-escaped.
+  - vGPU devices are those NVML lists as active; their parent is the GPU's PCI address (gpu_facts does not name the
+    VF that holds an SR-IOV vGPU).
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 options:
@@ -27,7 +29,8 @@ options:
       - One entry per host, a dict with C(host) (inventory name), C(reachable) (bool, default true), C(error) (why
         there are no facts), C(gpu_host) and C(gpus) (as set by M(gpuvirt.fleet.gpu_facts)), and the host's declarations
         C(gpu_mig), C(gpu_vgpu), C(driver_version), C(driver_branch) and C(driver_flavor) (each optional).
-      - A host without C(gpu_host) is reported as unreachable.
+      - A host with C(reachable=false) is listed as unreachable; a reachable one without C(gpu_host) (gpu_facts failed)
+        as a host without GPU facts, with C(error).
     type: list
     elements: dict
     required: true

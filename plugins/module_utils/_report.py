@@ -254,21 +254,23 @@ def host_drift(entry: Mapping[str, Any]) -> list[str]:
 # The model of the report: hosts with their drift, and the fleet summary
 
 
-def _reachable(entry: Mapping[str, Any]) -> bool:
-    return bool(entry.get('reachable', True)) and entry.get('gpu_host') is not None
+NO_FACTS = ('unreachable', 'failed')
 
 
 def analyse(hosts: Sequence[Mapping[str, Any]]) -> dict:
-    """Per host: the entry plus `drift` (list) and `state` (ok, drift, unreachable); and the fleet `summary`."""
+    """Per host: the entry plus `drift` (list) and `state`: ok, drift, unreachable (no answer) or failed (it answered but
+    gave no GPU facts); and the fleet `summary`."""
     out = []
     for entry in sorted(hosts, key=lambda e: _text(e.get('host'))):
         item = dict(entry)
-        if _reachable(entry):
+        item['drift'] = []
+        if not entry.get('reachable', True):
+            item['state'] = 'unreachable'
+        elif entry.get('gpu_host') is None:
+            item['state'] = 'failed'
+        else:
             item['drift'] = host_drift(entry)
             item['state'] = 'drift' if item['drift'] else 'ok'
-        else:
-            item['drift'] = []
-            item['state'] = 'unreachable'
         out.append(item)
     return {'hosts': out, 'summary': summarise(out)}
 
@@ -278,7 +280,7 @@ def summarise(hosts: Sequence[Mapping[str, Any]]) -> dict:
     drivers: dict[str, int] = {}
     gpus = mig_gpus = gis = vgpus = lost = 0
     for entry in hosts:
-        if entry.get('state') == 'unreachable':
+        if entry.get('state') in NO_FACTS:
             continue
         version = (entry.get('gpu_host') or {}).get('driver_version') or 'none'
         drivers[version] = drivers.get(version, 0) + 1
@@ -295,6 +297,7 @@ def summarise(hosts: Sequence[Mapping[str, Any]]) -> dict:
         'hosts': len(hosts),
         'reachable': sum(1 for h in hosts if h.get('state') != 'unreachable'),
         'unreachable': [h.get('host') for h in hosts if h.get('state') == 'unreachable'],
+        'failed': [h.get('host') for h in hosts if h.get('state') == 'failed'],
         'drift': [h.get('host') for h in hosts if h.get('state') == 'drift'],
         'gpus': gpus,
         'models': dict(sorted(models.items())),
@@ -332,7 +335,7 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-siz
 .badge { font-size: 12px; font-weight: 600; border-radius: 10px; padding: 2px 10px; }
 .badge.ok { background: #e3f4e6; color: #1e6b30; }
 .badge.drift { background: #fde8e8; color: #9b1c1c; }
-.badge.unreachable { background: #eceff3; color: #4b5563; }
+.badge.unreachable, .badge.failed { background: #eceff3; color: #4b5563; }
 ul.drift { margin: 4px 0 8px; padding-left: 20px; color: #9b1c1c; }
 .muted { color: #6b7483; }
 .legend { display: flex; flex-wrap: wrap; gap: 12px; margin: 6px 0 0; font-size: 12px; }
@@ -402,7 +405,7 @@ def mig_svg(gpus: Sequence[Mapping[str, Any]]) -> str:
     rows = [(gpu, mig_grid(gpu)) for gpu in gpus if (gpu.get('mig') or {}).get('capable') and gpu.get('status') != 'lost']
     if not rows:
         return ''
-    columns = max([max(g['memory_slices'], g['compute_slices']) for _, g in rows] + [1])
+    columns = max([max(g['memory_slices'], g['compute_slices']) for gpu_grid in rows for g in gpu_grid[1:]] + [1])
     width = LABEL_W + columns * CELL_W + 10
     parts = []
     y = 22
@@ -465,24 +468,23 @@ def _vgpu_table(gpus: Sequence[Mapping[str, Any]]) -> str:
     for gpu in gpus:
         vgpu = gpu.get('vgpu') or {}
         parent = sysfs_address((gpu.get('pci') or {}).get('bus_id'))
-        sriov = vgpu.get('host_mode') == 'sriov'
         for device in vgpu.get('active') or []:
             rows.append([esc(gpu.get('index')), esc(_vgpu.short_name(_text(device.get('type')))), '<span class="mono">%s</span>' % esc(device.get('uuid')),
-                         '<span class="mono">%s</span>%s' % (esc(parent), ' <span class="muted">(SR-IOV VF)</span>' if sriov else ' <span class="muted">(mdev)</span>'),
-                         esc(device.get('vm_id') or '-')])
+                         '<span class="mono">%s</span>' % esc(parent), esc(vgpu.get('host_mode') or '-'), esc(device.get('vm_id') or '-')])
     if not rows:
         return ''
-    return '<h3>vGPU devices</h3>' + _table(['GPU', 'type', 'UUID', 'parent', 'VM'], rows, 'vgpus')
+    return '<h3>vGPU devices</h3>' + _table(['GPU', 'type', 'UUID', 'parent GPU', 'host mode', 'VM'], rows, 'vgpus')
 
 
 def _host_section(entry: Mapping[str, Any]) -> str:
     name = _text(entry.get('host'))
     state = entry.get('state')
-    badge = {'ok': 'matches declaration', 'drift': 'drift', 'unreachable': 'unreachable'}[state]
+    badge = {'ok': 'matches declaration', 'drift': 'drift', 'unreachable': 'unreachable', 'failed': 'no GPU facts'}[state]
     out = ['<section class="host %s" id="host-%s" data-host="%s">' % (esc(state), esc(name), esc(name)),
            '<h2>%s <span class="badge %s">%s</span></h2>' % (esc(name), esc(state), esc(badge))]
-    if state == 'unreachable':
-        out.append('<p class="muted">No facts: %s</p></section>' % esc(entry.get('error') or 'the host did not answer'))
+    if state in NO_FACTS:
+        reason = 'the host did not answer' if state == 'unreachable' else 'gpu_facts gave no facts'
+        out.append('<p class="muted">No facts: %s</p></section>' % esc(entry.get('error') or reason))
         return ''.join(out)
     host = entry.get('gpu_host') or {}
     module = host.get('kernel_module') or {}
@@ -523,12 +525,14 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
              _card(summary['mig_instances'], 'MIG GPU instances'), _card(summary['vgpus'], 'vGPUs'),
              _card(len(summary['drift']), 'hosts with drift', bool(summary['drift'])),
              _card(len(summary['unreachable']), 'unreachable hosts', bool(summary['unreachable']))]
+    if summary['failed']:
+        cards.append(_card(len(summary['failed']), 'hosts without GPU facts', True))
     if summary['lost_gpus']:
         cards.append(_card(summary['lost_gpus'], 'lost GPUs', True))
     out = ['<section class="summary"><h2>Fleet summary</h2><div class="cards">%s</div>' % ''.join(cards)]
     out.append(_table(['GPU model', 'GPUs'], [[esc(m), esc(n)] for m, n in summary['models'].items()], 'models'))
     out.append(_table(['driver', 'hosts'], [[esc(v), esc(n)] for v, n in summary['drivers'].items()], 'drivers'))
-    for key, label in (('drift', 'Hosts with drift'), ('unreachable', 'Unreachable hosts')):
+    for key, label in (('drift', 'Hosts with drift'), ('unreachable', 'Unreachable hosts'), ('failed', 'Hosts without GPU facts')):
         if summary[key]:
             out.append('<p><strong>%s:</strong> %s</p>' % (esc(label), ', '.join('<a href="#host-%s">%s</a>' % (esc(h), esc(h)) for h in summary[key])))
     legend = ''.join('<span><span class="sw" style="background:%s"></span>%dg</span>' % (c, s) for s, c in sorted(PROFILE_COLORS.items()))

@@ -50,7 +50,7 @@ def a40_gpu(index, devices=()):
     model = load_model('a40')
     gpu = model_gpu('a40', index)
     gpu.update(architecture='ampere', memory={'total_mib': 46068, 'used_mib': 0, 'free_mib': 45000, 'reserved_mib': 500})
-    held = {t for t, _ in devices}
+    held = {device[0] for device in devices}
     gpu['vgpu'] = {
         'virtualization_mode': 'host_vgpu', 'host_mode': 'non_sriov',
         'supported_types': [{'id': t['id'], 'name': t['name'], 'framebuffer_mib': t['framebuffer_bytes'] // 2 ** 20,
@@ -126,7 +126,7 @@ def test_html_draws_3g_at_start_4_over_columns_4_to_6_and_memory_4_to_7():
 
 # ---- drift, judged by the planners
 def test_hosts_matching_their_declarations_have_no_drift():
-    h100, a40, _, _ = demo_hosts()
+    h100, a40 = demo_hosts()[:2]
     assert _report.host_drift(h100) == []
     assert _report.host_drift(a40) == []
 
@@ -195,7 +195,7 @@ def test_summary_counts_the_fleet():
 def test_page_shows_hosts_gpus_vgpus_drift_and_unreachable():
     html = _report.render_html(demo_hosts(), generated='2026-11-25T01:00:00Z')
     for needle in ('gpu-h100-01', 'NVIDIA H100 80GB HBM3', '00000000:18:00.0', 'hopper', '79.6 GiB', 'driver 580.159.04 (open kernel modules)',
-                   'A40-8Q', 'aaaaaaaa-0000-4000-8000-000000000005', '0000:19:00.0', '(mdev)', 'proprietary kernel modules',
+                   'A40-8Q', 'aaaaaaaa-0000-4000-8000-000000000005', '0000:19:00.0', '<td>non_sriov</td>', 'proprietary kernel modules',
                    'Connection refused', 'generated 2026-11-25T01:00:00Z'):
         assert needle in html, needle
     assert re.search(r'<section class="host drift" id="host-gpu-a100-01"[^>]*>.*<ul class="drift"><li>driver: 580.159.04 loaded, 580.95.05 declared</li>',
@@ -235,6 +235,15 @@ def test_lost_gpu_and_no_driver_hosts_render():
     html = _report.render_html([entry('gpu-lost', gpus), nodriver])
     assert 'GPU has fallen off the bus' in html and 'No GPUs visible.' in html and 'Driver Not Loaded' in html
     assert _report.analyse([entry('gpu-lost', gpus)])['summary']['lost_gpus'] == 1
+
+
+def test_a_host_whose_facts_failed_is_told_apart_from_an_unreachable_one():
+    failed = {'host': 'gpu-broken', 'reachable': True, 'error': 'MODULE FAILURE: pynvml raised NVMLError_Unknown', 'gpu_host': None}
+    model = _report.analyse(demo_hosts() + [failed])
+    assert model['summary']['failed'] == ['gpu-broken'] and model['summary']['unreachable'] == ['gpu-down-01']
+    html = _report.render_html(demo_hosts() + [failed])
+    assert '<section class="host failed" id="host-gpu-broken"' in html and 'NVMLError_Unknown' in html
+    assert '<div class="card bad"><div class="num">1</div><div class="lbl">hosts without GPU facts</div>' in html
 
 
 def test_real_h100_capture_renders():
