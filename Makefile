@@ -126,6 +126,7 @@ bench: venv collection
 	$(BIN)/python bench/bench_mig_apply.py
 	$(BIN)/python bench/bench_vgpu.py
 	$(BIN)/python bench/bench_exporter.py
+	$(BIN)/python bench/bench_capacity.py
 	$(BIN)/python bench/bench_fleet_facts.py
 
 clean:

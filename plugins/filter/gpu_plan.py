@@ -104,6 +104,13 @@ _value:
     free_memory_gb:
       description: Memory the plan leaves unallocated over the fleet, in GB.
       type: float
+    report:
+      description: The plan for a reader, one line for the GPUs used against the lower bound, then one per GPU.
+      type: list
+      elements: str
+      sample: ["GPUs used: 1 of 2 (lower bound 1); 80 GB left free",
+               "gpu1 GPU 0 NVIDIA A100-SXM4-80GB: mig inference:1g.20gb inference:1g.20gb ...; free 0 GB, 0 memory / 3 compute slices",
+               "gpu1 GPU 1 NVIDIA A100-SXM4-80GB: unused, 80 GB free"]
 '''
 
 from ansible.errors import AnsibleFilterError

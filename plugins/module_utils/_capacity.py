@@ -28,10 +28,10 @@ Planning, per GPU exact and over the fleet by a packing:
 - for one GPU and a set of instances, the MIG profiles are chosen by an exact search (least memory slices, then
   compute slices, then media engines), each candidate layout checked by the MIG planner itself
   (`_mig.validate`, its placement solver); the vGPU type is the smallest framebuffer that holds the largest instance;
-- over the fleet, instances are packed first-fit-decreasing (demands restricted to models or an isolation first,
-  then by memory, largest first); a new GPU is opened only when no open GPU takes the instance, the largest
-  model first. `lower_bound` is a bound no plan can beat (memory, instance-count and compute-slice relaxations),
-  reported beside `gpus_used`.
+- over the fleet, instances are packed first-fit-decreasing (demands fewer GPUs can hold first, then by memory,
+  largest first); a new GPU is opened only when no open GPU takes the instance, of the model that holds the most
+  instances of that demand (the largest model on a tie). `lower_bound` is a bound no plan can beat (memory,
+  instance-count and compute-slice relaxations), reported beside `gpus_used`.
 - headroom (headroom_gb, headroom_percent of each GPU's memory; the larger wins) is memory left unallocated on
   every GPU: MIG in whole memory slices, vGPU in framebuffer.
 
@@ -92,10 +92,6 @@ class Demand:
     def need(self) -> tuple:
         """What one instance asks of a GPU (instances of different tenants with equal needs are interchangeable)."""
         return (self.memory_gb, self.compute_slices, self.compute_share, self.vgpu_series)
-
-    @property
-    def constrained(self) -> bool:
-        return self.models is not None or self.isolation != 'any'
 
     def describe(self) -> str:
         parts = ['%s GB' % _num(self.memory_gb), 'isolation %s' % self.isolation]
@@ -219,6 +215,8 @@ class Model:
     mig_cache: dict = field(default_factory=dict)
     vgpu_cache: dict = field(default_factory=dict)
     valid_cache: dict = field(default_factory=dict)
+    modes_cache: dict = field(default_factory=dict)
+    room_cache: dict = field(default_factory=dict)
 
     @property
     def capacity_gb(self) -> float:
@@ -305,10 +303,12 @@ def _allowed(model: Model, demand: Demand) -> bool:
 
 
 def _modes(model: Model, demand: Demand) -> tuple[str, ...]:
-    if not _allowed(model, demand):
-        return ()
-    wanted = ('mig', 'vgpu') if demand.isolation == 'any' else (demand.isolation,)
-    return tuple(m for m in wanted if model.can(m))
+    """The modes (mig, vgpu) a GPU of the model may serve the demand in, MIG first."""
+    key = (demand.isolation, demand.models)
+    if key not in model.modes_cache:
+        wanted = ('mig', 'vgpu') if demand.isolation == 'any' else (demand.isolation,)
+        model.modes_cache[key] = tuple(m for m in wanted if model.can(m)) if _allowed(model, demand) else ()
+    return model.modes_cache[key]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -469,21 +469,38 @@ def build_slots(fleet: Any, headroom_gb: float = 0, headroom_percent: float = 0)
     if not _is_number(headroom_gb) or headroom_gb < 0 or not _is_number(headroom_percent) or not 0 <= headroom_percent < 100:
         raise CapacityError(['headroom_gb must be >= 0 and headroom_percent in [0, 100), got %r and %r' % (headroom_gb, headroom_percent)])
     models: dict[tuple, Model] = {}
+    seen: dict[str, Model] = {}
     slots = []
     for host in sorted(fleet, key=str):
         for gpu in sorted(_gpus_of(fleet[host]), key=lambda g: g['index']):
             if gpu.get('status') == 'lost':
                 continue
-            model = build_model(gpu, headroom_gb, headroom_percent)
-            model = models.setdefault(model.key, model)
+            # GPUs reporting the same offer share one model (and its caches); reading the offer once per kind is cheap
+            mig, vgpu = gpu.get('mig') or {}, gpu.get('vgpu') or {}
+            raw = repr((gpu.get('name'), mig.get('capable'), mig.get('current'), mig.get('profiles'), vgpu.get('supported_types')))
+            model = seen.get(raw)
+            if model is None:
+                model = build_model(gpu, headroom_gb, headroom_percent)
+                model = seen[raw] = models.setdefault(model.key, model)
             slots.append(Slot(str(host), gpu, model))
     return slots
 
 
-def _order(demands: Sequence[Demand]) -> list[tuple[Demand, int]]:
-    """First-fit-decreasing order: demands tied to models or an isolation first, then the largest instances."""
+def _holds_one(model: Model, demand: Demand) -> bool:
+    return any(solve_mig(model, (demand.need,)) is not None if mode == 'mig' else solve_vgpu(model, (demand.need,)) is not None
+               for mode in _modes(model, demand))
+
+
+def _order(demands: Sequence[Demand], slots: Sequence[Slot]) -> list[tuple[Demand, int]]:
+    """First-fit-decreasing order, most constrained first: demands fewer GPUs of the fleet can hold go first (so that
+    flexible demands do not take the only GPUs a constrained one fits), then the largest instances."""
+    per_model: dict[tuple, int] = {}
+    for slot in slots:
+        per_model[slot.model.key] = per_model.get(slot.model.key, 0) + 1
+    models = {slot.model.key: slot.model for slot in slots}
+    eligible = {d.number: sum(n for key, n in per_model.items() if _holds_one(models[key], d)) for d in demands}
     items = [(d, n) for d in demands for n in range(d.count)]
-    return sorted(items, key=lambda item: (not item[0].constrained, -item[0].memory_gb, -item[0].compute_slices,
+    return sorted(items, key=lambda item: (eligible[item[0].number], -item[0].memory_gb, -item[0].compute_slices,
                                            -item[0].compute_share, item[0].number, item[1]))
 
 
@@ -494,7 +511,7 @@ class _Packer:
         groups: dict[tuple, list[Slot]] = {}
         for slot in slots:
             groups.setdefault(slot.model.key, []).append(slot)
-        # unused GPUs by model, the largest model first; each model's GPUs in fleet order
+        # unused GPUs by model, the largest model first (it wins ties); each model's GPUs in fleet order
         self.unused = sorted(groups.values(), key=lambda g: (-g[0].model.capacity_gb, str(g[0].model.name)))
         self.taken = [0] * len(self.unused)
 
@@ -508,33 +525,43 @@ class _Packer:
                 return slot
             i += 1
         self.cursor[demand.number] = i
+        # a new GPU: of the model that holds the most instances of this demand, the largest model on a tie
+        best = None
         for g, group in enumerate(self.unused):
             if self.taken[g] >= len(group):
                 continue
             model = group[0].model
             for mode in _modes(model, demand):
-                if (mode == 'mig' and solve_mig(model, (demand.need,)) is not None
-                        or mode == 'vgpu' and solve_vgpu(model, (demand.need,)) is not None):
-                    slot = group[self.taken[g]]
-                    self.taken[g] += 1
-                    slot.mode = mode
-                    slot.items.append((demand, number))
-                    self.open.append(slot)
-                    return slot
-        return None
+                room = _room(model, mode, demand)
+                if room and (best is None or room > best[0]):
+                    best = (room, g, mode)
+        if best is None:
+            return None
+        _room_count, g, mode = best
+        slot = self.unused[g][self.taken[g]]
+        self.taken[g] += 1
+        slot.mode = mode
+        slot.items.append((demand, number))
+        self.open.append(slot)
+        return slot
 
 
-def _per_gpu(model: Model, demand: Demand) -> int:
-    """How many instances of the demand one empty GPU of the model holds (0: not one)."""
-    best = 0
-    for mode in _modes(model, demand):
+def _room(model: Model, mode: str, demand: Demand) -> int:
+    """How many instances of the demand one empty GPU of the model holds in the mode (0: not one)."""
+    key = (mode, demand.need)
+    if key not in model.room_cache:
         low, high = 0, MAX_PER_GPU
-        while low < high:  # more instances never fit better, so the count that fits is a prefix
+        while low < high:  # more instances never fit better, so the counts that fit are a prefix
             mid = (low + high + 1) // 2
             fits = (solve_mig(model, (demand.need,) * mid) if mode == 'mig' else solve_vgpu(model, (demand.need,) * mid)) is not None
             low, high = (mid, high) if fits else (low, mid - 1)
-        best = max(best, low)
-    return best
+        model.room_cache[key] = low
+    return model.room_cache[key]
+
+
+def _per_gpu(model: Model, demand: Demand) -> int:
+    """How many instances of the demand one empty GPU of the model holds in any mode it allows (0: not one)."""
+    return max((_room(model, mode, demand) for mode in _modes(model, demand)), default=0)
 
 
 def _shortfall(demand: Demand, missing: int, models: Sequence[Model]) -> str:
@@ -673,7 +700,7 @@ def plan(fleet: Any, demands: Any, headroom_gb: float = 0, headroom_percent: flo
     Returns {'hosts': {host: {'gpu_mig': [...], 'gpu_vgpu': [...]}} (every host of the fleet), 'assignments': one per
     instance (tenant, demand, instance, host, gpu, uuid, model, isolation, profile or type, memory_gb), 'unused': one per
     GPU (mode, instances, free_memory_gb, and free_memory_slices / free_compute_slices or type / free_vgpus),
-    'gpus_used', 'gpus_total', 'lower_bound', 'free_memory_gb' (fleet total)}. With `check`, the declarations are run
+    'gpus_used', 'gpus_total', 'lower_bound', 'free_memory_gb' (fleet total), 'report' (lines for a reader)}. With `check`, the declarations are run
     through the MIG and vGPU planners against the GPUs as they are now, and their problems (a GPU instance in use
     that would go, say) raise CapacityError too.
     """
@@ -681,7 +708,7 @@ def plan(fleet: Any, demands: Any, headroom_gb: float = 0, headroom_percent: flo
     slots = build_slots(fleet, headroom_gb, headroom_percent)
     packer = _Packer(slots)
     missing: dict[int, int] = {}
-    for demand, number in _order(parsed):
+    for demand, number in _order(parsed, slots):
         if packer.place(demand, number) is None:
             missing[demand.number] = missing.get(demand.number, 0) + 1
     models = list({id(s.model): s.model for s in slots}.values())
@@ -703,7 +730,7 @@ def plan(fleet: Any, demands: Any, headroom_gb: float = 0, headroom_percent: flo
         if problems:
             raise CapacityError(problems)
     assignments.sort(key=lambda a: (a['demand'], a['instance']))
-    return {
+    result = {
         'hosts': hosts,
         'assignments': assignments,
         'unused': unused,
@@ -712,3 +739,26 @@ def plan(fleet: Any, demands: Any, headroom_gb: float = 0, headroom_percent: flo
         'lower_bound': lower_bound(parsed, models),
         'free_memory_gb': round(sum(u['free_memory_gb'] for u in unused), 2),
     }
+    result['report'] = report_lines(result)
+    return result
+
+
+def report_lines(result: Mapping[str, Any]) -> list[str]:
+    """The plan for a reader: the GPUs used against the lower bound, then each GPU's layout and what is left free."""
+    lines = ['GPUs used: %d of %d (lower bound %d); %s GB left free' % (
+        result['gpus_used'], result['gpus_total'], result['lower_bound'], _num(result['free_memory_gb']))]
+    layouts: dict[tuple, list[str]] = {}
+    for item in result['assignments']:
+        layouts.setdefault((item['host'], item['gpu']), []).append('%s:%s' % (item['tenant'], item.get('profile') or item.get('type')))
+    for gpu in result['unused']:
+        head = '%s GPU %d %s: ' % (gpu['host'], gpu['gpu'], gpu['model'])
+        if gpu['mode'] is None:
+            lines.append(head + 'unused, %s GB free' % _num(gpu['free_memory_gb']))
+            continue
+        free = '%s GB' % _num(gpu['free_memory_gb'])
+        if gpu['mode'] == 'mig':
+            free += ', %d memory / %d compute slices' % (gpu['free_memory_slices'], gpu['free_compute_slices'])
+        else:
+            free += ', %d more %s' % (gpu['free_vgpus'], gpu['type'])
+        lines.append(head + '%s %s; free %s' % (gpu['mode'], ' '.join(layouts.get((gpu['host'], gpu['gpu']), [])), free))
+    return lines

@@ -13,7 +13,7 @@ import math
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _capacity, _mig, _vgpu
@@ -95,13 +95,15 @@ def test_a100_80gb_four_tenants_of_15_gb_get_four_1g_20gb():
     assert [a['profile'] for a in result['assignments']] == ['1g.20gb'] * 4
     assert result['unused'] == [{'host': 'h1', 'gpu': 0, 'uuid': 'GPU-a100-sxm4-80gb-0000', 'model': 'NVIDIA A100-SXM4-80GB', 'mode': 'mig',
                                  'instances': 4, 'free_memory_slices': 0, 'free_memory_gb': 0.0, 'free_compute_slices': 3}]
+    assert result['report'] == ['GPUs used: 1 of 1 (lower bound 1); 0 GB left free',
+                                'h1 GPU 0 NVIDIA A100-SXM4-80GB: mig x:1g.20gb x:1g.20gb x:1g.20gb x:1g.20gb; free 0 GB, 0 memory / 3 compute slices']
     check_plan(fleet, tenants(), result)
 
 
 def test_the_smallest_profile_that_holds_the_demand_is_chosen():
     fleet = {'h1': [gpu('a100-sxm4-80gb')]}
-    result = _capacity.plan(fleet, tenants(count=1, memory=10) + tenants(count=1, memory=30, tenant='y') + tenants(count=1, memory=5, tenant='z',
-                                                                                                          compute_slices=2))
+    demands = tenants(count=1, memory=10) + tenants(count=1, memory=30, tenant='y') + tenants(count=1, memory=5, tenant='z', compute_slices=2)
+    result = _capacity.plan(fleet, demands)
     assert sorted(a['profile'] for a in result['assignments']) == ['1g.10gb', '2g.20gb', '3g.40gb']
     unused = result['unused'][0]
     assert (unused['free_memory_slices'], unused['free_compute_slices'], unused['free_memory_gb']) == (1, 1, 10.0)
@@ -151,14 +153,14 @@ def test_model_constraints_choose_the_gpus():
 
 def test_isolation_picks_mig_or_vgpu_gpus():
     fleet = {'h1': [gpu('a100-sxm4-80gb')], 'h2': [gpu('a40')]}
-    result = _capacity.plan(fleet, tenants(count=3, memory=8, isolation='vgpu') + tenants(count=2, memory=8, tenant='m'))
+    result = _capacity.plan(fleet, tenants(count=3, memory=8, isolation='vgpu') + tenants(count=2, memory=8, tenant='m', isolation='any'))
     vgpu = [a for a in result['assignments'] if a['tenant'] == 'x']
     assert {(a['host'], a['isolation'], a['type']) for a in vgpu} == {('h2', 'vgpu', 'A40-8Q')}
     # 'any' fills the open A40 before a MIG GPU is opened
     assert result['hosts']['h2']['gpu_vgpu'] == [{'name': 'capacity plan: GPU 0 (x, m)', 'devices': {'uuids': ['GPU-a40-0000']},
                                                   'type': 'A40-8Q', 'count': 5}]
     assert result['hosts']['h1'] == {'gpu_mig': [], 'gpu_vgpu': []} and result['gpus_used'] == 1
-    check_plan(fleet, tenants(count=3, memory=8, isolation='vgpu') + tenants(count=2, memory=8, tenant='m'), result)
+    check_plan(fleet, tenants(count=3, memory=8, isolation='vgpu') + tenants(count=2, memory=8, tenant='m', isolation='any'), result)
     with pytest.raises(_capacity.CapacityError, match="tenant 'v'.*no GPU in the fleet can hold one"):
         _capacity.plan({'h1': [gpu('a100-sxm4-80gb')]}, tenants(count=1, memory=8, isolation='vgpu', tenant='v'))
 
@@ -170,6 +172,7 @@ def test_one_vgpu_type_per_gpu_and_the_series_constraint():
     assert result['hosts']['h1']['gpu_vgpu'] == [{'name': 'capacity plan: GPU 0 (big, x)', 'devices': {'uuids': ['GPU-a40-0000']},
                                                   'type': 'A40-12Q', 'count': 3}]
     assert result['unused'][0]['free_vgpus'] == 1
+    assert result['report'][1] == 'h1 GPU 0 NVIDIA A40: vgpu x:A40-12Q x:A40-12Q big:A40-12Q; free 12 GB, 1 more A40-12Q'
     result = _capacity.plan({'h1': [gpu('t4')]}, tenants(count=2, memory=8, isolation='vgpu', vgpu_series=['C']))
     assert result['hosts']['h1']['gpu_vgpu'][0]['type'] == 'T4-8C'
 
@@ -257,8 +260,8 @@ def test_fleet_packing_fills_open_gpus_before_opening_new_ones():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(key=st.sampled_from(MIG_MODELS), needs=st.lists(st.tuples(st.sampled_from([3, 5, 6, 10, 12, 15, 18, 20, 24, 30, 40, 60]),
-                                                                  st.integers(0, 3)), min_size=1, max_size=3))
+@given(key=st.sampled_from(MIG_MODELS),
+       needs=st.lists(st.tuples(st.sampled_from([3, 5, 6, 10, 12, 15, 18, 20, 24, 30, 40, 60]), st.integers(0, 3)), min_size=1, max_size=3))
 def test_one_gpu_search_is_exact(key, needs):
     model = _capacity.build_model(gpu(key), 0, 0)
     wants = tuple((float(memory), slices, 0.0, None) for memory, slices in needs)
@@ -310,19 +313,36 @@ def demand_sets(draw):
     return demands
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleet=fleets(), demands=demand_sets(), headroom=st.sampled_from([0, 0, 5, 10]))
 def test_every_plan_is_accepted_and_drops_nothing(fleet, demands, headroom):
     try:
         result = _capacity.plan(fleet, demands, headroom_gb=headroom)
     except _capacity.CapacityError as exc:
+        event('infeasible')
         # infeasible: every line names a tenant, its missing count and the memory short
         assert exc.errors and all(line.startswith("tenant '") and 'could not be placed' in line for line in exc.errors)
         short = sum(int(line.split('): ')[1].split(' of ')[0]) for line in exc.errors)
         assert 0 < short <= sum(d['count'] for d in demands)
         return
+    event('feasible')
     check_plan(fleet, demands, result)
     total = sum(d['count'] for d in demands)
     assert len(result['assignments']) == total
     assert result['lower_bound'] >= (1 if total else 0)
     assert result['gpus_used'] >= math.ceil(total / 32.0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleet=fleets(), demands=demand_sets(), headroom=st.sampled_from([0, 10]))
+def test_one_demand_is_refused_only_when_the_fleet_cannot_hold_it(fleet, demands, headroom):
+    demand = demands[0]
+    slots = _capacity.build_slots(fleet, headroom_gb=headroom)
+    parsed = _capacity.parse_demands([demand])[0]
+    room = sum(_capacity._per_gpu(slot.model, parsed) for slot in slots)  # pylint: disable=protected-access
+    try:
+        _capacity.plan(fleet, [demand], headroom_gb=headroom)
+    except _capacity.CapacityError:
+        assert room < demand['count']
+    else:
+        assert room >= demand['count']
