@@ -95,7 +95,7 @@ units: venv collection
 
 # The fleet's base filesystem is built once before the test files start fleets in parallel (each file has its
 # own fleet name and ports; most of their time is spent waiting on SSH and simulated reboots).
-integration: venv collection
+integration: venv collection .build/exporter-wheels/.stamp
 	sim/fleet base
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests/integration
 
@@ -120,7 +120,7 @@ build-check: venv
 	grep -q '"backend"' .build/galaxy/adhoc.txt; \
 	test -f .build/galaxy/installed/ansible_collections/gpuvirt/fleet/plugins/modules/gpu_facts.py; echo "build-check: tarball clean, ansible-doc renders, gpu_facts runs by FQCN"
 
-bench: venv collection
+bench: venv collection .build/exporter-wheels/.stamp
 	$(BIN)/python bench/bench_sim_gpu_facts.py
 	PYTHONPATH=.build $(BIN)/python bench/bench_mig_plan.py
 	$(BIN)/python bench/bench_mig_apply.py
@@ -128,6 +128,7 @@ bench: venv collection
 	$(BIN)/python bench/bench_exporter.py
 	$(BIN)/python bench/bench_capacity.py
 	$(BIN)/python bench/bench_fleet_facts.py
+	$(BIN)/python bench/bench_site.py --hosts 4,16,32
 
 clean:
 	-sim/fleet down
