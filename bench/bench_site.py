@@ -73,7 +73,7 @@ def main() -> int:
                 subprocess.run([FLEET_TOOL, 'up', fleet_file, '--inventory', inventory], check=True, capture_output=True)
                 print('sim/fleet up %d hosts: %.1f s' % (count, time.perf_counter() - start), flush=True)
                 for label in ('first run', 'rerun'):
-                    wall, recap, _ = _run(inventory, workdir)
+                    wall, recap, _output = _run(inventory, workdir)
                     gpu_hosts = {h: v for h, v in recap.items() if h != 'localhost'}
                     ok = sum(v[0] for v in gpu_hosts.values()) / len(gpu_hosts)
                     changed = sum(v[1] for v in gpu_hosts.values())

@@ -87,7 +87,7 @@ def fleet_fixture(tmp_path_factory):
 
 def test_a_failing_canary_stops_the_rollout_before_the_first_batch(fleet):
     fleet.sh('rt-01', 'gpusimctl lose --gpu 0')
-    proc, summary, _ = fleet.rollout('canary-fails', rollout_batch=16, rollout_max_fail_percentage=10)
+    proc, summary, _output = fleet.rollout('canary-fails', rollout_batch=16, rollout_max_fail_percentage=10)
     assert proc.returncode != 0, 'a stopped rollout must fail the CI job'
     assert summary['status'] == 'stopped'
     assert summary['settings']['canaries'] == ['rt-01']  # the default canary: the first target host
@@ -108,7 +108,7 @@ def test_a_failing_canary_stops_the_rollout_before_the_first_batch(fleet):
 def test_a_failing_host_in_a_later_batch_under_the_limit_lets_the_rollout_go_on(fleet):
     _fleet('reboot', '--fleet', FLEET, 'rt-01')  # the lost GPU comes back
     fleet.sh('rt-25', 'gpusimctl lose --gpu 0')  # batch 2 of 16 + 15 hosts: 1 of 15 (6.7 %) fails, 10 % are allowed
-    proc, summary, _ = fleet.rollout('batch-host-fails', rollout_canaries=['rt-02'], rollout_batch=16, rollout_max_fail_percentage=10)
+    proc, summary, _output = fleet.rollout('batch-host-fails', rollout_canaries=['rt-02'], rollout_batch=16, rollout_max_fail_percentage=10)
     assert proc.returncode != 0, 'a rollout with a failed host must fail the CI job'
     assert summary['status'] == 'completed with failures' and summary['stop_reason'] == ''
     failed = summary['hosts']['rt-25']

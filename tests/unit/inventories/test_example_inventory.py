@@ -96,7 +96,7 @@ def test_amd_mi250_is_documentation_only(inventory):
     assert 'amd_mi250' not in [g.name for g in inventory.groups['gpu_hosts'].child_groups]
     sample = _group_vars('amd_mi250')
     assert set(sample) == {'amd_mi250_design_sample'}  # nothing a role reads: no gpu_mig, gpu_vgpu, driver_* ...
-    assert sample['amd_mi250_design_sample'] == {'gpu': 'AMD Instinct MI250', 'partitions': 8, 'framebuffer_gb': 8,
-                                                  'managed_by_gpuvirt_fleet': False}
+    expected = {'gpu': 'AMD Instinct MI250', 'partitions': 8, 'framebuffer_gb': 8, 'managed_by_gpuvirt_fleet': False}
+    assert sample['amd_mi250_design_sample'] == expected
     readme = (EXAMPLE / 'README.md').read_text(encoding='utf-8')
     assert 'NVIDIA only' in readme and 'MI250' in readme
