@@ -73,7 +73,15 @@ demo: venv collection .build/exporter-wheels/.stamp
 	@echo "Fleet report: $(CURDIR)/.build/report/fleet-report.html"
 	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
 
-test: lint sanity units integration molecule build-check
+# The fleet's base filesystem (debootstrap, on a fresh machine) is built in the background while the static checks
+# and unit tests run; the fleet tests start once it is there.
+test: venv collection .build/exporter-wheels/.stamp
+	@mkdir -p .build
+	@sim/fleet base > .build/fleet-base.log 2>&1 & base=$$!; status=0; \
+	  $(MAKE) --no-print-directory lint sanity units || status=$$?; \
+	  if ! wait $$base; then echo "sim/fleet base failed:"; cat .build/fleet-base.log; exit 1; fi; \
+	  exit $$status
+	@$(MAKE) --no-print-directory integration molecule build-check
 	@echo "make test: all checks passed"
 
 lint: venv collection
@@ -91,13 +99,13 @@ sanity: venv
 	cd $(SANITY_ROOT) && PATH=$(BIN):$$PATH $(BIN)/ansible-test sanity --venv --python 3.11 --color no
 
 units: venv collection
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n 2 tests/unit
 
 # The fleet's base filesystem is built once before the test files start fleets in parallel (each file has its
 # own fleet name and ports; most of their time is spent waiting on SSH and simulated reboots).
 integration: venv collection .build/exporter-wheels/.stamp
 	sim/fleet base
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests/integration
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile tests/integration
 
 # The default scenario: create = sim/fleet up, converge = playbooks/facts.yml, verify, destroy = sim/fleet down.
 molecule: venv collection

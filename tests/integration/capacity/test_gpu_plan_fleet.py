@@ -9,20 +9,19 @@ it down in the fixture's finaliser.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import REPO, FleetHost, fleet_up, recap  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 HERE = Path(__file__).resolve().parent
-FLEET_TOOL = REPO / 'sim' / 'fleet'
 FLEET = 'captest'
 HOST = 'cap-a100'
-VENV_BIN = REPO / '.venv' / 'bin'
 FOUR_TENANTS = [{'tenant': 'inference', 'memory_gb': 15, 'count': 4, 'isolation': 'mig'}]
 TOO_MANY = [{'tenant': 'inference', 'memory_gb': 15, 'count': 4, 'isolation': 'mig'},
             {'tenant': 'training', 'memory_gb': 40, 'count': 1, 'isolation': 'mig'}]
@@ -30,58 +29,28 @@ TOO_MANY = [{'tenant': 'inference', 'memory_gb': 15, 'count': 4, 'isolation': 'm
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root')
 
 
-def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
-    return proc
+class Fleet(FleetHost):
+    """The fleet's one host, driven through playbooks/plan.yml."""
 
+    @property
+    def output(self) -> Path:
+        return self.workdir / 'host_vars'
 
-def _env() -> dict:
-    return dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
-
-
-class Fleet:
-    def __init__(self, workdir: Path, inventory: Path):
-        self.workdir = workdir
-        self.inventory = inventory
-        self.output = workdir / 'host_vars'
-
-    def plan(self, demands: list, **variables) -> subprocess.CompletedProcess:
-        varfile = self.workdir / 'vars.json'
+    def plan(self, demands: list, **variables):
         # the boot-time service is the mig role's own business (tests/integration/mig): left out to keep this short
-        varfile.write_text(json.dumps(dict(variables, gpu_demands=demands, plan_output_dir=str(self.output), mig_persist=False)))
-        return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile,
-                               str(REPO / 'playbooks' / 'plan.yml')],
-                              capture_output=True, text=True, timeout=600, cwd=REPO, env=_env(), check=False)
+        return self.play(gpu_demands=demands, plan_output_dir=str(self.output), mig_persist=False, **variables)
 
     def layout(self) -> list[tuple[bool, list[tuple[str, int, list[int]]]]]:
         """Each GPU's current MIG mode and GPU instances (profile, start, compute-instance slices), from gpu_facts on the host."""
-        proc = subprocess.run([str(VENV_BIN / 'ansible'), '-i', str(self.inventory), HOST, '-m', 'gpuvirt.fleet.gpu_facts', '-o'],
-                              capture_output=True, text=True, timeout=120, cwd=REPO, env=_env(), check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        facts = json.loads(proc.stdout.split('=>', 1)[1])['ansible_facts']
         return [(bool(gpu['mig']['current']), sorted((gi['profile'], gi['placement']['start'], [ci['slices'] for ci in gi['compute_instances']])
-                                                     for gi in gpu['mig']['gpu_instances'])) for gpu in facts['gpus']]
-
-
-def _changed(proc: subprocess.CompletedProcess, host: str) -> int:
-    for line in proc.stdout.splitlines():
-        if line.startswith(host + ' ') and 'changed=' in line:
-            return int(line.split('changed=')[1].split()[0])
-    raise AssertionError('no recap for %s:\n%s\n%s' % (host, proc.stdout[-4000:], proc.stderr[-2000:]))
+                                                     for gi in gpu['mig']['gpu_instances'])) for gpu in self.facts()['gpus']]
 
 
 @pytest.fixture(scope='module', name='fleet')
 def fleet_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('capacity')
-    inventory = workdir / 'hosts.yml'
-    _fleet('down', '--fleet', FLEET, '--purge', check=False)
-    try:
-        _fleet('up', str(HERE / 'fleet-capacity.yml'), '--inventory', str(inventory))
-        yield Fleet(workdir, inventory)
-    finally:
-        _fleet('down', '--fleet', FLEET, '--purge', check=False)
+    with fleet_up(FLEET, HERE / 'fleet-capacity.yml', workdir) as inventory:
+        yield Fleet(FLEET, HOST, workdir, inventory, REPO / 'playbooks' / 'plan.yml')
 
 
 def test_an_infeasible_demand_fails_naming_the_shortfall_before_anything_changes(fleet):
@@ -108,8 +77,8 @@ def test_four_15_gb_tenants_are_planned_written_and_applied(fleet):
 def test_a_rerun_changes_nothing(fleet):
     proc = fleet.plan(FOUR_TENANTS, plan_apply=True)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    assert _changed(proc, HOST) == 0, proc.stdout[-4000:]
-    assert _changed(proc, 'localhost') == 0, proc.stdout[-4000:]
+    assert recap(proc, HOST) == 0, proc.stdout[-4000:]
+    assert recap(proc, 'localhost') == 0, proc.stdout[-4000:]
     assert fleet.layout() == [(True, [('1g.20gb', start, [1]) for start in (0, 2, 4, 6)])]
 
 

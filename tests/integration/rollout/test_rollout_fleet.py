@@ -14,28 +14,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import REPO, VENV_BIN, ansible_env, fleet_up  # noqa: E402 pylint: disable=import-error,wrong-import-position
+from fleethost import fleet as _fleet  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 HERE = Path(__file__).resolve().parent
-FLEET_TOOL = REPO / 'sim' / 'fleet'
 FLEET = 'rollouttest'
-VENV_BIN = REPO / '.venv' / 'bin'
 WHEELS = REPO / '.build' / 'exporter-wheels'
 HOSTS = ['rt-%02d' % n for n in range(1, 33)]
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root'),
               pytest.mark.skipif(not (WHEELS / '.stamp').exists(), reason='no exporter wheels: run make demo (or its wheel step) first')]
-
-
-def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
-    return proc
 
 
 class Fleet:
@@ -48,7 +43,7 @@ class Fleet:
         variables = dict({'exporter_wheel_dir': str(WHEELS), 'rollout_summary_path': str(summary)}, **variables)
         varfile = self.workdir / ('%s-vars.json' % name)
         varfile.write_text(json.dumps(variables))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        env = ansible_env()
         started = time.monotonic()
         proc = subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile,
                                str(REPO / 'playbooks' / 'rollout.yml')], capture_output=True, text=True, timeout=900, cwd=REPO, env=env,
@@ -76,13 +71,8 @@ def _untouched(fleet: Fleet, host: str) -> None:
 @pytest.fixture(scope='module', name='fleet')
 def fleet_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('rollout')
-    inventory = workdir / 'hosts.yml'
-    _fleet('down', '--fleet', FLEET, '--purge', check=False)
-    try:
-        _fleet('up', str(HERE / 'fleet-rollout.yml'), '--inventory', str(inventory))
+    with fleet_up(FLEET, HERE / 'fleet-rollout.yml', workdir) as inventory:
         yield Fleet(workdir, inventory)
-    finally:
-        _fleet('down', '--fleet', FLEET, '--purge', check=False)
 
 
 def test_a_failing_canary_stops_the_rollout_before_the_first_batch(fleet):
