@@ -225,7 +225,11 @@ def test_chromium_renders_hosts_and_profiles(report):
     for profile in ('3g.40gb', '1g.10gb', '4g.40gb', '2g.20gb', '7g.80gb'):
         assert re.search(r'<text [^>]*>%s</text>' % re.escape(profile), dom), profile
     assert dom.count('class="gi"') == 2 * (3 * 2 + 2 * 7 + 3 + 1 + 2)  # memory and compute block per GPU instance
-    assert dom.count('A40-8Q') == 12 and 'Connection refused' in dom and 'MIG GPU instances' in dom
+    assert dom.count('A40-8Q') == 12 and 'MIG GPU instances' in dom
+    # The unreachable host: its badge and Ansible's reason (its wording depends on how SSH failed: refused, timed out).
+    down = re.search(r'<section class="host unreachable" id="host-rt-down".*?</section>', dom, re.S)
+    assert down and '>unreachable</span>' in down.group(0), dom[-3000:]
+    assert re.search(r'<p class="muted">No facts: \S[^<]*</p>', down.group(0)), down.group(0)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed (apt-get install chromium): the rendered report cannot be checked')
