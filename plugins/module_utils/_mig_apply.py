@@ -406,18 +406,14 @@ def _parse_mig_parted(mig_parted: Any) -> tuple[Any, str]:
     return config, label
 
 
-def _start(result: dict) -> _Nvml | None:
-    if not _nvml.HAS_PYNVML:
-        result.update(failed=True, msg='the Python module pynvml (package %s) is required' % _nvml.PYNVML_PACKAGE,
-                      missing_library=_nvml.PYNVML_PACKAGE, exception=_nvml.PYNVML_IMPORT_ERROR)
-        return None
+def _open_nvml() -> _Nvml:
     nvml = _Nvml()
-    try:
-        nvml.open()
-    except _nvml.DriverUnavailable as exc:
-        result.update(failed=True, msg='NVML is not available (is the NVIDIA driver loaded?): %s' % exc)
-        return None
+    nvml.open()
     return nvml
+
+
+def _start(result: dict) -> _Nvml | None:
+    return _nvml.open_or_report(result, _open_nvml)
 
 
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,

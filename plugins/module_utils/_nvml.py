@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import traceback
+from typing import Any, Callable
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
 
@@ -62,6 +63,20 @@ class NvmlSession:
         except pynvml.NVMLError:
             pass
         return False
+
+
+def open_or_report(result: dict, open_session: Callable[[], Any]) -> Any:
+    """Open NVML for an apply: what `open_session()` returns, or None with `result` marked failed and saying why
+    (pynvml not installed: `missing_library` names the package; no driver loaded)."""
+    if not HAS_PYNVML:
+        result.update(failed=True, msg='the Python module pynvml (package %s) is required' % PYNVML_PACKAGE,
+                      missing_library=PYNVML_PACKAGE, exception=PYNVML_IMPORT_ERROR)
+        return None
+    try:
+        return open_session()
+    except DriverUnavailable as exc:
+        result.update(failed=True, msg='NVML is not available (is the NVIDIA driver loaded?): %s' % exc)
+        return None
 
 
 class _GpuReader:

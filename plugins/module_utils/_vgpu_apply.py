@@ -292,17 +292,7 @@ def _apply(hostname: str, plan: _vgpu.HostPlan, before: Sequence[_vgpu.GpuView],
 
 
 def _start(result: dict) -> _nvml.NvmlSession | None:
-    if not _nvml.HAS_PYNVML:
-        result.update(failed=True, msg='the Python module pynvml (package %s) is required' % _nvml.PYNVML_PACKAGE,
-                      missing_library=_nvml.PYNVML_PACKAGE, exception=_nvml.PYNVML_IMPORT_ERROR)
-        return None
-    session = _nvml.NvmlSession()
-    try:
-        session.__enter__()
-    except _nvml.DriverUnavailable as exc:
-        result.update(failed=True, msg='NVML is not available (is the NVIDIA driver loaded?): %s' % exc)
-        return None
-    return session
+    return _nvml.open_or_report(result, _nvml.NvmlSession().__enter__)
 
 
 def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = False, vgpu_device_manager: Any = None,
