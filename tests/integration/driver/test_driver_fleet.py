@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import fleet as _fleet  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
-FLEET_TOOL = REPO / "sim" / "fleet"
 FLEET_FILE = HERE / "fleet-driver.yml"
 PLAYBOOK = HERE / "driver.yml"
 FLEET = "drivertest"
@@ -33,13 +35,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root"),
     pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs the repo venv with ansible-core"),
 ]
-
-
-def _fleet(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"sim/fleet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 class Host:

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import fleet as _fleet  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
-FLEET_TOOL = REPO / 'sim' / 'fleet'
 FLEET = 'exptest'
 VENV_BIN = REPO / '.venv' / 'bin'
 PORTS = {'et-h100': 23350, 'et-a40': 23351}
@@ -33,13 +35,6 @@ WHEELS = ['prometheus-client==0.26.0', 'bcrypt==5.0.0', 'pip']
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root'),
               pytest.mark.skipif(not shutil.which('prometheus') or not shutil.which('promtool'),
                                  reason="Debian's prometheus package (prometheus, promtool) is not installed")]
-
-
-def _fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError('sim/fleet %s failed: %s %s' % (' '.join(args), proc.stdout, proc.stderr))
-    return proc
 
 
 def _get(port: int, auth: tuple[str, str] | None = None) -> tuple[int, str]:

@@ -11,14 +11,17 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleethost import fleet  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 REPO = Path(__file__).resolve().parents[3]
-FLEET_TOOL = REPO / "sim" / "fleet"
 FLEET_FILE = Path(__file__).with_name("fleet-test.yml")
 FLEET = "fleettest"
 HOSTS = ["ft-h100", "ft-a100", "ft-a40"]
@@ -31,13 +34,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root"),
     pytest.mark.skipif(not (VENV_BIN / "ansible").exists(), reason="needs the repo venv with ansible-core"),
 ]
-
-
-def fleet(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(FLEET_TOOL), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"sim/fleet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 def ansible(inv: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
