@@ -17,18 +17,21 @@ Needs /dev/fuse and mfusepy. Usage: python bench/bench_vgpu.py [--repeat N] [--f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
+from fleethost import FleetHost, fleet_up  # noqa: E402  pylint: disable=wrong-import-position,import-error
 from simhost import SIM_LIB, SimHost  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
+sys.path.append(SIM_LIB)
+from gpusim_sysfs.serve import served  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 DECLARATION = [{'name': 'bench', 'devices': [0], 'type': 'A40-3Q', 'count': 16}]
 
@@ -41,26 +44,19 @@ class _Mounted:
         self.tmp = tempfile.mkdtemp(prefix='bench-vgpu-')
         self.host = SimHost(os.path.join(self.tmp, 'gpusim'))
         self.sysfs = os.path.join(self.tmp, 'sys')
-        self.proc = None
+        self.served = served(self.sysfs, self.host.root, sriov=sriov)
 
     def __enter__(self):
         self.host.ctl('init', '--hostname', 'bench-a40', '--gpu', 'a40', '--vgpu-host')
         os.mkdir(self.sysfs)
-        self.proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', self.sysfs, '--root', self.host.root]
-                                     + (['--sriov'] if self.sriov else []), env=dict(os.environ, PYTHONPATH=SIM_LIB))
-        deadline = time.time() + 10
-        while not os.path.ismount(self.sysfs):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError('the FUSE emulation did not mount')
-            time.sleep(0.02)
+        self.served.__enter__()
         if self.sriov:
             with open(os.path.join(self.sysfs, 'bus', 'pci', 'devices', '0000:18:00.0', 'sriov_numvfs'), 'w', encoding='ascii') as handle:
                 handle.write('32\n')
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(['fusermount3', '-u', self.sysfs], check=False)
-        self.proc.wait(timeout=10)
+        self.served.__exit__(*exc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def apply(self) -> tuple[float, dict]:
@@ -81,30 +77,18 @@ def _fleet_figures() -> int:
 
 
 def _fleet_run(fleet: str, fleetfile: str) -> list[float] | None:
-    fleet_tool = os.path.join(REPO, 'sim', 'fleet')
-    here = os.path.join(REPO, 'tests', 'integration', 'vgpu')
-    venv_bin = os.path.join(REPO, '.venv', 'bin')
-    tmp = tempfile.mkdtemp(prefix='bench-vgpu-fleet-')
-    inventory, varfile = os.path.join(tmp, 'hosts.yml'), os.path.join(tmp, 'vars.json')
-    with open(varfile, 'w', encoding='utf-8') as handle:
-        json.dump({'gpu_vgpu': DECLARATION}, handle)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), PATH='%s:%s' % (venv_bin, os.environ['PATH']))
-    play = [os.path.join(venv_bin, 'ansible-playbook'), '-i', inventory, '-e', '@' + varfile, os.path.join(here, 'vgpu.yml')]
-    subprocess.run([fleet_tool, 'down', '--fleet', fleet, '--purge'], capture_output=True, check=False)
-    try:
-        subprocess.run([fleet_tool, 'up', os.path.join(here, fleetfile), '--inventory', inventory], capture_output=True, check=True)
+    here = Path(REPO, 'tests', 'integration', 'vgpu')
+    with tempfile.TemporaryDirectory(prefix='bench-vgpu-fleet-') as tmp, fleet_up(fleet, here / fleetfile, Path(tmp)) as inventory:
+        host = FleetHost(fleet, '', Path(tmp), inventory, here / 'vgpu.yml')
         figures = []
         for _attempt in range(2):
             start = time.perf_counter()
-            proc = subprocess.run(play, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+            proc = host.play(gpu_vgpu=DECLARATION)
             figures.append(time.perf_counter() - start)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], file=sys.stderr)
                 return None
         return figures
-    finally:
-        subprocess.run([fleet_tool, 'down', '--fleet', fleet, '--purge'], capture_output=True, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:

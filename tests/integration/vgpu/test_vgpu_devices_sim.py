@@ -11,9 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +19,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simhost import SIM_LIB, SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
+if SIM_LIB not in sys.path:
+    sys.path.append(SIM_LIB)  # after site-packages: its pynvml stand-in must not shadow the real one here
+from gpusim_sysfs.serve import served  # noqa: E402 pylint: disable=import-error,wrong-import-position
 
 if not os.path.exists('/dev/fuse'):
     pytest.skip('no /dev/fuse', allow_module_level=True)
@@ -55,15 +57,8 @@ def host_fixture(tmp_path):
     host = VgpuHost(str(tmp_path / 'gpusim'), tmp_path / 'sys', tmp_path / 'mdevctl.d')
     host.ctl('init', '--hostname', HOSTNAME, '--gpu', 'a40', '--gpu', 't4', '--vgpu-host')
     host.sysfs.mkdir()
-    proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', str(host.sysfs), '--root', host.root],
-                            env=dict(os.environ, PYTHONPATH=SIM_LIB))
-    deadline = time.time() + 10
-    while not os.path.ismount(host.sysfs):
-        assert proc.poll() is None and time.time() < deadline, 'the FUSE server did not mount'
-        time.sleep(0.05)
-    yield host
-    subprocess.run(['fusermount3', '-u', str(host.sysfs)], check=False)
-    proc.wait(timeout=10)
+    with served(host.sysfs, host.root):
+        yield host
 
 
 SIX_8Q = [{'name': 'desktops', 'devices': {'model': 'NVIDIA A40'}, 'type': 'A40-8Q', 'count': 6}]

@@ -8,15 +8,17 @@ The VFs are enabled by writing sriov_numvfs, as sriov-manage -e does.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simhost import SIM_LIB, SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
+if SIM_LIB not in sys.path:
+    sys.path.append(SIM_LIB)  # after site-packages: its pynvml stand-in must not shadow the real one here
+from gpusim_sysfs.serve import served  # noqa: E402 pylint: disable=import-error,wrong-import-position
 
 if not os.path.exists('/dev/fuse'):
     pytest.skip('no /dev/fuse', allow_module_level=True)
@@ -58,15 +60,8 @@ def host_fixture(tmp_path):
     host = SriovHost(str(tmp_path / 'gpusim'), tmp_path / 'sys', tmp_path / 'mdevctl.d')
     host.ctl('init', '--hostname', HOSTNAME, '--gpu', 'a40', '--gpu', 't4', '--vgpu-host')
     host.sysfs.mkdir()
-    proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', str(host.sysfs), '--root', host.root, '--sriov'],
-                            env=dict(os.environ, PYTHONPATH=SIM_LIB))
-    deadline = time.time() + 10
-    while not os.path.ismount(host.sysfs):
-        assert proc.poll() is None and time.time() < deadline, 'the FUSE server did not mount'
-        time.sleep(0.05)
-    yield host
-    subprocess.run(['fusermount3', '-u', str(host.sysfs)], check=False)
-    proc.wait(timeout=10)
+    with served(host.sysfs, host.root, sriov=True):
+        yield host
 
 
 def test_apply_rerun_shrink_grow_on_the_lowest_vfs(host):
@@ -117,8 +112,6 @@ def test_in_use_vf_is_ebusy_with_a_clear_message_and_rolled_back(host):
     host.enable_vfs()
     host.apply(FOUR_8Q)
     before = host.vfs()
-    if SIM_LIB not in sys.path:
-        sys.path.insert(0, SIM_LIB)
     from gpusim import store  # pylint: disable=import-outside-toplevel,import-error
     with store.transaction(host.root) as state:  # a VM attaches to the VF of slot 3 (the 4th VF)
         next(v for v in state['gpus'][0]['vgpu_instances'] if v['vf'] == 3)['vm_id'] = 'vm-1'

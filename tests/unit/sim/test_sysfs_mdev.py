@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
-SIM_LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "sim", "lib")
-
 pytest.importorskip('mfusepy')
+
+from gpusim_sysfs.serve import served  # noqa: E402 pylint: disable=import-error,wrong-import-position
+from sysfs_support import errno_of, state, write  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 if not os.path.exists('/dev/fuse'):
     pytest.skip('no /dev/fuse', allow_module_level=True)
 
@@ -30,40 +28,13 @@ def sysfs(simhost, tmp_path):
     simhost.init('a40', 't4', 'h100-80gb-hbm3', extra=('--vgpu-host',))
     mnt = tmp_path / 'sys'
     mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(SIM_LIB))
-    proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', str(mnt), '--root', str(simhost.root)], env=env)
-    deadline = time.time() + 10
-    while not os.path.ismount(mnt):
-        assert proc.poll() is None and time.time() < deadline, 'the FUSE server did not mount'
-        time.sleep(0.05)
-    yield mnt
-    subprocess.run(['fusermount3', '-u', str(mnt)], check=False)
-    proc.wait(timeout=10)
+    with served(mnt, simhost.root):
+        yield mnt
     assert not os.path.ismount(mnt)
 
 
 def _types(mnt, parent):
     return mnt / 'class' / 'mdev_bus' / parent / 'mdev_supported_types'
-
-
-def _write(path, text):
-    # one write(2), as the collection's sysfs seam does (a buffered file would retry a failed write on close)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _errno_of(path, text):
-    with pytest.raises(OSError) as info:
-        _write(path, text)
-    return info.value.errno
-
-
-def _state(simhost):
-    with open(simhost.root / 'state.json', encoding='utf-8') as handle:
-        return json.load(handle)
 
 
 def test_parents_are_the_vgpu_capable_gpus_only(sysfs):
@@ -76,7 +47,7 @@ def test_parents_are_the_vgpu_capable_gpus_only(sysfs):
 
 
 def test_create_appears_in_sysfs_and_nvml_and_shrinks_capacity(sysfs, simhost):
-    _write(_types(sysfs, A40) / A40_8Q / 'create', U1 + '\n')
+    write(_types(sysfs, A40) / A40_8Q / 'create', U1 + '\n')
     device = sysfs / 'bus' / 'mdev' / 'devices' / U1
     assert device.is_dir()
     assert os.path.basename(os.readlink(device / 'mdev_type')) == A40_8Q
@@ -84,36 +55,36 @@ def test_create_appears_in_sysfs_and_nvml_and_shrinks_capacity(sysfs, simhost):
     assert (_types(sysfs, A40) / A40_8Q / 'available_instances').read_text() == '5\n'
     # homogeneous: another type has no room while an 8Q exists
     assert (_types(sysfs, A40) / A40_4Q / 'available_instances').read_text() == '0\n'
-    gpu = _state(simhost)['gpus'][0]
+    gpu = state(simhost)['gpus'][0]
     assert [(v['uuid'], v['type_id']) for v in gpu['vgpu_instances']] == [(U1, 562)]
 
 
 def test_kernel_errnos_and_write_counts(sysfs, simhost):
     create = _types(sysfs, A40) / A40_8Q / 'create'
-    assert _errno_of(create, 'not-a-uuid') == errno.EINVAL
-    _write(create, U1)
-    assert _errno_of(create, U1) == errno.EEXIST
-    assert _errno_of(_types(sysfs, A40) / A40_4Q / 'create', U2) == errno.ENOSPC
-    assert _errno_of(sysfs / 'bus' / 'mdev' / 'devices' / U1 / 'remove', '2') == errno.EINVAL
-    assert _state(simhost)['sysfs_writes'] == {'create': 4, 'remove': 1}
+    assert errno_of(create, 'not-a-uuid') == errno.EINVAL
+    write(create, U1)
+    assert errno_of(create, U1) == errno.EEXIST
+    assert errno_of(_types(sysfs, A40) / A40_4Q / 'create', U2) == errno.ENOSPC
+    assert errno_of(sysfs / 'bus' / 'mdev' / 'devices' / U1 / 'remove', '2') == errno.EINVAL
+    assert state(simhost)['sysfs_writes'] == {'create': 4, 'remove': 1}
 
 
 def test_capacity_runs_out_at_the_types_maximum(sysfs):
     create = _types(sysfs, A40) / 'nvidia-566' / 'create'  # A40-48Q: one per GPU
-    _write(create, U1)
-    assert _errno_of(create, U2) == errno.ENOSPC
+    write(create, U1)
+    assert errno_of(create, U2) == errno.ENOSPC
 
 
 def test_remove_in_use_is_ebusy_and_free_remove_disappears(sysfs, simhost):
-    _write(_types(sysfs, T4) / 'nvidia-230' / 'create', U1)
+    write(_types(sysfs, T4) / 'nvidia-230' / 'create', U1)
     simhost.ok('vgpu', 'add', '--gpu', '1', '--type', '230', '--uuid', U2, '--vm-id', 'vm-7')
-    assert _errno_of(sysfs / 'bus' / 'mdev' / 'devices' / U2 / 'remove', '1') == errno.EBUSY
-    _write(sysfs / 'bus' / 'mdev' / 'devices' / U1 / 'remove', '1')
+    assert errno_of(sysfs / 'bus' / 'mdev' / 'devices' / U2 / 'remove', '1') == errno.EBUSY
+    write(sysfs / 'bus' / 'mdev' / 'devices' / U1 / 'remove', '1')
     assert sorted(os.listdir(sysfs / 'bus' / 'mdev' / 'devices')) == [U2]
     assert not (sysfs / 'bus' / 'mdev' / 'devices' / U1).exists()
 
 
 def test_reboot_clears_the_devices(sysfs, simhost):
-    _write(_types(sysfs, A40) / A40_1Q / 'create', U1)
+    write(_types(sysfs, A40) / A40_1Q / 'create', U1)
     simhost.ok('reboot')
     assert os.listdir(sysfs / 'bus' / 'mdev' / 'devices') == []

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
-SIM_LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "sim", "lib")
-
 pytest.importorskip('mfusepy')
+
+from gpusim_sysfs.serve import served  # noqa: E402 pylint: disable=import-error,wrong-import-position
+from sysfs_support import errno_of, state, write  # noqa: E402 pylint: disable=import-error,wrong-import-position
+
 if not os.path.exists('/dev/fuse'):
     pytest.skip('no /dev/fuse', allow_module_level=True)
 
@@ -28,35 +26,9 @@ def sysfs(simhost, tmp_path):
     simhost.init('a40', 't4', extra=('--vgpu-host',))
     mnt = tmp_path / 'sys'
     mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(SIM_LIB))
-    proc = subprocess.Popen([sys.executable, '-m', 'gpusim_sysfs', str(mnt), '--root', str(simhost.root), '--sriov'], env=env)
-    deadline = time.time() + 10
-    while not os.path.ismount(mnt):
-        assert proc.poll() is None and time.time() < deadline, 'the FUSE server did not mount'
-        time.sleep(0.05)
-    yield mnt
-    subprocess.run(['fusermount3', '-u', str(mnt)], check=False)
-    proc.wait(timeout=10)
+    with served(mnt, simhost.root, sriov=True):
+        yield mnt
     assert not os.path.ismount(mnt)
-
-
-def _write(path, text):
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _errno_of(path, text):
-    with pytest.raises(OSError) as info:
-        _write(path, text)
-    return info.value.errno
-
-
-def _state(simhost):
-    with open(simhost.root / 'state.json', encoding='utf-8') as handle:
-        return json.load(handle)
 
 
 def _dev(mnt, address):
@@ -72,49 +44,49 @@ def test_the_a40_leaves_mdev_and_enables_vfs(sysfs, simhost):
     assert (_dev(sysfs, A40) / 'sriov_totalvfs').read_text() == '32\n'
     assert (_dev(sysfs, A40) / 'sriov_numvfs').read_text() == '0\n'
     assert not _dev(sysfs, VF0).exists()
-    _write(_dev(sysfs, A40) / 'sriov_numvfs', '32')
+    write(_dev(sysfs, A40) / 'sriov_numvfs', '32')
     assert os.readlink(_dev(sysfs, A40) / 'virtfn0') == '../' + VF0
     assert os.readlink(_dev(sysfs, A40) / 'virtfn4') == '../' + VF4
     assert os.readlink(_dev(sysfs, VF4) / 'physfn') == '../' + A40
     assert len([n for n in os.listdir(_dev(sysfs, A40)) if n.startswith('virtfn')]) == 32
-    assert _errno_of(_dev(sysfs, A40) / 'sriov_numvfs', '8') == errno.EBUSY
-    assert _errno_of(_dev(sysfs, A40) / 'sriov_numvfs', '33') == errno.ERANGE
-    _write(_dev(sysfs, A40) / 'sriov_numvfs', '32')  # the same count again: accepted
-    assert _state(simhost)['sysfs_writes'] == {'sriov_numvfs': 4}
+    assert errno_of(_dev(sysfs, A40) / 'sriov_numvfs', '8') == errno.EBUSY
+    assert errno_of(_dev(sysfs, A40) / 'sriov_numvfs', '33') == errno.ERANGE
+    write(_dev(sysfs, A40) / 'sriov_numvfs', '32')  # the same count again: accepted
+    assert state(simhost)['sysfs_writes'] == {'sriov_numvfs': 4}
 
 
 def test_create_shrinks_the_siblings_and_agrees_with_nvml(sysfs, simhost):
-    _write(_dev(sysfs, A40) / 'sriov_numvfs', '32')
+    write(_dev(sysfs, A40) / 'sriov_numvfs', '32')
     assert A40_4Q in _creatable(sysfs, VF1) and A40_8Q in _creatable(sysfs, VF1)
-    _write(_dev(sysfs, VF0) / 'nvidia' / 'current_vgpu_type', '%d\n' % A40_8Q)
+    write(_dev(sysfs, VF0) / 'nvidia' / 'current_vgpu_type', '%d\n' % A40_8Q)
     assert (_dev(sysfs, VF0) / 'nvidia' / 'current_vgpu_type').read_text() == '%d\n' % A40_8Q
     assert not _creatable(sysfs, VF0)  # the VF holds a vGPU
     assert _creatable(sysfs, VF1) == [A40_8Q]  # time-sliced A40: one type at a time
-    gpu = _state(simhost)['gpus'][0]
+    gpu = state(simhost)['gpus'][0]
     assert [(v['type_id'], v['vf']) for v in gpu['vgpu_instances']] == [(A40_8Q, 0)]
 
 
 def test_vendor_errnos(sysfs, simhost):
-    _write(_dev(sysfs, A40) / 'sriov_numvfs', '4')
+    write(_dev(sysfs, A40) / 'sriov_numvfs', '4')
     current = _dev(sysfs, VF0) / 'nvidia' / 'current_vgpu_type'
-    assert _errno_of(current, 'x') == errno.EINVAL
-    assert _errno_of(current, '9999') == errno.EINVAL
-    _write(current, str(A40_48Q))
-    assert _errno_of(current, str(A40_48Q)) == errno.EBUSY  # the VF holds one: write 0 first
-    assert _errno_of(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', str(A40_48Q)) == errno.ENOSPC  # one 48Q per GPU
-    assert _errno_of(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', str(A40_4Q)) == errno.ENOSPC  # another type
-    assert _errno_of(_dev(sysfs, A40) / 'sriov_numvfs', '0') == errno.EBUSY
-    _write(current, '0')
-    assert current.read_text() == '0\n' and not _state(simhost)['gpus'][0]['vgpu_instances']
-    assert _state(simhost)['sysfs_writes']['current_vgpu_type'] == 7
+    assert errno_of(current, 'x') == errno.EINVAL
+    assert errno_of(current, '9999') == errno.EINVAL
+    write(current, str(A40_48Q))
+    assert errno_of(current, str(A40_48Q)) == errno.EBUSY  # the VF holds one: write 0 first
+    assert errno_of(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', str(A40_48Q)) == errno.ENOSPC  # one 48Q per GPU
+    assert errno_of(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', str(A40_4Q)) == errno.ENOSPC  # another type
+    assert errno_of(_dev(sysfs, A40) / 'sriov_numvfs', '0') == errno.EBUSY
+    write(current, '0')
+    assert current.read_text() == '0\n' and not state(simhost)['gpus'][0]['vgpu_instances']
+    assert state(simhost)['sysfs_writes']['current_vgpu_type'] == 7
 
 
 def test_removing_in_use_is_ebusy_and_reboot_disables_the_vfs(sysfs, simhost):
-    _write(_dev(sysfs, A40) / 'sriov_numvfs', '4')
-    _write(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', str(A40_8Q))
+    write(_dev(sysfs, A40) / 'sriov_numvfs', '4')
+    write(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', str(A40_8Q))
     from gpusim import store  # pylint: disable=import-outside-toplevel
     with store.transaction(str(simhost.root)) as state:  # a VM attaches to the VF
         state['gpus'][0]['vgpu_instances'][0]['vm_id'] = 'vm-7'
-    assert _errno_of(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', '0') == errno.EBUSY
+    assert errno_of(_dev(sysfs, VF1) / 'nvidia' / 'current_vgpu_type', '0') == errno.EBUSY
     simhost.ok('reboot')
     assert (_dev(sysfs, A40) / 'sriov_numvfs').read_text() == '0\n' and not _dev(sysfs, VF1).exists()
