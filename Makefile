@@ -16,6 +16,8 @@ SANITY_ROOT := .build/sanity/ansible_collections/gpuvirt/fleet
 SHARED ?= $(abspath ../shared)
 export GPUVIRT_SHARED := $(SHARED)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# This checkout as gpuvirt.fleet (the `collection` target's link), never an installed copy.
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build
 export PYTHONDONTWRITEBYTECODE := 1
 # The venv's tools first: ansible, pytest, molecule, and the python3 the sim/ launchers exec.
 export PATH := $(BIN):$(PATH)
@@ -27,12 +29,27 @@ FLEET ?= sim/fleets/demo.yml
 # for the monitoring tests.
 DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus chromium
 
-.PHONY: help deps venv collection demo test lint sanity units integration molecule build-check bench clean
+.PHONY: help deps venv collection demo test lint sanity units integration molecule build-check galaxy-import ee-check bench clean
 
 help:
-	@echo "make demo   - install everything and run GPU discovery on the simulated fleet"
-	@echo "make test   - ansible-lint, ansible-test sanity, unit, integration and build checks"
-	@echo "make bench  - benchmarks (figures only)"
+	@echo "make demo          - install what is missing, start the simulated 4-host fleet, run site.yml (driver, MIG,"
+	@echo "                     vGPU, exporter, monitoring, health gates) and report.yml; prints the HTML report's path"
+	@echo "make test          - every check CI runs: lint, sanity, units, integration, molecule, build-check,"
+	@echo "                     galaxy-import and ee-check"
+	@echo "make bench         - benchmarks that print figures (simulator, fleet, real-GPU numbers come from bench/ --real)"
+	@echo "make deps          - install the Debian packages the project uses (as root)"
+	@echo "make venv          - the pinned virtualenv .venv (requirements/test.txt)"
+	@echo "make collection    - link this checkout as gpuvirt.fleet under .build (for ANSIBLE_COLLECTIONS_PATH=.build)"
+	@echo "make lint          - ansible-lint, production profile, strict"
+	@echo "make sanity        - ansible-test sanity on a copy of the tracked files"
+	@echo "make units         - the unit tests (pytest tests/unit)"
+	@echo "make integration   - the simulator and fleet tests (pytest tests/integration), including the"
+	@echo "                     installed-collection test (tarball, non-root controller, sudo user on the hosts)"
+	@echo "make molecule      - the Molecule default scenario on a simulated fleet"
+	@echo "make build-check   - build the Galaxy tarball, check what it leaves out, ansible-doc and a module by FQCN"
+	@echo "make galaxy-import - galaxy-importer (pinned, own venv) on the tarball: no error, no warning"
+	@echo "make ee-check      - ansible-builder create (standalone EE) and introspect (the installed tarball)"
+	@echo "make clean         - stop every simulated fleet and remove .build"
 
 # Install missing Debian packages (only when something is missing, so reruns are quick).
 deps: .build/deps.stamp
@@ -70,7 +87,7 @@ demo: venv collection .build/exporter-wheels/.stamp
 	sim/fleet up $(FLEET)
 	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/site.yml
 	$(BIN)/ansible-playbook -i inventories/sim/hosts.yml playbooks/report.yml
-	@echo "Fleet report: $(CURDIR)/.build/report/fleet-report.html"
+	@echo "Fleet report: $(CURDIR)/gpuvirt-output/fleet-report.html (scrape configuration and dashboard: $(CURDIR)/gpuvirt-output/monitoring)"
 	@echo "The fleet is still running: 'sim/fleet status' lists it, 'ssh -F .build/fleet/ssh_config HOST' reaches a host, 'sim/fleet down' tears it down."
 
 # The fleet's base filesystem (debootstrap, on a fresh machine) is built in the background while the static checks
@@ -81,7 +98,7 @@ test: venv collection .build/exporter-wheels/.stamp
 	  $(MAKE) --no-print-directory lint sanity units || status=$$?; \
 	  if ! wait $$base; then echo "sim/fleet base failed:"; cat .build/fleet-base.log; exit 1; fi; \
 	  exit $$status
-	@$(MAKE) --no-print-directory integration molecule build-check
+	@$(MAKE) --no-print-directory integration molecule build-check galaxy-import ee-check
 	@echo "make test: all checks passed"
 
 lint: venv collection
@@ -109,14 +126,14 @@ integration: venv collection .build/exporter-wheels/.stamp
 
 # The default scenario: create = sim/fleet up, converge = playbooks/facts.yml, verify, destroy = sim/fleet down.
 molecule: venv collection
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build $(BIN)/molecule test
+	$(BIN)/molecule test
 
-# The Galaxy tarball leaves out the simulator, tests and inventories; installed from it, gpu_facts runs by FQCN.
+# The Galaxy tarball leaves out the simulator and what needs it (tests, Molecule scenario, benches), the inventories; installed from it, gpu_facts runs by FQCN.
 build-check: venv
 	rm -rf .build/galaxy && mkdir -p .build/galaxy
 	$(BIN)/ansible-galaxy collection build --output-path .build/galaxy --force .
 	@set -e; tarball=$$(ls .build/galaxy/gpuvirt-fleet-*.tar.gz); \
-	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories)/' || true); \
+	bad=$$(tar -tzf $$tarball | grep -E '^(sim|tests|inventories|bench|extensions/molecule|execution-environment|gpuvirt-output)/' || true); \
 	if [ -n "$$bad" ]; then echo "tarball contains files it must not:"; echo "$$bad" | head; exit 1; fi; \
 	$(BIN)/ansible-galaxy collection install --force -p .build/galaxy/installed $$tarball >/dev/null 2>&1; \
 	for m in gpu_facts mig_layout nvidia_driver vgpu_devices; do \
@@ -127,6 +144,24 @@ build-check: venv
 	  -e ansible_python_interpreter=$(BIN)/python -m gpuvirt.fleet.gpu_facts > .build/galaxy/adhoc.txt; \
 	grep -q '"backend"' .build/galaxy/adhoc.txt; \
 	test -f .build/galaxy/installed/ansible_collections/gpuvirt/fleet/plugins/modules/gpu_facts.py; echo "build-check: tarball clean, ansible-doc renders, gpu_facts runs by FQCN"
+
+# galaxy-importer, pinned in requirements/galaxy-importer.txt, in a venv of its own (it pins its own ansible-core).
+galaxy-import: venv
+	tests/build/galaxy_import.sh
+
+# The standalone EE definition gives a build context (no container engine needed), and ansible-builder finds this
+# collection's Python and system dependencies in the installed tarball, as it does for any EE that lists it.
+ee-check: venv
+	rm -rf .build/ee && mkdir -p .build/ee
+	$(BIN)/ansible-galaxy collection build --output-path .build/galaxy --force . >/dev/null
+	$(BIN)/ansible-builder create -f execution-environment/execution-environment.yml --context .build/ee/context --output-filename Containerfile
+	@set -e; v=$$(sed -n 's/^version: *//p' galaxy.yml); test -f .build/ee/context/_build/collections/gpuvirt-fleet-$$v.tar.gz; \
+	  grep -q 'ansible-galaxy collection install' .build/ee/context/Containerfile
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/ee/collections $(BIN)/ansible-galaxy collection install --force -p .build/ee/collections .build/galaxy/gpuvirt-fleet-*.tar.gz >/dev/null
+	$(BIN)/ansible-builder introspect --sanitize .build/ee/collections | tee .build/ee/introspect.txt
+	@grep -q "nvidia-ml-py>=.*from collection gpuvirt.fleet" .build/ee/introspect.txt
+	@grep -q "openssh-client \[platform:dpkg\].*from collection gpuvirt.fleet" .build/ee/introspect.txt
+	@echo "ee-check: the EE build context is complete; introspect finds gpuvirt.fleet's Python and system dependencies"
 
 bench: venv collection .build/exporter-wheels/.stamp
 	$(BIN)/python bench/bench_sim_gpu_facts.py

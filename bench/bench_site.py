@@ -41,7 +41,8 @@ def _run(inventory: str, workdir: str) -> tuple[float, dict[str, tuple[int, int]
     extra = {'exporter_wheel_dir': os.path.join(REPO, '.build', 'exporter-wheels'),
              'monitoring_prometheus_config': os.path.join(workdir, 'monitoring', 'prometheus.yml'),
              'monitoring_dashboard_dir': os.path.join(workdir, 'monitoring', 'grafana')}
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (BIN, os.environ['PATH']))
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build'),
+               ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (BIN, os.environ['PATH']))
     start = time.perf_counter()
     proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', inventory, '-e', json.dumps(extra),
                            os.path.join(REPO, 'playbooks', 'site.yml')], capture_output=True, text=True, env=env, cwd=REPO, check=False)

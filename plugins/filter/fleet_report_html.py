@@ -8,7 +8,7 @@ DOCUMENTATION = r'''
 ---
 name: fleet_report_html
 short_description: One self-contained HTML page describing a fleet's GPUs, MIG layouts, vGPUs and drift
-version_added: 0.2.0
+version_added: 0.3.0
 description:
   - Turns the facts M(gpuvirt.fleet.gpu_facts) gathered on many hosts, with each host's declarations, into one HTML
     document with inline CSS and inline SVG only (no script, no external stylesheet, font or image).

@@ -9,7 +9,7 @@ DOCUMENTATION = r'''
 ---
 module: mig_layout
 short_description: Declare NVIDIA MIG mode and GPU/compute instances per GPU, changed minimally and safely
-version_added: 0.2.0
+version_added: 0.3.0
 description:
   - Brings the host's MIG-capable GPUs to a declared layout in four steps. Observe reads every GPU through NVML.
     Plan validates the whole declaration against the profiles and placements each GPU reports and places the

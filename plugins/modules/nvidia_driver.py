@@ -9,7 +9,7 @@ DOCUMENTATION = r'''
 ---
 module: nvidia_driver
 short_description: Install a whitelisted NVIDIA driver version, pinned, with a rollback on failure
-version_added: 0.2.0
+version_added: 0.3.0
 description:
   - Installs the NVIDIA data-center driver at an exact I(version), or the newest whitelisted version of a I(branch),
     from the configured package repositories, and keeps it there (apt preferences pin plus C(apt-mark hold)).

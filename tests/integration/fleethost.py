@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import stat
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -30,8 +32,8 @@ def fleet(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Comp
 
 def ansible_env(**extra: str) -> dict:
     """The environment ansible-playbook runs in: the repository's ansible.cfg and the venv's tools first."""
-    return dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
-                PATH='%s:%s' % (VENV_BIN, os.environ['PATH']), **extra)
+    return dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build'),
+                ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']), **extra)
 
 
 def recap(proc: subprocess.CompletedProcess, host: str, key: str = 'changed') -> int:
@@ -96,3 +98,77 @@ def fleet_up(fleet_name: str, fleet_file: Path, workdir: Path) -> Iterator[Path]
         yield inventory
     finally:
         fleet('down', '--fleet', fleet_name, '--purge', check=False)
+
+
+# ---- an unprivileged controller user ------------------------------------------------------------------------------
+# The tests above run Ansible as root from the checkout. A user installs the collection and runs it as themselves:
+# these helpers give a test an unprivileged local user, a Python that user can run with the venv's packages, and a
+# way to run commands as that user in a clean environment (no variable of the test's own environment leaks in).
+
+CONTROLLER_USER = 'gpuvirt-ci'
+
+
+def ensure_controller_user(name: str = CONTROLLER_USER) -> pwd.struct_passwd:
+    """The unprivileged controller user (made with useradd if missing: no home, no login shell, no sudo)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    proc = subprocess.run(['useradd', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin',
+                           '--comment', 'gpuvirt.fleet tests, unprivileged Ansible controller', name],
+                          capture_output=True, text=True, check=False)
+    try:  # another test file may have made it meanwhile
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise AssertionError('useradd %s failed: %s' % (name, proc.stderr)) from None
+
+
+def _world_reachable(path: Path) -> bool:
+    """Every directory above `path` can be traversed, and `path` read (and run, if executable), by any user."""
+    real = Path(os.path.realpath(path))
+    for parent in real.parents:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return False
+    mode = os.stat(real).st_mode
+    return bool(mode & stat.S_IROTH) and (not mode & stat.S_IXUSR or bool(mode & stat.S_IXOTH))
+
+
+def controller_python(dest: Path) -> Path:
+    """A bin directory with python and the ansible commands of the repository's venv that any user can run.
+
+    The venv's own interpreter may be unreachable for other users (here it links to /root/.pyenv, and /root is 0700).
+    Then `dest` becomes a venv of a world-reachable interpreter of the same version (no pip, nothing downloaded),
+    whose site-packages add the repository venv's through a .pth file, with the venv's ansible scripts copied in
+    with their first line pointing at it. Fails when no such interpreter exists or the venv cannot be read.
+    """
+    venv_python = VENV_BIN / 'python'
+    if _world_reachable(venv_python):
+        return VENV_BIN
+    version = subprocess.run([str(venv_python), '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    site = REPO / '.venv' / 'lib' / ('python' + version) / 'site-packages'
+    assert _world_reachable(site) and _world_reachable(site / 'ansible' / '__init__.py'), (
+        '%s cannot be read by other users: make the repository path traversable (o+x) or move the venv' % site)
+    base = next((Path(p) for p in ('/usr/bin/python' + version, '/usr/local/bin/python' + version)
+                 if Path(p).exists() and _world_reachable(Path(p))), None)
+    assert base is not None, 'no world-readable python%s for the unprivileged controller (the venv is %s)' % (version, os.path.realpath(venv_python))
+    subprocess.run([str(base), '-m', 'venv', '--without-pip', str(dest)], check=True, capture_output=True)
+    (dest / 'lib' / ('python' + version) / 'site-packages' / 'gpuvirt_repo_venv.pth').write_text(
+        'import site; site.addsitedir(%r)\n' % str(site))
+    for script in sorted(VENV_BIN.glob('ansible*')):
+        lines = script.read_text().split('\n')
+        if not lines[0].startswith('#!'):
+            continue
+        target = dest / 'bin' / script.name
+        target.write_text('\n'.join(['#!%s' % (dest / 'bin' / 'python')] + lines[1:]))
+        target.chmod(0o755)
+    for path in [dest, *dest.rglob('*')]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() or path.stat().st_mode & stat.S_IXUSR else 0))
+    return dest / 'bin'
+
+
+def run_as(user: str, argv: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`argv` as `user` (runuser) in `cwd` with exactly the environment `env` (env -i): nothing of root's leaks in."""
+    return subprocess.run(['runuser', '-u', user, '--', 'env', '-i', *('%s=%s' % kv for kv in sorted(env.items())), *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False)

@@ -59,7 +59,8 @@ class Host:
     def play(self, **extra) -> tuple[subprocess.CompletedProcess, float]:
         varfile = self.workdir / "vars.json"
         varfile.write_text(json.dumps({**self.vars, **extra}))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False",
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build"),
+                   ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False",
                    ANSIBLE_STDOUT_CALLBACK="default", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
         started = time.monotonic()
         r = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), "-e", f"@{varfile}", str(PLAYBOOK)],

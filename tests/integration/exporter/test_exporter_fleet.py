@@ -61,7 +61,8 @@ class Fleet:
                           'monitoring_scrape_interval': '1s', 'monitoring_scrape_timeout': '1s'}, **variables)
         varfile = self.workdir / 'vars.json'
         varfile.write_text(json.dumps(variables))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build'),
+                   ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (VENV_BIN, os.environ['PATH']))
         return subprocess.run([str(VENV_BIN / 'ansible-playbook'), '-i', str(self.inventory), '-e', '@%s' % varfile, *extra,
                                str(HERE / 'exporter.yml')], capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
 
