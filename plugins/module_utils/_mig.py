@@ -58,8 +58,11 @@ Errors: every problem of a host is collected and raised together, before any ste
 `MigPlanError` (a ValueError) whose `errors` list holds lines such as
 "host gpu1: GPU 0 (GPU-3735...): entry 'inference': instances[2]: 3g.40gb cannot start at 2 (starts: 0, 4)".
 
-Interop: `parse_mig_parted(config, label)` turns a mig-parted v1 config into a declaration;
-`export_mig_parted(gpus, label)` and `export_declaration(gpus)` write the current state in both formats.
+Interop: `parse_mig_parted(config, label)` checks a mig-parted v1 label and `plan_mig_parted(host, gpus, entries)`
+plans it with mig-parted's meaning (an entry that selects no GPU here is skipped; see resolve_mig_parted), where
+the native format refuses a selector that matches nothing (a typo guard). `export_mig_parted(gpus, label)` and
+`export_declaration(gpus)` write the current state in both formats. `parse_device_filter` and `NvidiaSelector` are
+NVIDIA's device-filter and devices, shared with the vgpu-device-manager format (_vgpu).
 `verify(plan.desired, gpus_after)` lists what the GPUs observed after apply do not match.
 """
 
@@ -78,7 +81,6 @@ ZERO: Score = (0, 0, 0)
 ENTRY_KEYS = ('name', 'devices', 'enabled', 'allow_disruption', 'instances', 'mig_devices')
 INSTANCE_KEYS = ('profile', 'start', 'count', 'compute_instances')
 SELECTOR_KEYS = ('indexes', 'uuids', 'model', 'device_id')
-MIG_PARTED_ENTRY_KEYS = ('devices', 'device-filter', 'mig-enabled', 'mig-devices')
 
 # Compute-instance placements (starts, in compute slices) inside a GPU instance of N compute slices, from
 # NVIDIA's MIG user guide and the calibrated GPU models. The facts cannot carry them: NVML reports CI profiles
@@ -1122,7 +1124,7 @@ def _verify_gpu(want: Mapping[str, Any], gpu: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Export the current state, and mig-parted interop
+# Export the current state in the planner's own format
 
 
 def _exportable(gpus: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -1162,6 +1164,166 @@ def export_declaration(gpus: Sequence[Mapping[str, Any]]) -> list[dict]:
     return _group(usable, states, len(gpus))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# NVIDIA's own formats: the device-filter of mig-parted and vgpu-device-manager, and their export shape
+#
+# Both tools walk the entries of a label in order and, for each GPU, apply every entry whose device-filter and
+# devices select it (api/spec/v1/helpers.go, cmd/*/assert/assert.go: WalkSelected...ForEachGPU). An entry that
+# selects no GPU is therefore simply never applied. A device-filter is one string or a list of strings, each a
+# 32-bit number in Go's strconv.ParseUint(text, 0, 32) syntax (so '0x233010DE' and '0x233010de' alike): the PCI
+# device id in the high 16 bits and the vendor id in the low 16 bits, optionally ':' and the subsystem device and
+# vendor ids in the same form (pkg/types/device.go). '0x2330' is device 0x0000 of vendor 0x2330 there.
+
+
+def _pci_int(text: Any) -> int | None:
+    try:
+        return int(str(text), 16) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _go_uint32(text: str) -> int:
+    """A number as Go's strconv.ParseUint(text, 0, 32) reads it: 0x/0o/0b prefixes, a leading 0 for octal, else decimal."""
+    if not re.match(r'^[0-9A-Za-z_]+$', text):
+        raise ValueError(text)
+    value = int(text.replace('_', ''), 8) if re.match(r'^0[0-7_]+$', text) else int(text, 0)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(text)
+    return value
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """One value of a device-filter: PCI device and vendor ids, and the subsystem ids when it names them."""
+
+    text: str
+    device: int
+    vendor: int
+    subsystem: tuple[int, int] | None = None  # (subsystem device, subsystem vendor)
+
+    def matches(self, gpu: Mapping[str, Any]) -> bool:
+        pci = gpu.get('pci') or {}
+        if (_pci_int(pci.get('device_id')), _pci_int(pci.get('vendor_id'))) != (self.device, self.vendor):
+            return False
+        return self.subsystem is None or (_pci_int(pci.get('subsystem_id')), _pci_int(pci.get('subsystem_vendor_id'))) == self.subsystem
+
+
+def _one_filter(text: str) -> DeviceFilter:
+    parts = text.split(':')
+    try:
+        if len(parts) > 2:
+            raise ValueError(text)
+        primary = _go_uint32(parts[0])
+        subsystem = _go_uint32(parts[1]) if len(parts) == 2 else None
+    except ValueError as exc:
+        raise _Invalid("device-filter %r is not a PCI id such as '0x233010DE' (device and vendor id) or '0x25B610DE:0x14A910DE' "
+                       '(with the subsystem ids)' % text) from exc
+    if primary >> 16 == 0:
+        raise _Invalid("device-filter %r is device 0x0000 of vendor 0x%04X as NVIDIA's tools read it, which selects no GPU: "
+                       "write the device id followed by the vendor id, such as '0x%04X10DE'" % (text, primary, primary))
+    return DeviceFilter(text, primary >> 16, primary & 0xFFFF,
+                        (subsystem >> 16, subsystem & 0xFFFF) if subsystem is not None else None)
+
+
+def parse_device_filter(value: Any) -> tuple[DeviceFilter, ...]:
+    """A device-filter (absent, '', one id or a list of ids) -> its filters; () selects every GPU, as in NVIDIA's tools."""
+    if value is None or value == '':
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise _Invalid("device-filter must be a PCI id such as '0x233010DE' or a list of them, got %r" % (value,))
+    return tuple(_one_filter(item.strip()) for item in items)
+
+
+def _nvidia_indexes(value: Any) -> tuple[int, ...] | None:
+    """devices: 'all' (None) or a list of GPU indexes; an index the host lacks selects nothing, as in NVIDIA's tools."""
+    if value == 'all':
+        return None
+    if not isinstance(value, list) or not all(_is_int(v) and v >= 0 for v in value):
+        raise _Invalid("devices must be 'all' or a list of GPU indexes, got %r" % (value,))
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class NvidiaSelector:
+    """The GPUs one entry of a mig-parted or vgpu-device-manager label selects: its device-filter and its devices."""
+
+    filters: tuple[DeviceFilter, ...]
+    indexes: tuple[int, ...] | None  # None: devices: all
+
+    def selects(self, gpu: Mapping[str, Any]) -> bool:
+        if self.filters and not any(f.matches(gpu) for f in self.filters):
+            return False
+        return self.indexes is None or gpu.get('index') in self.indexes
+
+
+def nvidia_selector(raw: Mapping[str, Any]) -> NvidiaSelector:
+    return NvidiaSelector(parse_device_filter(raw.get('device-filter')), _nvidia_indexes(raw.get('devices')))
+
+
+def _filter_text(gpu: Mapping[str, Any]) -> str | None:
+    """A GPU's device-filter as NVIDIA's exports write it: '0x233010DE'."""
+    pci = gpu.get('pci') or {}
+    device, vendor = _pci_int(pci.get('device_id')), _pci_int(pci.get('vendor_id'))
+    return '0x%04X%04X' % (device, vendor) if device is not None and vendor is not None else None
+
+
+def nvidia_export_entries(gpus: Sequence[Mapping[str, Any]], bodies: Sequence[dict]) -> list[dict]:
+    """Entries in the shape `nvidia-mig-parted export` writes, one per distinct body (the GPU's state, such as
+    {'mig-enabled': .., 'mig-devices': ..}), in the order of the GPUs: each names its GPUs' device-filter (a string
+    for one model, a list for several; none when the host has one model or the label one entry) and `devices: all`
+    where it holds every GPU of those models, else their indexes."""
+    texts = [_filter_text(gpu) for gpu in gpus]
+    filtered = None not in texts
+    groups: list[tuple[dict, list[int], list[str]]] = []
+    for gpu, text, body in zip(gpus, texts, bodies):
+        for group_body, indexes, filters in groups:
+            if group_body == body:
+                indexes.append(gpu['index'])
+                if text not in filters:
+                    filters.append(text)
+                break
+        else:
+            groups.append((body, [gpu['index']], [text]))
+    by_filter: dict[Any, list[int]] = {}
+    for gpu, text in zip(gpus, texts):
+        by_filter.setdefault(text, []).append(gpu['index'])
+    entries = []
+    for body, indexes, filters in groups:
+        entry: dict[str, Any] = {}
+        if filtered and len(by_filter) > 1 and len(groups) > 1:
+            entry['device-filter'] = filters[0] if len(filters) == 1 else sorted(filters)
+        models = sorted(i for text in filters for i in by_filter[text]) if 'device-filter' in entry else sorted(g['index'] for g in gpus)
+        entry['devices'] = 'all' if sorted(indexes) == models else sorted(indexes)
+        entry.update(body)
+        entries.append(entry)
+    return entries
+
+
+def _nvidia_config(config: Any, label: Any, configs_key: str, tool: str, error: type) -> list:
+    """The label's entries of a v1 config of mig-parted ('mig-configs') or vgpu-device-manager ('vgpu-configs')."""
+    where = '%s config: ' % tool
+    if not isinstance(config, Mapping) or config.get('version') != 'v1':
+        raise error(None, [where + "version must be 'v1', got %r" % (config.get('version') if isinstance(config, Mapping) else config,)])
+    unknown = sorted(str(k) for k in config if k not in ('version', configs_key))
+    if unknown:
+        raise error(None, [where + 'unknown key(s) %s (known: version, %s)' % (', '.join(unknown), configs_key)])
+    configs = config.get(configs_key)
+    if not isinstance(configs, Mapping) or label not in configs:
+        raise error(None, [where + 'no label %r in %s (labels: %s)' % (
+            label, configs_key, ', '.join(sorted(map(str, configs))) if isinstance(configs, Mapping) and configs else 'none')])
+    if not isinstance(configs[label], list) or not configs[label]:
+        raise error(None, [where + 'label %r must be a non-empty list of entries, got %r' % (label, configs[label])])
+    return configs[label]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mig-parted v1
+
+
+MIG_PARTED_ENTRY_KEYS = ('device-filter', 'devices', 'mig-enabled', 'mig-devices')
+
+
 def _mig_devices(layout: Sequence[PlacedGI]) -> dict[str, int]:
     """mig-parted counts (GPU instance, compute instance) pairs: '3g.40gb' (whole GI) or '1c.3g.40gb'."""
     counts: dict[str, int] = {}
@@ -1173,76 +1335,157 @@ def _mig_devices(layout: Sequence[PlacedGI]) -> dict[str, int]:
 
 
 def export_mig_parted(gpus: Sequence[Mapping[str, Any]], label: str) -> dict:
-    """The current state as a mig-parted v1 config with one label (what `nvidia-mig-parted export` prints).
+    """The current state as a mig-parted v1 config with one label, in the shape `nvidia-mig-parted export` writes:
+    every GPU NVML can read (a GPU that is not MIG-capable as mig-enabled: false), GPUs of one state in one entry,
+    with device-filters on a host of several models.
 
     The format cannot say where instances sit, nor hold a GPU instance without compute instances.
     """
-    usable = _exportable(gpus)
+    usable = [g for g in sorted(gpus, key=lambda g: g['index']) if g.get('status') != 'lost']
     states = []
     for gpu in usable:
-        current = bool(gpu['mig'].get('current'))
+        current = bool((gpu.get('mig') or {}).get('capable') and gpu['mig'].get('current'))
         state: dict[str, Any] = {'mig-enabled': current}
         if current:
             state['mig-devices'] = _mig_devices(_current_layout(gpu))
         states.append(state)
-    return {'version': 'v1', 'mig-configs': {label: _group(usable, states, len(gpus))}}
+    return {'version': 'v1', 'mig-configs': {label: nvidia_export_entries(usable, states)}}
 
 
-def _mig_parted_selector(raw: Mapping[str, Any]) -> Any:
-    devices, device_filter = raw.get('devices'), raw.get('device-filter')
-    if devices != 'all' and not isinstance(devices, list):
-        raise _Invalid("devices must be 'all' or a list of GPU indexes, got %r" % (devices,))
-    if device_filter is None:
-        return devices
-    selector: dict[str, Any] = {'device_id': list(_str_list(device_filter, 'device-filter'))}
-    for text in selector['device_id']:
-        normalize_device_id(text)
-    if devices != 'all':
-        selector['indexes'] = devices
-    return selector
+@dataclass(frozen=True)
+class PartedEntry:
+    """One entry of a mig-parted label, checked for shape: which GPUs it selects and the state it gives them."""
+
+    number: int  # its position in the label, from 0
+    name: str  # '<label>[N]', how errors and plans name it
+    selector: NvidiaSelector
+    enabled: bool
+    mig_devices: dict | None  # the counts to hold (None when mig-enabled is false)
+
+    def native(self, indexes: Sequence[int]) -> dict:
+        """The entry as a gpu_mig entry declaring the given GPUs."""
+        entry: dict[str, Any] = {'name': self.name, 'devices': list(indexes), 'enabled': self.enabled}
+        if self.enabled:
+            entry['mig_devices'] = dict(self.mig_devices or {})
+        return entry
 
 
-def _mig_parted_entry(label: str, number: int, raw: Any) -> dict:
+def _parted_entry(label: str, number: int, raw: Any) -> PartedEntry:
     if not isinstance(raw, Mapping):
         raise _Invalid('must be a mapping with devices and mig-enabled, got %r' % (raw,))
     unknown = sorted(str(k) for k in raw if k not in MIG_PARTED_ENTRY_KEYS)
     if unknown:
         raise _Invalid('unknown key(s) %s (known: %s)' % (', '.join(unknown), ', '.join(MIG_PARTED_ENTRY_KEYS)))
-    enabled = raw.get('mig-enabled')
+    missing = [key for key in ('devices', 'mig-enabled') if key not in raw]
+    if missing:
+        raise _Invalid('%s %s required' % (' and '.join(missing), 'is' if len(missing) == 1 else 'are'))
+    enabled = raw['mig-enabled']
     if not isinstance(enabled, bool):
         raise _Invalid('mig-enabled must be true or false, got %r' % (enabled,))
-    entry: dict[str, Any] = {'name': '%s[%d]' % (label, number), 'devices': _mig_parted_selector(raw), 'enabled': enabled}
-    if 'mig-devices' in raw:
-        counts = raw['mig-devices'] or {}
-        _mig_devices_of({'mig_devices': counts}, enabled)  # the same checks as the declaration's own key
-        if enabled:
-            entry['mig_devices'] = dict(counts)
-    return entry
+    selector = nvidia_selector(raw)
+    counts = raw.get('mig-devices')
+    if enabled and counts is None:
+        raise _Invalid('mig-devices is required when mig-enabled is true, as in mig-parted (mig-devices: {} for no instances)')
+    if counts is not None:
+        _mig_devices_of({'mig_devices': counts}, True)  # the same checks as the declaration's own key
+        if not enabled and counts:
+            raise _Invalid('mig-devices must be empty when mig-enabled is false, as in mig-parted, got %r' % (dict(counts),))
+        if counts and not any(counts.values()):
+            raise _Invalid('every count in mig-devices is 0, which mig-parted refuses (mig-devices: {} for no instances)')
+    return PartedEntry(number, '%s[%d]' % (label, number), selector, enabled,
+                       {k: v for k, v in counts.items() if v} if enabled and counts is not None else None)
 
 
-def parse_mig_parted(config: Any, label: str) -> list[dict]:
-    """A mig-parted v1 config's label -> a gpu_mig declaration (entries named '<label>[N]', N from 0).
+def parse_mig_parted(config: Any, label: str) -> list[PartedEntry]:
+    """A mig-parted v1 config's label, checked for shape -> its entries (named '<label>[N]', N from 0).
 
-    mig-devices become the entry's `mig_devices`, which keeps mig-parted's meaning: a GPU whose counts of
-    (GPU instance, compute instance) pairs already match is left alone, wherever its instances sit; otherwise
-    the planner packs smaller compute instances ('1c.3g.40gb': 3) into as few GPU instances as fit, as
-    mig-parted does, and plans that layout minimally. An entry without mig-devices changes the MIG mode only.
+    Which GPUs each entry declares depends on the host: `plan_mig_parted` decides it from the GPUs' facts.
+    Raises MigPlanError naming the label and entry of every problem.
     """
-    where = 'mig-parted config: '
-    if not isinstance(config, Mapping) or config.get('version') != 'v1':
-        raise MigPlanError(None, [where + "version must be 'v1'"])
-    configs = config.get('mig-configs')
-    if not isinstance(configs, Mapping) or label not in configs:
-        raise MigPlanError(None, [where + 'no label %r in mig-configs (labels: %s)' % (
-            label, ', '.join(map(str, configs)) if isinstance(configs, Mapping) else 'none')])
-    if not isinstance(configs[label], list):
-        raise MigPlanError(None, [where + 'label %r must be a list of entries' % label])
+    items = _nvidia_config(config, label, 'mig-configs', 'mig-parted', MigPlanError)
     entries, errors = [], []
-    for number, raw in enumerate(configs[label]):
+    for number, raw in enumerate(items):
         try:
-            entries.append(_mig_parted_entry(label, number, raw))
+            entries.append(_parted_entry(label, number, raw))
         except _Invalid as exc:
-            errors.append(where + 'label %r: entry %d: %s' % (label, number, exc))
+            errors.append("mig-parted config: label %r: entry %d: %s" % (label, number, exc))
     if errors:
         raise MigPlanError(None, errors)
     return entries
+
+
+def _parted_where(host: str, gpu: Mapping[str, Any], entry: PartedEntry) -> str:
+    return "host %s: GPU %s (%s): entry '%s': " % (host, gpu.get('index'), gpu.get('uuid') or 'no uuid', entry.name)
+
+
+def _parted_skips(host: str, entry: PartedEntry, gpu: Mapping[str, Any], errors: list[str]) -> bool:
+    """mig-parted's rule for a GPU that is not MIG-capable (cmd/nvidia-mig-parted/apply/mode.go, config.go): an entry
+    with devices: all, or with mig-enabled: false, skips it; one naming its index with mig-enabled: true is an error."""
+    if gpu.get('status') == 'lost' or (gpu.get('mig') or {}).get('capable'):
+        return False  # a lost GPU goes to the planner, which refuses it
+    if entry.enabled and entry.selector.indexes is not None:
+        errors.append(_parted_where(host, gpu, entry) + '%s is not MIG-capable: mig-parted refuses to enable MIG on a GPU named '
+                      'by its index (devices: all skips such GPUs)' % (gpu.get('name') or 'this GPU'))
+    return True
+
+
+def _overridden_problems(host: str, gpu: Mapping[str, Any], entry: PartedEntry, last: PartedEntry) -> list[str]:
+    """mig-parted applies an entry that a later one overrides on this GPU too, and stops if it cannot: so must it fit."""
+    if not entry.enabled or entry.mig_devices == last.mig_devices:
+        return []
+    parsed, problems = _entry(entry.number, entry.native([gpu['index']]))
+    if not problems:
+        problems = _gpu_problems(gpu, parsed) or _layout(gpu, parsed, gpu_offer(gpu), [])[1]
+    return [_parted_where(host, gpu, entry) + "mig-parted applies it before entry '%s' on this GPU, and it cannot be applied: %s" % (
+        last.name, problem) for problem in problems]
+
+
+def resolve_mig_parted(host: str, entries: Sequence[PartedEntry], gpus: Sequence[Mapping[str, Any]], errors: list[str]) -> list[dict]:
+    """Which entry declares each GPU, as mig-parted decides it -> a gpu_mig declaration naming the GPUs by index.
+
+    An entry whose device-filter and devices select no GPU here is skipped; a GPU that is not MIG-capable is skipped
+    by devices: all and by mig-enabled: false. Where several entries select one GPU, mig-parted applies each in
+    turn, so the last one holds at the end: every one of them must be applicable (else mig-parted stops half-way),
+    and entries that disagree on mig-enabled are refused (mig-parted fails on them after changing the mode).
+    """
+    governed: dict[int, PartedEntry] = {}
+    for gpu in sorted(gpus, key=lambda g: g['index']):
+        applying = [e for e in entries if e.selector.selects(gpu) and not _parted_skips(host, e, gpu, errors)]
+        if not applying:
+            continue
+        last = applying[-1]
+        if len({e.enabled for e in applying}) > 1:
+            errors.append("host %s: GPU %s (%s): entries %s select this GPU with different mig-enabled values; mig-parted sets "
+                          'the mode of each in turn and then fails to apply the other' % (
+                              host, gpu['index'], gpu.get('uuid') or 'no uuid', ', '.join("'%s'" % e.name for e in applying)))
+            continue
+        for earlier in applying[:-1]:
+            errors.extend(_overridden_problems(host, gpu, earlier, last))
+        governed[gpu['index']] = last
+    declaration = []
+    for entry in entries:
+        indexes = sorted(index for index, owner in governed.items() if owner is entry)
+        if indexes:
+            declaration.append(entry.native(indexes))
+    return declaration
+
+
+def plan_mig_parted(host: str, gpus: Sequence[Mapping[str, Any]], entries: Sequence[PartedEntry],
+                    reset_possible: Mapping[Any, bool] | None = None) -> HostPlan:
+    """Plan a parsed mig-parted label (parse_mig_parted) on this host with mig-parted's meaning (resolve_mig_parted).
+
+    mig-devices keep mig-parted's meaning too: a GPU whose counts of (GPU instance, compute instance) pairs already
+    match is left alone, wherever its instances sit; otherwise smaller compute instances ('1c.3g.40gb': 3) are packed
+    into as few GPU instances as fit, as mig-parted does, and that layout is planned minimally. Raises MigPlanError
+    with every problem of the host before any step exists.
+    """
+    errors: list[str] = []
+    declaration = resolve_mig_parted(host, entries, gpus, errors)
+    try:
+        plan = plan_host(host, gpus, declaration, reset_possible)
+    except MigPlanError as exc:
+        errors.extend(exc.errors)
+        plan = None
+    if errors or plan is None:
+        raise MigPlanError(host, errors)
+    return plan

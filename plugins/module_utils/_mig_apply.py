@@ -319,10 +319,14 @@ class _Run:
         self.label = label
         self.result = _new_result()
 
-    def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]]) -> _mig.HostPlan | None:
+    def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]], parted: Sequence[_mig.PartedEntry] | None = None) -> _mig.HostPlan | None:
+        """Plan the declaration, or the parsed mig-parted label `parted` with mig-parted's meaning."""
         reset_possible = {gpu['index']: self.reset == 'auto' for gpu in gpus}
         try:
-            plan = _mig.plan_host(self.hostname, gpus, declaration, reset_possible)
+            if parted is not None:
+                plan = _mig.plan_mig_parted(self.hostname, gpus, parted, reset_possible)
+            else:
+                plan = _mig.plan_host(self.hostname, gpus, declaration, reset_possible)
         except _mig.MigPlanError as exc:
             self.result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors)
             return None
@@ -431,11 +435,12 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
     if reset not in RESET_CHOICES:
         result.update(failed=True, msg='reset must be one of %s, got %r' % (', '.join(RESET_CHOICES), reset))
         return result
+    parted = None
     if mig_parted is not None:
         config, parted_label = _parse_mig_parted(mig_parted)
         label = label or parted_label
         try:
-            declaration = _mig.parse_mig_parted(config, parted_label)
+            parted = _mig.parse_mig_parted(config, parted_label)
         except _mig.MigPlanError as exc:
             result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
             return result
@@ -446,7 +451,7 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
     run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL)
     try:
         before = observe()
-        plan = run.plan(declaration, before)
+        plan = run.plan(declaration, before, parted)
         if plan is not None and plan.changed and not check_mode:
             run.apply(plan, before)
         else:

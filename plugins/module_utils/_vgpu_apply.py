@@ -39,6 +39,7 @@ from typing import Any
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _nvml, _sysfs, _vgpu
 
 MDEVCTL_DIR = '/etc/mdevctl.d'
+DEFAULT_LABEL = 'current'
 _MAX_RE = re.compile(r'max_instance=(\d+)')
 
 
@@ -232,7 +233,7 @@ def persist(plan: _vgpu.HostPlan, type_ids: Mapping[tuple, str], directory: str,
 
 def _new_result() -> dict:
     return {'changed': False, 'failed': False, 'msg': '', 'steps': [], 'applied': [], 'before': [], 'after': [],
-            'devices': [], 'persisted': [], 'declaration': None}
+            'devices': [], 'persisted': [], 'declaration': None, 'vgpu_device_manager': None}
 
 
 def _devices_out(gpus: Sequence[_vgpu.GpuView]) -> list[dict]:
@@ -297,17 +298,21 @@ def _start(result: dict) -> _nvml.NvmlSession | None:
 
 def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = False, vgpu_device_manager: Any = None,
                       sysfs_root: str = _sysfs.SYSFS, mdevctl_dir: str | None = MDEVCTL_DIR) -> dict:
-    """Bring this host's vGPU devices to `declaration` (gpu_vgpu; or `vgpu_device_manager`: {'config': .., 'label': ..}).
+    """Bring this host's vGPU devices to `declaration` (gpu_vgpu; or `vgpu_device_manager`: {'config': .., 'label': ..},
+    planned with vgpu-device-manager's meaning: _vgpu.plan_vgpu_device_manager).
 
     Returns changed, failed, msg, steps (the plan), applied, before/after (per planned GPU, for diff), devices (every
     vGPU device at the end), persisted (mdevctl definitions written or removed; none when `mdevctl_dir` is None),
-    declaration (the state at the end in gpu_vgpu form), and on failure `errors` (a refused plan: nothing was
-    written) or `failure` and `rollback`.
+    declaration and vgpu_device_manager (the state at the end in gpu_vgpu form and as a vgpu-device-manager config
+    whose label is the one applied, else 'current'), and on failure `errors` (a refused plan: nothing was written)
+    or `failure` and `rollback`.
     """
+    label = vgpu_device_manager.get('label') if isinstance(vgpu_device_manager, Mapping) else None
     result = _new_result()
+    manager = None
     if vgpu_device_manager is not None:
         try:
-            declaration = _vgpu.parse_vgpu_device_manager(vgpu_device_manager.get('config'), vgpu_device_manager.get('label'))
+            manager = _vgpu.parse_vgpu_device_manager(vgpu_device_manager.get('config'), vgpu_device_manager.get('label'))
         except _vgpu.VgpuPlanError as exc:
             result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
             return result
@@ -317,7 +322,10 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
     try:
         before = observe(sysfs_root)
         try:
-            plan = _vgpu.plan_host(hostname, before, declaration)
+            if manager is not None:
+                plan = _vgpu.plan_vgpu_device_manager(hostname, before, manager)
+            else:
+                plan = _vgpu.plan_host(hostname, before, declaration)
         except _vgpu.VgpuPlanError as exc:
             result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors, devices=_devices_out(before))
             return result
@@ -333,6 +341,7 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
             result['changed'] = result['changed'] or bool(result['persisted'])
         result['devices'] = _devices_out(after)
         result['declaration'] = _vgpu.export_declaration(after)
+        result['vgpu_device_manager'] = _vgpu.export_vgpu_device_manager(after, label or DEFAULT_LABEL)
     except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
         applied = result['applied']
         result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the vGPU devices%s' % (

@@ -167,4 +167,4 @@ def test_vgpu_device_manager_config(host):
     result = host.apply(vgpu_device_manager_config=config, vgpu_device_manager_label='A40-8Q')
     assert result['changed'] and len(host.devices()) == 3
     bad = host.apply(vgpu_device_manager_config=config, vgpu_device_manager_label='nope')
-    assert bad.get('failed') and "label 'nope' is not in vgpu-configs" in bad['msg']
+    assert bad.get('failed') and "no label 'nope' in vgpu-configs" in bad['msg']

@@ -38,7 +38,7 @@ def _dgx(current: bool = False) -> list[dict]:
 @pytest.mark.parametrize('label', sorted(README_CONFIG['mig-configs']))
 def test_readme_configs_apply_on_a_dgx_and_export_back_to_the_same_devices(label):
     gpus = _dgx()
-    plan = _mig.plan_host('dgx', gpus, _mig.parse_mig_parted(README_CONFIG, label))
+    plan = _mig.plan_mig_parted('dgx', gpus, _mig.parse_mig_parted(README_CONFIG, label))
     after = apply_on_sim(gpus, plan.steps, {i: A100 for i in range(8)})
     assert not _mig.verify(plan.desired, after)
     wanted = {}
@@ -53,17 +53,19 @@ def test_readme_configs_apply_on_a_dgx_and_export_back_to_the_same_devices(label
     assert got == wanted
 
 
-def test_parse_turns_selectors_filters_and_counts_into_a_declaration():
+def test_parse_reads_selectors_filters_and_counts():
     config = {'version': 'v1', 'mig-configs': {'mixed': [
         {'devices': 'all', 'device-filter': '0x20B010DE', 'mig-enabled': True, 'mig-devices': {'1c.3g.20gb': 4, '2g.10gb': 1}},
-        {'devices': [2, 3], 'device-filter': ['0x2330', '0x2335'], 'mig-enabled': False},
-        {'devices': [5], 'mig-enabled': True},
+        {'devices': [2, 3], 'device-filter': ['0x233010de', '0X233510DE'], 'mig-enabled': False},
+        {'devices': [5], 'mig-enabled': True, 'mig-devices': {}},
     ]}}
-    assert _mig.parse_mig_parted(config, 'mixed') == [
-        {'name': 'mixed[0]', 'devices': {'device_id': ['0x20B010DE']}, 'enabled': True, 'mig_devices': {'1c.3g.20gb': 4, '2g.10gb': 1}},
-        {'name': 'mixed[1]', 'devices': {'device_id': ['0x2330', '0x2335'], 'indexes': [2, 3]}, 'enabled': False},
-        {'name': 'mixed[2]', 'devices': [5], 'enabled': True},
-    ]
+    first, second, third = _mig.parse_mig_parted(config, 'mixed')
+    assert (first.name, first.selector, first.enabled, first.mig_devices) == (
+        'mixed[0]', _mig.NvidiaSelector((_mig.DeviceFilter('0x20B010DE', 0x20B0, 0x10DE),), None), True, {'1c.3g.20gb': 4, '2g.10gb': 1})
+    assert [(f.device, f.vendor) for f in second.selector.filters] == [(0x2330, 0x10DE), (0x2335, 0x10DE)]
+    assert (second.selector.indexes, second.enabled, second.mig_devices) == ((2, 3), False, None)
+    assert (third.selector, third.mig_devices) == (_mig.NvidiaSelector((), (5,)), {})
+    assert third.native([5]) == {'name': 'mixed[2]', 'devices': [5], 'enabled': True, 'mig_devices': {}}
 
 
 def test_split_counts_are_packed_into_as_few_gpu_instances_as_fit():
@@ -87,8 +89,9 @@ def test_mig_devices_errors_name_the_gpu_and_the_count():
 
 def test_a_device_filter_selects_only_that_model_on_a_mixed_host():
     gpus = [model_gpu(A100, 0, current=False), model_gpu('h100-80gb-hbm3', 1, current=False)]
-    config = {'version': 'v1', 'mig-configs': {'a100s': [{'devices': 'all', 'device-filter': '0x20B010DE', 'mig-enabled': True}]}}
-    plan = _mig.plan_host('h', gpus, _mig.parse_mig_parted(config, 'a100s'))
+    config = {'version': 'v1', 'mig-configs': {'a100s': [{'devices': 'all', 'device-filter': '0x20B010DE', 'mig-enabled': True,
+                                                           'mig-devices': {}}]}}
+    plan = _mig.plan_mig_parted('h', gpus, _mig.parse_mig_parted(config, 'a100s'))
     assert {s['gpu'] for s in plan.steps} == {0}
 
 
@@ -112,8 +115,8 @@ def test_mig_parted_round_trip_plans_no_step(key):
     rng = random.Random('mig-parted-' + key)
     for _round in range(20):
         gpus = [_random_state(rng, key, i) for i in range(3)]
-        declaration = _mig.parse_mig_parted(_mig.export_mig_parted(gpus, 'now'), 'now')
-        assert _mig.plan_host('h', gpus, declaration).steps == [], declaration
+        exported = _mig.export_mig_parted(gpus, 'now')
+        assert _mig.plan_mig_parted('h', gpus, _mig.parse_mig_parted(exported, 'now')).steps == [], exported
 
 
 @pytest.mark.parametrize('key', MIG_MODELS)
@@ -133,7 +136,11 @@ def test_exports_group_identical_gpus_and_name_all_only_when_every_gpu_matches()
     assert _mig.export_mig_parted(same, 'x') == {'version': 'v1', 'mig-configs': {'x': [
         {'devices': 'all', 'mig-enabled': True, 'mig-devices': {'3g.20gb': 2}}]}}
     mixed = same + [model_gpu(A100, 2, current=False), model_gpu('t4', 3)]
+    # as nvidia-mig-parted export writes it: every GPU, a device-filter per model on a host of several models
     assert _mig.export_mig_parted(mixed, 'x')['mig-configs']['x'] == [
+        {'device-filter': '0x20B010DE', 'devices': [0, 1], 'mig-enabled': True, 'mig-devices': {'3g.20gb': 2}},
+        {'device-filter': ['0x1EB810DE', '0x20B010DE'], 'devices': [2, 3], 'mig-enabled': False}]
+    assert _mig.export_mig_parted(same + [model_gpu(A100, 2, current=False)], 'x')['mig-configs']['x'] == [
         {'devices': [0, 1], 'mig-enabled': True, 'mig-devices': {'3g.20gb': 2}},
         {'devices': [2], 'mig-enabled': False}]
     assert _mig.export_declaration(mixed) == [
@@ -154,29 +161,38 @@ def test_export_refuses_facts_without_placements():
 
 
 @pytest.mark.parametrize('config, label, reason', [
-    ({'version': 'v2', 'mig-configs': {}}, 'a', "version must be 'v1'"),
+    ({'version': 'v2', 'mig-configs': {}}, 'a', "version must be 'v1', got 'v2'"),
     ({'version': 'v1', 'mig-configs': {'b': []}}, 'a', "no label 'a' in mig-configs (labels: b)"),
-    ({'version': 'v1', 'mig-configs': {'a': {'devices': 'all'}}}, 'a', "label 'a' must be a list"),
+    ({'version': 'v1', 'mig-configs': {'a': {'devices': 'all'}}}, 'a', "label 'a' must be a non-empty list"),
+    ({'version': 'v1', 'mig-configs': {'a': []}}, 'a', "label 'a' must be a non-empty list"),
+    ({'version': 'v1', 'mig-configs': {'a': []}, 'extra': 1}, 'a', 'unknown key(s) extra'),
     ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True, 'gpus': 1}]}}, 'a', 'entry 0: unknown key(s) gpus'),
-    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all'}]}}, 'a', 'mig-enabled must be true or false'),
+    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all'}]}}, 'a', 'entry 0: mig-enabled is required'),
+    ({'version': 'v1', 'mig-configs': {'a': [{'mig-enabled': False}]}}, 'a', 'entry 0: devices is required'),
+    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': 'yes'}]}}, 'a', 'mig-enabled must be true or false'),
+    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True}]}}, 'a', 'mig-devices is required when mig-enabled'),
+    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True, 'mig-devices': {'1g.5gb': 0}}]}}, 'a',
+     'every count in mig-devices is 0'),
     ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'some', 'mig-enabled': True}]}}, 'a', "devices must be 'all'"),
-    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True, 'device-filter': 'xyz'}]}}, 'a', 'not a PCI device id'),
+    ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True, 'mig-devices': {}, 'device-filter': 'xyz'}]}}, 'a',
+     "device-filter 'xyz' is not a PCI id"),
     ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True, 'mig-devices': {'big': 1}}]}}, 'a', "'big': 1 is not a MIG profile"),
     ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': True, 'mig-devices': {'1g.5gb': -1}}]}}, 'a', 'is not a MIG profile'),
     ({'version': 'v1', 'mig-configs': {'a': [{'devices': 'all', 'mig-enabled': False, 'mig-devices': {'1g.5gb': 1}}]}}, 'a',
-     'mig_devices need MIG mode: enabled is false'),
+     'mig-devices must be empty when mig-enabled is false'),
 ])
 def test_mig_parted_config_errors_name_the_label_and_entry(config, label, reason):
     with pytest.raises(_mig.MigPlanError) as info:
         _mig.parse_mig_parted(config, label)
     assert reason in str(info.value) and str(info.value).startswith('MIG configuration: ')
+    assert "mig-parted config: " in info.value.errors[0]
 
 
 def test_mig_parted_counts_are_met_however_compute_instances_are_grouped():
     """'1c.3g.20gb: 3' holds for 3g [1c] + 3g [1c, 1c] as it does for 3g [1c, 1c, 1c]: mig-parted counts pairs only."""
     gpu = model_gpu(A100, 0, instances=(('3g.20gb', 0, [1]), ('3g.20gb', 4, [1, 1])))
     assert _mig.export_mig_parted([gpu], 'x')['mig-configs']['x'][0]['mig-devices'] == {'1c.3g.20gb': 3}
-    plan = _mig.plan_host('h', [gpu], _mig.parse_mig_parted(_mig.export_mig_parted([gpu], 'x'), 'x'))
+    plan = _mig.plan_mig_parted('h', [gpu], _mig.parse_mig_parted(_mig.export_mig_parted([gpu], 'x'), 'x'))
     assert plan.steps == [] and not _mig.verify(plan.desired, [gpu])
     one_more = _mig.plan_host('h', [gpu], [{'devices': 'all', 'mig_devices': {'1c.3g.20gb': 4}}])
     assert [s['action'] for s in one_more.steps] == ['create_compute_instance']

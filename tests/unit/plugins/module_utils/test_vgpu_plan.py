@@ -151,18 +151,32 @@ CONFIG = {'version': 'v1', 'vgpu-configs': {
 }}
 
 
-def test_vgpu_device_manager_label_becomes_entries():
-    assert _vgpu.parse_vgpu_device_manager(CONFIG, 'mixed') == [
+def test_vgpu_device_manager_label_declares_each_gpu_its_entry_gives():
+    entries = _vgpu.parse_vgpu_device_manager(CONFIG, 'mixed')
+    assert [(e.name, e.selector.indexes, e.devices) for e in entries] == [('mixed[0]', (0,), {'A40-8Q': 2}), ('mixed[1]', (1,), {'A40-1Q': 4})]
+    errors: list = []
+    assert _vgpu.resolve_vgpu_device_manager(HOST, entries, [a40(), a40(1)], errors) == [
         {'name': 'mixed[0] A40-8Q', 'devices': [0], 'type': 'A40-8Q', 'count': 2},
-        {'name': 'mixed[1] A40-1Q', 'devices': [1], 'type': 'A40-1Q', 'count': 4}]
-    assert len(plan([a40(), a40(1)], _vgpu.parse_vgpu_device_manager(CONFIG, 'A40-8Q')).steps) == 12
+        {'name': 'mixed[1] A40-1Q', 'devices': [1], 'type': 'A40-1Q', 'count': 4}] and errors == []
+    assert len(_vgpu.plan_vgpu_device_manager(HOST, [a40(), a40(1)], _vgpu.parse_vgpu_device_manager(CONFIG, 'A40-8Q')).steps) == 12
 
 
 @pytest.mark.parametrize('config, label, needle', [
-    ({'version': 'v2'}, 'x', 'version: v1'),
-    (CONFIG, 'nope', "label 'nope' is not in vgpu-configs (labels: A40-8Q, mixed)"),
-    ({'version': 'v1', 'vgpu-configs': {'x': [{'vgpu-devices': {'A40-8Q': 'six'}}]}}, 'x', 'must map vGPU type names to counts'),
-    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'oops': 1}]}}, 'x', 'unknown key(s) oops'),
+    ({'version': 'v2'}, 'x', "version must be 'v1'"),
+    (CONFIG, 'nope', "no label 'nope' in vgpu-configs (labels: A40-8Q, mixed)"),
+    ({'version': 'v1', 'vgpu-configs': {'x': []}}, 'x', "label 'x' must be a non-empty list"),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'vgpu-devices': {'A40-8Q': 'six'}}]}}, 'x',
+     'entry 0: vgpu-devices must map vGPU type names to counts above 0'),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'vgpu-devices': {'A40-8Q': 0}}]}}, 'x', 'counts above 0'),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'vgpu-devices': ['A40-8Q']}]}}, 'x', 'must map vGPU type names to counts'),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'vgpu-devices': {}, 'oops': 1}]}}, 'x', 'entry 0: unknown key(s) oops'),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'vgpu-devices': {'A40-8Q': 1}}]}}, 'x', 'entry 0: devices is required'),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all'}]}}, 'x', 'entry 0: vgpu-devices is required'),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'some', 'vgpu-devices': {}}]}}, 'x', "devices must be 'all' or a list"),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'device-filter': 'A40', 'vgpu-devices': {}}]}}, 'x',
+     "device-filter 'A40' is not a PCI id"),
+    ({'version': 'v1', 'vgpu-configs': {'x': [{'devices': 'all', 'vgpu-devices': {'A40-8Q': 1, 'NVIDIA A40-8Q': 1}}]}}, 'x',
+     'names one vGPU type more than once'),
 ])
 def test_vgpu_device_manager_errors(config, label, needle):
     with pytest.raises(_vgpu.VgpuPlanError) as info:
