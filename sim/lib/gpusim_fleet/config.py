@@ -14,10 +14,12 @@ FLEET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")
 GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DRIVER_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 FLAVOURS = ("open", "proprietary")
 DEFAULT_BASE_PORT = 22200
 
-HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars"}
+HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars", "remote_user"}
+DEFAULT_KEYS = {"groups", "driver", "vars", "vgpu_host", "remote_user"}
 TOP_KEYS = {"fleet", "base_port", "defaults", "vars", "hosts"}
 
 
@@ -36,6 +38,33 @@ def _vgpu_host(where: str, value: object) -> str:
     raise FleetError(f"{where}: vgpu_host must be true, false, mdev or sriov, not {value!r}")
 
 
+def _remote_user(where: str, value: object, default: tuple[str, bool]) -> tuple[str, bool]:
+    """remote_user: the account Ansible logs in as, as (name, sudo).
+
+    Absent: the default (defaults.remote_user, else root). `root` or {name: root}: root (sudo is moot). A name, or
+    {name: NAME, sudo: true|false}: an unprivileged user the fleet creates on the host, with passwordless sudo unless
+    sudo is false (a plain user: become fails on it, as on a host where the account has no sudo rights).
+    """
+    if value is None:
+        return default
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise FleetError(f"{where}: remote_user must be a user name or a mapping {{name: NAME, sudo: true}}")
+    unknown = set(value) - {"name", "sudo"}
+    if unknown:
+        raise FleetError(f"{where}: unknown remote_user keys {sorted(unknown)}")
+    name = value.get("name")
+    if not isinstance(name, str) or not USER_RE.match(name):
+        raise FleetError(f"{where}: remote_user name {name!r} is not a user name like ops (lower case, {USER_RE.pattern})")
+    sudo = value.get("sudo", True)
+    if not isinstance(sudo, bool):
+        raise FleetError(f"{where}: remote_user sudo must be true or false, not {sudo!r}")
+    if name == "root":
+        return ("root", False)
+    return (name, sudo)
+
+
 @dataclass
 class HostSpec:
     name: str
@@ -48,6 +77,10 @@ class HostSpec:
     vars: dict = field(default_factory=dict)
     # vgpu_host: sriov: the SR-IOV GPUs (A40) serve the vendor vGPU interface on their VFs instead of mdev.
     vgpu_sriov: bool = False
+    # The account Ansible logs in as (the inventory's ansible_user): root, or a user the fleet creates on the host,
+    # with passwordless sudo when remote_sudo.
+    remote_user: str = "root"
+    remote_sudo: bool = False
 
     def gpu_args(self) -> list[str]:
         return [f"{m}:{c}" for m, c in self.gpus]
@@ -68,6 +101,7 @@ class Fleet:
     base_port: int
     hosts: list[HostSpec]
     vars: dict
+    remote_user: str = "root"  # defaults.remote_user: the inventory's ansible_user of group all
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts:
@@ -157,11 +191,12 @@ def parse(data, path: Path) -> Fleet:
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise FleetError(f"{path}: defaults must be a mapping")
-    unknown = set(defaults) - {"groups", "driver", "vars", "vgpu_host"}
+    unknown = set(defaults) - DEFAULT_KEYS
     if unknown:
         raise FleetError(f"{path}: unknown keys in defaults: {sorted(unknown)}")
     d_driver = _driver(f"{path}: defaults", defaults.get("driver"), ("580.159.04", "open"))
     d_groups = _groups(f"{path}: defaults", defaults.get("groups"))
+    d_user = _remote_user(f"{path}: defaults", defaults.get("remote_user"), ("root", False))
     d_vars = defaults.get("vars") or {}
     fleet_vars = data.get("vars") or {}
     if not isinstance(fleet_vars, dict) or not isinstance(d_vars, dict):
@@ -196,6 +231,7 @@ def parse(data, path: Path) -> Fleet:
             if not isinstance(hv, dict):
                 raise FleetError(f"{hw}: vars must be a mapping")
             hvars.update(hv)
+            user, sudo = _remote_user(hw, entry.get("remote_user"), d_user)
             hosts.append(HostSpec(
                 name=hname,
                 port=int(entry["port"]) if "port" in entry else 0,
@@ -206,6 +242,8 @@ def parse(data, path: Path) -> Fleet:
                 vgpu_host=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) != "none",
                 vars=hvars,
                 vgpu_sriov=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) == "sriov",
+                remote_user=user,
+                remote_sudo=sudo,
             ))
 
     seen: dict[str, int] = {}
@@ -229,7 +267,7 @@ def parse(data, path: Path) -> Fleet:
     for h in hosts:
         if not 1024 <= h.port <= 65535:
             raise FleetError(f"{path}: host {h.name}: port {h.port} is not in 1024..65535")
-    return Fleet(name=name, path=path, base_port=base_port, hosts=hosts, vars=dict(fleet_vars))
+    return Fleet(name=name, path=path, base_port=base_port, hosts=hosts, vars=dict(fleet_vars), remote_user=d_user[0])
 
 
 def load(path: str | Path) -> Fleet:

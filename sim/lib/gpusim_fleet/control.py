@@ -340,12 +340,14 @@ def inventory_data(fleet: Fleet) -> dict:
             "gpusim_vgpu_host": h.vgpu_host,
             "gpusim_vgpu_sriov": h.vgpu_sriov,
         }
+        if h.remote_user != fleet.remote_user:
+            hv["ansible_user"] = h.remote_user
         hv.update(h.vars)
         hosts[h.name] = hv
         for g in h.groups:
             groups.setdefault(g, {"hosts": {}})["hosts"][h.name] = {}
     all_vars = {
-        "ansible_user": "root",
+        "ansible_user": fleet.remote_user,
         "ansible_ssh_private_key_file": key,
         "ansible_python_interpreter": "/usr/bin/python3",
         # Throwaway hosts whose keys change with every purge: no prompts, no known_hosts entries.
@@ -385,7 +387,7 @@ def write_ssh_config(fleet: Fleet, path: Path) -> None:
     key = paths.ssh_key(fleet.name)
     lines = [f"# Written by `sim/fleet up {fleet.path}`: ssh -F {path} HOST"]
     for h in fleet.hosts:
-        lines += [f"Host {h.name}", "  HostName 127.0.0.1", f"  Port {h.port}", "  User root",
+        lines += [f"Host {h.name}", "  HostName 127.0.0.1", f"  Port {h.port}", f"  User {h.remote_user}",
                   f"  IdentityFile {key}", "  IdentitiesOnly yes", "  StrictHostKeyChecking no",
                   "  UserKnownHostsFile /dev/null", "  LogLevel ERROR", ""]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,75 @@ def write(upper: Path, rel: str, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, f)
 
 
+def _etc_lines(upper: Path, rel: str) -> list[str]:
+    """A file of the host's /etc as the host sees it: its own layer's copy, else the base's."""
+    for root in (upper, paths.BASE_DIR):
+        f = root / rel
+        if f.is_file():
+            return f.read_text().splitlines()
+    return []
+
+
+def _etc_write(upper: Path, rel: str, lines: list[str]) -> None:
+    """Write an /etc account file into the host's layer with the mode and owner it has (root:shadow 0640 for shadow)."""
+    src = upper / rel if (upper / rel).is_file() else paths.BASE_DIR / rel
+    try:
+        st = src.stat()
+        mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+    except FileNotFoundError:
+        mode, uid, gid = 0o644, 0, 0
+    write(upper, rel, "\n".join(lines) + "\n", mode)
+    os.chown(upper / rel, uid, gid)
+
+
+SUDOERS_DROPIN = "etc/sudoers.d/90-gpuvirt-fleet"
+
+
+def ensure_user(upper: Path, name: str, sudo: bool, pubkey: str) -> str:
+    """The unprivileged account Ansible logs in as: made once in the host's layer (passwd, group, shadow and gshadow
+    entries as useradd writes them, a home with the fleet's key authorized), with passwordless sudo if `sudo`.
+    Idempotent; the key and the sudo rule are refreshed at every `up`. root (the default) needs nothing: its key is
+    authorized anyway, so `sim/fleet exec` and `ssh root@` keep working whatever the remote user."""
+    dropin = upper / SUDOERS_DROPIN
+    if name == "root":
+        if dropin.exists():
+            dropin.unlink()
+        return "remote user root"
+    passwd = _etc_lines(upper, "etc/passwd")
+    entry = next((l.split(":") for l in passwd if l.split(":")[0] == name), None)
+    made = entry is None
+    if entry is None:
+        group = _etc_lines(upper, "etc/group")
+        if any(l.split(":")[0] == name for l in group):
+            raise RuntimeError(f"remote_user {name}: a group of that name exists already on the host")
+        used_uids = {int(l.split(":")[2]) for l in passwd if l.count(":") >= 6}
+        used_gids = {int(l.split(":")[2]) for l in group if l.count(":") >= 3}
+        uid = next(n for n in range(1000, 60000) if n not in used_uids and n not in used_gids)
+        home = f"/home/{name}"
+        entry = [name, "x", str(uid), str(uid), name, home, "/bin/bash"]
+        _etc_write(upper, "etc/passwd", passwd + [":".join(entry)])
+        _etc_write(upper, "etc/group", group + [f"{name}:x:{uid}:"])
+        # '*': no password (key login only; sudo needs none); not '!', which sshd would take for a locked account
+        _etc_write(upper, "etc/shadow", _etc_lines(upper, "etc/shadow") + [f"{name}:*:19000:0:99999:7:::"])
+        _etc_write(upper, "etc/gshadow", _etc_lines(upper, "etc/gshadow") + [f"{name}:!::"])
+    elif not 1000 <= int(entry[2]) < 60000:
+        raise RuntimeError(f"remote_user {name}: a system account of that name exists on the host (uid {entry[2]})")
+    uid, gid, home = int(entry[2]), int(entry[3]), entry[5].lstrip("/")
+    homedir = mkdirs_like(upper, str(Path(home).parent)) / Path(home).name
+    homedir.mkdir(mode=0o750, exist_ok=True)
+    ssh = homedir / ".ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    write(upper, f"{home}/.ssh/authorized_keys", pubkey.strip() + "\n", 0o600)
+    for p in (homedir, ssh, ssh / "authorized_keys"):
+        os.chown(p, uid, gid)
+    if sudo:
+        mkdirs_like(upper, "etc/sudoers.d")
+        write(upper, SUDOERS_DROPIN, f"# gpuvirt-fleet: the fleet's remote user\n{name} ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)
+    elif dropin.exists():
+        dropin.unlink()
+    return f"remote user {name} (uid {uid}{', made' if made else ''}{', passwordless sudo' if sudo else ', no sudo'})"
+
+
 def sim_sources() -> tuple[list[Path], list[Path]]:
     """What the repo's sim/ holds today: Python modules/packages for dist-packages, tools for /usr/bin."""
     lib = paths.REPO / "sim" / "lib"
@@ -279,6 +348,7 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     mkdirs_like(upper, "root/.ssh")
     os.chmod(upper / "root/.ssh", 0o700)
     write(upper, "root/.ssh/authorized_keys", pubkey.strip() + "\n", 0o600)
+    notes.append(ensure_user(upper, spec.remote_user, spec.remote_sudo, pubkey))
     # The simulator, as if it were the real NVML and nvidia-smi.
     installed = install_sim(upper)
     notes.append("installed " + (", ".join(installed) if installed else "nothing (sim/ has no simulator yet)"))

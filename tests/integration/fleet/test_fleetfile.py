@@ -64,6 +64,26 @@ def test_vgpu_host_picks_the_backend_the_host_emulates():
     assert inv["hosts"]["c"]["gpusim_vgpu_sriov"] is True and inv["hosts"]["a"]["gpusim_vgpu_sriov"] is False
 
 
+def test_remote_user_defaults_to_root_and_an_unprivileged_one_gets_sudo_unless_told():
+    f = parse("""
+defaults: {remote_user: {name: ops, sudo: true}}
+hosts:
+  - {name: a}
+  - {name: b, remote_user: audit}
+  - {name: c, remote_user: {name: plain, sudo: false}}
+  - {name: d, remote_user: root}
+""")
+    assert [(h.remote_user, h.remote_sudo) for h in f.hosts] == [("ops", True), ("audit", True), ("plain", False), ("root", False)]
+    inv = control.inventory_data(f)["all"]
+    assert inv["vars"]["ansible_user"] == "ops"
+    assert "ansible_user" not in inv["hosts"]["a"]
+    assert [inv["hosts"][h]["ansible_user"] for h in "bcd"] == ["audit", "plain", "root"]
+    assert [h.remote_user for h in parse("hosts: [{name: a}]").hosts] == ["root"]
+    assert control.inventory_data(parse("hosts: [{name: a}]"))["all"]["vars"]["ansible_user"] == "root"
+    # the user is not part of the GPU state: changing it does not make the GPUs anew
+    assert f.hosts[0].gpu_digest() == parse("hosts: [{name: a}]").hosts[0].gpu_digest()
+
+
 def test_count_expands_a_name_template():
     f = parse("hosts: [{name: 'n-{n:02d}', count: 3, start: 7, gpus: {a30: 1}}]")
     assert [h.name for h in f.hosts] == ["n-07", "n-08", "n-09"]
@@ -82,6 +102,10 @@ def test_count_expands_a_name_template():
     ("hosts: [{name: a, colour: red}]", "unknown keys"),
     ("hosts: [{name: a, count: 2}]", "placeholder"),
     ("hosts: [{name: a, vgpu_host: vfio}]", r"hosts\[0\] \(a\): vgpu_host must be true, false, mdev or sriov"),
+    ("hosts: [{name: a, remote_user: Ops}]", r"hosts\[0\] \(a\): remote_user name 'Ops' is not a user name"),
+    ("hosts: [{name: a, remote_user: {name: ops, sudo: yes please}}]", "sudo must be true or false"),
+    ("hosts: [{name: a, remote_user: {name: ops, shell: /bin/sh}}]", "unknown remote_user keys"),
+    ("defaults: {remote_user: [ops]}\nhosts: [{name: a}]", "defaults: remote_user must be a user name or a mapping"),
 ])
 def test_bad_fleet_files_are_refused_naming_the_entry(text, message):
     with pytest.raises(config.FleetError, match=message):
