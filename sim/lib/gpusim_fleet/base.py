@@ -6,6 +6,7 @@ namespace (units that need real hardware or the real kernel masked), and cached 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -20,11 +21,20 @@ PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt",
     "iproute2", "procps", "sudo", "kmod", "ca-certificates",
 ]
-# The stamp has two lines. RECIPE: what debootstrap installed; a change needs a new base (and the
-# hosts' layers purged). CONFIG: the configuration below; bump it when MASKED_UNITS or DROPINS change,
-# and the next `up` re-applies it to the existing base in place (cheap).
-RECIPE = "gpuvirt-fleet-base-3 " + SUITE + " " + ",".join(PACKAGES)
+# The stamp has two lines.
+# recipe(): "<BASE_VERSION> <SUITE> <PACKAGES>", what debootstrap installed. A change of PACKAGES alone is applied to
+# the existing base in place by the next `up` or `base` (apt-get install / purge in a chroot, seconds; stopped hosts
+# keep their disk layers); a change of BASE_VERSION or SUITE builds a new base (and the hosts' layers must be purged).
+# CONFIG: the configuration below; bump it when MASKED_UNITS or DROPINS change, and the next `up` re-applies it to the
+# existing base in place (cheap).
+BASE_VERSION = "gpuvirt-fleet-base-3"
 CONFIG = "gpuvirt-fleet-config-2"
+
+
+def recipe() -> str:
+    """The recipe line of the stamp for the current package list."""
+    return BASE_VERSION + " " + SUITE + " " + ",".join(PACKAGES)
+
 
 # Units that need real hardware, the real kernel or a console, or that only add load; masked so
 # `systemctl is-system-running` answers `running` and each host costs little.
@@ -102,7 +112,57 @@ def _stamp() -> list[str]:
 
 def base_ready() -> bool:
     st = _stamp()
-    return st[:2] == [RECIPE, CONFIG] and (paths.BASE_DIR / "sbin/init").exists()
+    return st[:2] == [recipe(), CONFIG] and (paths.BASE_DIR / "sbin/init").exists()
+
+
+def _package_change(stamp_recipe: str) -> tuple[list[str], list[str]] | None:
+    """(added, removed) packages when the stamp's recipe differs from the current one in its package list only;
+    None when it differs in more (another BASE_VERSION or SUITE: a new base is needed)."""
+    parts = stamp_recipe.split(" ")
+    if len(parts) != 3 or parts[:2] != [BASE_VERSION, SUITE]:
+        return None
+    old = [p for p in parts[2].split(",") if p]
+    return [p for p in PACKAGES if p not in old], [p for p in old if p not in PACKAGES]
+
+
+def _running_hosts() -> int:
+    """Hosts running on this base now (their overlay's lower layer)."""
+    # control imports this module: imported here, when needed
+    from .control import scan_pid1s  # pylint: disable=import-outside-toplevel
+    n = 0
+    for _pid, fleet, host in scan_pid1s():
+        try:
+            used = json.loads((paths.host_state(fleet, host) / "host.json").read_text()).get("base")
+        except (OSError, ValueError):
+            used = None
+        n += used in (None, str(paths.BASE_DIR))
+    return n
+
+
+POLICY_RC = "#!/bin/sh\n# gpuvirt-fleet: no service starts while the base's packages change\nexit 101\n"
+
+
+def _update_packages(root: Path, added: list[str], removed: list[str]) -> None:
+    """Install `added` and purge `removed` in the existing base with its own apt, in a chroot inside a private mount
+    namespace (its /proc vanishes with it), no service started. Seconds instead of a new debootstrap, and the hosts'
+    disk layers stay usable. A host whose own layer holds a changed dpkg database (one that installed packages) keeps
+    seeing its copy of it; `down --purge` gives it the new base whole."""
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text(POLICY_RC)
+    policy.chmod(0o755)
+    steps = ["apt-get update -qq"]
+    if added:
+        steps.append("apt-get install -y -qq --no-install-recommends " + " ".join(added))
+    if removed:
+        steps.append("apt-get purge -y -qq " + " ".join(removed))
+    steps.append("apt-get clean")
+    script = (f"set -e; mount -t proc proc {root}/proc; "
+              + "; ".join(f"chroot {root} {step}" for step in steps))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+    try:
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], check=True, env=env)
+    finally:
+        policy.unlink(missing_ok=True)
 
 
 def _mirror() -> str:
@@ -162,10 +222,26 @@ def build_base(rebuild: bool = False) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if base_ready() and not rebuild:
             return
-        if not rebuild and _stamp()[:1] == [RECIPE] and (paths.BASE_DIR / "sbin/init").exists():
+        have_base = (paths.BASE_DIR / "sbin/init").exists()
+        if not rebuild and _stamp()[:1] == [recipe()] and have_base:
             log(f"re-applying the base configuration ({CONFIG}) to {paths.BASE_DIR}")
             _configure(paths.BASE_DIR)
-            paths.BASE_STAMP.write_text(RECIPE + "\n" + CONFIG + "\n")
+            paths.BASE_STAMP.write_text(recipe() + "\n" + CONFIG + "\n")
+            return
+        change = _package_change(_stamp()[0]) if _stamp() and have_base and not rebuild else None
+        if change is not None:
+            added, removed = change
+            what = " ".join(["+" + p for p in added] + ["-" + p for p in removed])
+            running = _running_hosts()
+            if running:
+                raise SystemExit(f"fleet: the base's package list changed ({what}) and {running} host(s) run on it: "
+                                 "`sim/fleet down` first; the next `up` updates the base in place (disk layers stay)")
+            t0 = time.monotonic()
+            log(f"updating the base's packages in place ({what})")
+            _update_packages(paths.BASE_DIR, added, removed)
+            _configure(paths.BASE_DIR)
+            paths.BASE_STAMP.write_text(recipe() + "\n" + CONFIG + "\n")
+            log(f"base updated in {time.monotonic() - t0:.0f} s")
             return
         ensure_host_tools()
         if paths.BASE_DIR.exists():
@@ -196,5 +272,5 @@ def build_base(rebuild: bool = False) -> None:
             paths.BASE_DIR.rename(old)
             shutil.rmtree(old)
         new.rename(paths.BASE_DIR)
-        paths.BASE_STAMP.write_text(RECIPE + "\n" + CONFIG + "\n")
+        paths.BASE_STAMP.write_text(recipe() + "\n" + CONFIG + "\n")
         log(f"base ready in {time.monotonic() - t0:.0f} s")
