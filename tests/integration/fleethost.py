@@ -109,18 +109,24 @@ CONTROLLER_USER = 'gpuvirt-ci'
 
 
 def ensure_controller_user(name: str = CONTROLLER_USER) -> pwd.struct_passwd:
-    """The unprivileged controller user (made with useradd if missing: no home, no login shell, no sudo)."""
+    """The unprivileged controller user, made with useradd if missing: no login shell, no sudo, and a home of its own
+    (/home/NAME), as a real user has. The tests run its commands with HOME set to a temporary directory, but Ansible
+    still looks the home up in passwd where it expands `~NAME` (the remote_tmp of a local connection)."""
     try:
-        return pwd.getpwnam(name)
+        user = pwd.getpwnam(name)
     except KeyError:
-        pass
-    proc = subprocess.run(['useradd', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin',
-                           '--comment', 'gpuvirt.fleet tests, unprivileged Ansible controller', name],
-                          capture_output=True, text=True, check=False)
-    try:  # another test file may have made it meanwhile
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise AssertionError('useradd %s failed: %s' % (name, proc.stderr)) from None
+        proc = subprocess.run(['useradd', '--user-group', '--create-home', '--home-dir', '/home/' + name, '--shell', '/usr/sbin/nologin',
+                               '--comment', 'gpuvirt.fleet tests, unprivileged Ansible controller', name],
+                              capture_output=True, text=True, check=False)
+        try:  # another test file may have made it meanwhile
+            user = pwd.getpwnam(name)
+        except KeyError:
+            raise AssertionError('useradd %s failed: %s' % (name, proc.stderr)) from None
+    home = Path(user.pw_dir)
+    if not home.is_dir():
+        home.mkdir(mode=0o750, parents=True, exist_ok=True)
+        os.chown(home, user.pw_uid, user.pw_gid)
+    return user
 
 
 def _world_reachable(path: Path) -> bool:
