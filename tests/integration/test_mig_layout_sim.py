@@ -12,6 +12,7 @@ import shutil
 import socket
 
 import pytest
+import yaml
 
 from simhost import SimHost  # pylint: disable=import-error
 
@@ -357,6 +358,80 @@ def test_a_mig_parted_config_gives_the_layout_of_the_equivalent_declaration_and_
     assert layouts(fresh) == layouts(parted)
     _apply(parted, mig_parted_config=MIG_PARTED, mig_parted_label='all-disabled')
     assert layouts(parted) == [(False, False, ())] * 2
+
+
+NVIDIA_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'unit', 'fixtures', 'nvidia',
+                             'mig-parted-config.yaml')
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'sim', 'lib', 'gpusim', 'models')
+EVERY_MODEL = sorted(name[:-5] for name in os.listdir(MODELS_DIR) if name.endswith('.json'))
+# all-balanced of the fixture, per MIG-capable model: the counts each GPU must hold
+BALANCED = {
+    'NVIDIA A100-SXM4-40GB': {'1g.5gb': 2, '2g.10gb': 1, '3g.20gb': 1},
+    'NVIDIA A100-SXM4-80GB': {'1g.10gb': 2, '2g.20gb': 1, '3g.40gb': 1},
+    'NVIDIA A30': {'1g.6gb': 2, '2g.12gb': 1},
+    'NVIDIA H100 80GB HBM3': {'1g.10gb': 2, '2g.20gb': 1, '3g.40gb': 1},
+    'NVIDIA H200': {'1g.18gb': 2, '2g.35gb': 1, '3g.71gb': 1},
+}
+
+
+def _mig_parted_counts(gpu: dict) -> dict | None:
+    """What mig-parted counts on a GPU, read back through gpu_facts: None when MIG is off."""
+    if not gpu['mig']['current']:
+        return None
+    sizes = {p['name']: p['slices'] for p in gpu['mig']['profiles']}
+    counts: dict = {}
+    for gi in gpu['mig']['gpu_instances']:
+        for ci in gi['compute_instances']:
+            key = gi['profile'] if ci['slices'] == sizes[gi['profile']] else '%dc.%s' % (ci['slices'], gi['profile'])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_a_multi_model_mig_parted_label_applies_on_every_model_it_names_and_a_rerun_is_unchanged(host):
+    """NVIDIA's flagship all-balanced, in the shape of the GPU operator's config: one entry per model by device-filter.
+    On a host with every simulated model each MIG-capable GPU gets its model's entry; the entries for models absent
+    here, and the GPUs that are not MIG-capable (A40, T4, V100), are skipped."""
+    assert len(EVERY_MODEL) == 8
+    # the proprietary kernel module, which drives the V100 too (the open one binds Turing and newer only)
+    host.ctl('init', '--hostname', 'mig-node', '--flavor', 'proprietary', *[arg for key in EVERY_MODEL for arg in ('--gpu', key)])
+    with open(NVIDIA_CONFIG, encoding='utf-8') as handle:
+        config = yaml.safe_load(handle)
+    first = _apply(host, mig_parted_config=config, mig_parted_label='all-balanced')
+    assert first['changed'] is True and first['reboot_required'] == []
+    gpus = host.facts('nvml')['gpus']
+    assert {g['name']: _mig_parted_counts(g) for g in gpus if g['mig']['capable']} == BALANCED
+    assert [g['name'] for g in gpus if not g['mig']['capable']] == ['NVIDIA A40', 'Tesla T4', 'Tesla V100-SXM2-32GB']
+    assert [host.resets()[g['index']] for g in gpus if not g['mig']['capable']] == [0, 0, 0]
+    mutations, resets = host.mutations(), host.resets()
+    again = _apply(host, mig_parted_config=config, mig_parted_label='all-balanced')
+    assert again['changed'] is False and again['steps'] == [] and host.mutations() == mutations and host.resets() == resets
+    # the export names each model by its device-filter, and applies to this host without a change
+    exported = again['mig_parted']['mig-configs']['all-balanced']
+    assert [(e['device-filter'], e['devices']) for e in exported] == [  # GPUs of one state share an entry, as mig-parted exports
+        ('0x20B010DE', 'all'), (['0x20B210DE', '0x233010DE'], 'all'), ('0x20B710DE', 'all'),
+        (['0x1DB510DE', '0x1EB810DE', '0x223510DE'], 'all'), ('0x233510DE', 'all')]
+    assert [e['mig-enabled'] for e in exported] == [True, True, True, False, True]
+    assert _apply(host, mig_parted_config=again['mig_parted'], mig_parted_label='all-balanced')['changed'] is False
+    assert host.mutations() == mutations
+    # another multi-model label moves every model it names, and only those
+    moved = _apply(host, mig_parted_config=config, mig_parted_label='all-1g.10gb')
+    assert sorted({s['gpu'] for s in moved['applied']}) == [g['index'] for g in gpus if g['name'] in (
+        'NVIDIA A100-SXM4-40GB', 'NVIDIA A100-SXM4-80GB', 'NVIDIA H100 80GB HBM3')]
+    after = {g['name']: _mig_parted_counts(g) for g in host.facts('nvml')['gpus'] if g['mig']['capable']}
+    assert after == dict(BALANCED, **{'NVIDIA A100-SXM4-40GB': {'1g.10gb': 4}, 'NVIDIA A100-SXM4-80GB': {'1g.10gb': 7},
+                                      'NVIDIA H100 80GB HBM3': {'1g.10gb': 7}})
+
+
+def test_a_mig_parted_label_that_selects_a_gpu_it_cannot_serve_is_refused_with_zero_mutations(host):
+    """all-1g.5gb (devices: all) on a host with an H100: mig-parted refuses the profile the model lacks; so does this,
+    before any change, naming the entry and the GPU."""
+    _init(host, 'a100-sxm4-40gb:1', H100 + ':1')
+    with open(NVIDIA_CONFIG, encoding='utf-8') as handle:
+        config = yaml.safe_load(handle)
+    result = _apply(host, mig_parted_config=config, mig_parted_label='all-1g.5gb', expect_failure=True)
+    assert len(result['errors']) == 1 and "GPU 1 (" in result['errors'][0] and "entry 'all-1g.5gb[0]'" in result['errors'][0]
+    assert 'profile 1g.5gb is not offered by this GPU' in result['errors'][0] and 'nothing was changed' in result['msg']
+    assert host.mutations() == 0 and host.resets() == [0, 0]
 
 
 def test_a_bad_mig_parted_config_is_refused_with_zero_mutations(host):

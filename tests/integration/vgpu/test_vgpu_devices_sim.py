@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simhost import SIM_LIB, SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
@@ -29,6 +30,7 @@ if not os.path.exists('/dev/fuse'):
 pytest.importorskip('mfusepy')
 
 A40 = '0000:18:00.0'
+T4 = '0000:2a:00.0'
 HOSTNAME = 'vgpu-node'
 
 
@@ -158,6 +160,40 @@ def test_failed_create_rolls_back(host):
     assert result.get('failed') and 'EEXIST' in result['msg'], result
     assert result['failure']['errno'] == errno.errorcode[errno.EEXIST]
     assert result['rollback']['restored'] and host.devices() == []
+
+
+NVIDIA_CONFIG = Path(__file__).resolve().parents[2] / 'unit' / 'fixtures' / 'nvidia' / 'vgpu-device-manager-config.yaml'
+
+
+def test_the_gpu_operator_default_label_applies_on_the_a40_and_the_t4_and_a_rerun_is_unchanged(host):
+    """The operator's `default` label: one entry per model, by device-filter; the entries for models this host lacks
+    select no GPU and are skipped, as vgpu-device-manager skips them."""
+    config = yaml.safe_load(NVIDIA_CONFIG.read_text(encoding='utf-8'))
+    first = host.apply(vgpu_device_manager_config=config, vgpu_device_manager_label='default')
+    assert first['changed'] and not first.get('failed'), first.get('msg')
+    assert [pair[1] for pair in host.devices(0)] == [565, 565]  # A40-24Q
+    assert [pair[1] for pair in host.devices(1)] == [233, 233]  # T4-8Q
+    assert sorted(os.listdir(host.mdevctl)) == [A40, T4]
+    writes = host.writes()
+    again = host.apply(vgpu_device_manager_config=config, vgpu_device_manager_label='default')
+    assert not again['changed'] and again['steps'] == [] and host.writes() == writes
+    assert again['vgpu_device_manager'] == {'version': 'v1', 'vgpu-configs': {'default': [
+        {'device-filter': '0x223510DE', 'devices': 'all', 'vgpu-devices': {'A40-24Q': 2}},
+        {'device-filter': '0x1EB810DE', 'devices': 'all', 'vgpu-devices': {'T4-8Q': 2}}]}}
+    # the export, applied as a config, holds: no step, no write
+    exported = host.apply(vgpu_device_manager_config=again['vgpu_device_manager'], vgpu_device_manager_label='default')
+    assert not exported['changed'] and exported['steps'] == [] and host.writes() == writes
+
+
+def test_a_vgpu_device_manager_entry_that_cannot_be_applied_is_refused_before_any_write(host):
+    config = {'version': 'v1', 'vgpu-configs': {'x': [
+        {'device-filter': '0x223510DE', 'devices': 'all', 'vgpu-devices': {'A40-24Q': 2}},
+        {'device-filter': ['0x1EB810DE'], 'devices': 'all', 'vgpu-devices': {'T4-8Q': 4}}]}}
+    result = host.apply(vgpu_device_manager_config=config, vgpu_device_manager_label='x')
+    assert result.get('failed') and result['errors'] == [
+        "host %s: GPU 1 (%s): entry 'x[1] T4-8Q': 4 x T4-8Q exceed its capacity: at most 2 per GPU" % (
+            HOSTNAME, host.state()['gpus'][1]['uuid'])]
+    assert 'nothing was changed' in result['msg'] and host.writes() == 0 and host.devices(0) == host.devices(1) == []
 
 
 def test_vgpu_device_manager_config(host):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from fleethost import FleetHost, fleet_up  # noqa: E402 pylint: disable=import-error,wrong-import-position
@@ -78,3 +79,17 @@ def test_uuids_are_the_same_after_a_reboot(host):
 from vgpu_backend_tests import (  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import,import-error
     test_rerun_changes_nothing_and_writes_nothing, test_changed_count_creates_and_removes_only_the_difference,
     test_refused_declarations_write_nothing)
+
+
+def test_the_gpu_operator_default_label_applies_through_the_role_and_a_rerun_is_unchanged(host):
+    """The operator-style vgpu-device-manager `default` label (an entry per model by device-filter) on this A40 + T4
+    host: each GPU gets its model's default type, replacing what it held; the entries for other models are skipped."""
+    config = yaml.safe_load((HERE.parent.parent / 'unit' / 'fixtures' / 'nvidia' / 'vgpu-device-manager-config.yaml').read_text())
+    proc = host.play(vgpu_device_manager_config=config, vgpu_device_manager_label='default')
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert [pair[1] for pair in host.devices(0)] == [565, 565]  # A40-24Q
+    assert [pair[1] for pair in host.devices(1)] == [233, 233]  # T4-8Q
+    devices, writes = host.devices(0) + host.devices(1), host.writes()
+    again = host.play(vgpu_device_manager_config=config, vgpu_device_manager_label='default')
+    assert again.returncode == 0 and host.changed(again) == 0, again.stdout[-4000:]
+    assert host.devices(0) + host.devices(1) == devices and host.writes() == writes
