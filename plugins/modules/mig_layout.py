@@ -28,8 +28,10 @@ description:
   - A failing step, or a verify mismatch, rolls back every GPU a step touched to its previous layout, including
     its MIG mode and every instance at its placement. The result then says which step failed, why, and whether the
     rollback restored every GPU (RV(rollback)).
-  - Also accepts a mig-parted v1 configuration and a label (O(mig_parted_config), O(mig_parted_label)), and reports
-    the current state in both formats (RV(declaration), RV(mig_parted)); O(export=true) only reports it.
+  - Also accepts a mig-parted v1 configuration and a label (O(mig_parted_config), O(mig_parted_label)) with mig-parted's
+    meaning, and reports the current state in both formats (RV(declaration), RV(mig_parted)); O(export=true) only
+    reports it. The two formats differ where a selector matches no GPU; see O(mig_parted_config) and
+    C(docs/nvidia-formats.md).
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
@@ -48,7 +50,8 @@ options:
     description:
       - The declaration (inventory variable C(gpu_mig) of the P(gpuvirt.fleet.mig#role) role), a list of entries.
       - Each entry selects GPUs with O(config[].devices) and declares their MIG mode and instances. A GPU may be
-        selected by one entry only; a selector that matches no GPU is an error. GPUs no entry selects are left alone.
+        selected by one entry only. A selector that matches no GPU is an error (a guard against typos), unlike an
+        entry of O(mig_parted_config). GPUs no entry selects are left alone.
       - Mutually exclusive with O(mig_parted_config). One of them is required unless O(export=true).
     type: list
     elements: dict
@@ -118,9 +121,19 @@ options:
         type: dict
   mig_parted_config:
     description:
-      - A mig-parted v1 configuration (C(version), C(mig-configs)), as loaded from its YAML file, used as the declaration.
-      - Each entry of the label becomes an entry named C(<label>[N]) (N from 0). C(devices) and C(device-filter)
-        select GPUs, C(mig-enabled) sets the mode, and C(mig-devices) gives counts as O(config[].mig_devices).
+      - A mig-parted v1 configuration (C(version), C(mig-configs)), as loaded from its YAML file, used as the declaration
+        with the meaning C(nvidia-mig-parted apply) gives it. Messages name its entries C(<label>[N]) (N from 0).
+      - An entry selects the GPUs that both its C(device-filter) (absent, one PCI id such as V(0x233010DE), device id
+        then vendor id, or a list of them; V(0x25B610DE:0x14A910DE) adds the subsystem ids) and its C(devices)
+        (V(all) or a list of GPU indexes) select. An entry that selects no GPU of the host is skipped, so a label with
+        an entry per model, such as C(all-balanced), applies on every model it names.
+      - A GPU that is not MIG-capable is skipped by an entry with C(devices=all) or C(mig-enabled=false); an entry
+        that names it by index with C(mig-enabled=true) is refused, as mig-parted refuses it.
+      - Where several entries select one GPU, the last one holds, as mig-parted applies each in turn. Each of them must
+        be applicable there, and they must agree on C(mig-enabled).
+      - C(mig-enabled) sets the mode; C(mig-devices), required when it is true (V({}) for no instances), gives counts
+        as O(config[].mig_devices). A profile the GPU lacks, or counts that do not fit, are refused before any change,
+        naming the entry and the GPU.
       - Requires O(mig_parted_label).
     type: dict
   mig_parted_label:
@@ -191,6 +204,7 @@ EXAMPLES = r'''
   register: mig_plan
 
 - name: Apply a label of a mig-parted configuration file, leaving mode changes for the next reboot
+  # all-balanced holds one entry per GPU model (device-filter); entries for models this host lacks are skipped
   gpuvirt.fleet.mig_layout:
     mig_parted_config: "{{ lookup('ansible.builtin.file', 'config.yaml') | from_yaml }}"
     mig_parted_label: all-balanced
@@ -249,11 +263,19 @@ declaration:
   sample: [{devices: all, enabled: true, instances: [{profile: 3g.40gb, start: 0}, {profile: 3g.40gb, start: 4, compute_instances: [1c, 1c, 1c]}]}]
 mig_parted:
   description:
-    - The same state as a mig-parted v1 configuration with one label (O(mig_parted_label), default V(current)).
-    - mig-parted cannot say where instances sit.
+    - The same state as a mig-parted v1 configuration with one label (O(mig_parted_label), default V(current)), in the
+      shape C(nvidia-mig-parted export) writes. It has one entry per distinct state, and every GPU NVML reads (one that
+      is not MIG-capable with C(mig-enabled=false)). On a host of several models each entry names its models by
+      C(device-filter) and uses C(devices=all) where it holds every GPU of them.
+    - Applied to the same host as O(mig_parted_config), it plans no step. mig-parted cannot say where instances sit.
   returned: success
   type: dict
-  sample: {version: v1, mig-configs: {current: [{devices: all, mig-enabled: true, mig-devices: {3g.40gb: 1, 1c.3g.40gb: 3}}]}}
+  sample:
+    version: v1
+    mig-configs:
+      current:
+        - {device-filter: "0x233010DE", devices: all, mig-enabled: true, mig-devices: {3g.40gb: 1, 1c.3g.40gb: 3}}
+        - {device-filter: "0x223510DE", devices: all, mig-enabled: false}
 errors:
   description: Every problem of a refused declaration, one line each, naming host, GPU and entry. Nothing was changed.
   returned: when the declaration is refused

@@ -25,7 +25,10 @@ description:
     The result then names the device, the errno, and what to do.
   - Persistence uses mdevctl definitions C(<mdevctl_dir>/<parent>/<uuid>) with C(start=auto), kept equal to the
     declared devices of each declared GPU. The P(gpuvirt.fleet.vgpu#role) role also re-applies at boot.
-  - Also accepts a vgpu-device-manager v1 configuration and a label (O(vgpu_device_manager_config)).
+  - Also accepts a vgpu-device-manager v1 configuration and a label (O(vgpu_device_manager_config)) with the meaning
+    C(nvidia-vgpu-dm apply) gives it, such as the GPU operator's C(default) label. It reports the devices at the
+    end in that format too (RV(vgpu_device_manager)). The formats differ where a selector matches no GPU; see
+    C(docs/nvidia-formats.md).
   - The backend is detected per GPU. Where the GPU's VFs carry C(<VF>/nvidia/creatable_vgpu_types) (the SR-IOV vendor
     interface of vGPU 17+ on Ada, Hopper and newer), a vGPU is created by writing its type id to the VF's
     C(nvidia/current_vgpu_type) and removed by writing V(0). Else the mdev parent under C(/sys/class/mdev_bus) is used.
@@ -53,6 +56,7 @@ options:
       - The declaration (inventory variable C(gpu_vgpu) of the P(gpuvirt.fleet.vgpu#role) role), a list of entries.
       - GPUs no entry selects are left alone. Several entries may select one GPU (one type each); where the GPU
         allows one time-sliced type only, they must declare the same type.
+      - A selector that matches no GPU is an error (a guard against typos), unlike an entry of O(vgpu_device_manager_config).
       - Mutually exclusive with O(vgpu_device_manager_config); one of them is required.
     type: list
     elements: dict
@@ -84,7 +88,15 @@ options:
   vgpu_device_manager_config:
     description:
       - A vgpu-device-manager v1 configuration (C(version), C(vgpu-configs)), used as the declaration with O(vgpu_device_manager_label).
-      - Each type of each entry of the label becomes an entry named C(<label>[N] <type>).
+        Messages name its entries C(<label>[N]), and C(<label>[N] <type>) for one type of an entry (N from 0).
+      - An entry selects the GPUs that both its C(device-filter) and its C(devices) select. C(device-filter) is absent,
+        one PCI id such as V(0x223510DE) (device id then vendor id), or a list of them; V(0x25B610DE:0x14A910DE) adds
+        the subsystem ids. C(devices) is V(all) or a list of GPU indexes. An entry that selects no GPU of the host is
+        skipped, so a label with an entry per model, such as the GPU operator's C(default), applies on every model it names.
+      - An entry's C(vgpu-devices) (type to count, each above 0) are the whole vGPU configuration of each GPU it selects;
+        V({}) removes every vGPU device there. Where several entries select one GPU, the last one holds, as
+        vgpu-device-manager applies each in turn. Each of them must be applicable there.
+      - A type the GPU lacks, or a count above its capacity, is refused before any write, naming the entry and the GPU.
     type: dict
   vgpu_device_manager_label:
     description: The label in O(vgpu_device_manager_config) to apply.
@@ -124,6 +136,17 @@ EXAMPLES = r'''
   gpuvirt.fleet.vgpu_devices:
     vgpu_device_manager_config: "{{ lookup('ansible.builtin.file', 'vgpu-config.yaml') | from_yaml }}"
     vgpu_device_manager_label: A40-8Q
+
+- name: Apply the GPU operator's default label, whose entries select GPU models by device-filter
+  gpuvirt.fleet.vgpu_devices:
+    vgpu_device_manager_config:
+      version: v1
+      vgpu-configs:
+        default:
+          - {device-filter: "0x1EB810DE", devices: all, vgpu-devices: {T4-8Q: 2}}
+          - {device-filter: "0x223510DE", devices: all, vgpu-devices: {A40-24Q: 2}}
+          - {device-filter: ["0x233010DE", "0x233110DE"], devices: all, vgpu-devices: {H100-40C: 2}}
+    vgpu_device_manager_label: default
 '''
 
 RETURN = r'''
@@ -155,6 +178,21 @@ declaration:
   returned: success
   type: list
   elements: dict
+vgpu_device_manager:
+  description:
+    - The devices at the end as a vgpu-device-manager v1 configuration whose label is O(vgpu_device_manager_label)
+      (default V(current)). It has one entry per distinct set of counts, naming every GPU. On a host of several
+      models each entry names its models by C(device-filter), as C(nvidia-mig-parted export) writes.
+    - Applied to the same host as O(vgpu_device_manager_config), it plans no step.
+  returned: success
+  type: dict
+  version_added: 0.3.0
+  sample:
+    version: v1
+    vgpu-configs:
+      current:
+        - {device-filter: "0x223510DE", devices: all, vgpu-devices: {A40-24Q: 2}}
+        - {device-filter: "0x1EB810DE", devices: all, vgpu-devices: {T4-8Q: 2}}
 errors:
   description: Every problem with the declaration, when it was refused (nothing was written).
   returned: when the plan is refused
