@@ -89,8 +89,8 @@ def test_mig_devices_errors_name_the_gpu_and_the_count():
 
 def test_a_device_filter_selects_only_that_model_on_a_mixed_host():
     gpus = [model_gpu(A100, 0, current=False), model_gpu('h100-80gb-hbm3', 1, current=False)]
-    config = {'version': 'v1', 'mig-configs': {'a100s': [{'devices': 'all', 'device-filter': '0x20B010DE', 'mig-enabled': True,
-                                                           'mig-devices': {}}]}}
+    entry = {'devices': 'all', 'device-filter': '0x20B010DE', 'mig-enabled': True, 'mig-devices': {}}
+    config = {'version': 'v1', 'mig-configs': {'a100s': [entry]}}
     plan = _mig.plan_mig_parted('h', gpus, _mig.parse_mig_parted(config, 'a100s'))
     assert {s['gpu'] for s in plan.steps} == {0}
 
