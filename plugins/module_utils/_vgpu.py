@@ -19,6 +19,11 @@ the vGPU devices it holds), and `plan_host` validates the whole declaration befo
 - on a GPU with the SR-IOV vendor interface (`backend == 'sriov'`) a device is a VF holding a vGPU type: its identity
   is the VF's bus id, kept devices stay on their VFs and each new device takes the lowest free VF, so re-applying
   maps the same slots onto the same VFs; explicit UUIDs do not apply there.
+
+A selector that matches no GPU is an error (a typo guard). A vgpu-device-manager v1 label is read with that tool's
+meaning instead (`parse_vgpu_device_manager`, then `plan_vgpu_device_manager`): an entry that selects no GPU is
+skipped, and the last of several entries on a GPU holds. `export_vgpu_device_manager` writes the current devices
+in that format; docs/nvidia-formats.md says how the two formats differ.
 """
 
 from __future__ import annotations
