@@ -319,7 +319,8 @@ class _Run:
         self.label = label
         self.result = _new_result()
 
-    def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]], parted: Sequence[_mig.PartedEntry] | None = None) -> _mig.HostPlan | None:
+    def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]],
+             parted: Sequence[_mig.PartedEntry] | None = None) -> _mig.HostPlan | None:
         """Plan the declaration, or the parsed mig-parted label `parted` with mig-parted's meaning."""
         reset_possible = {gpu['index']: self.reset == 'auto' for gpu in gpus}
         try:
@@ -423,8 +424,9 @@ def _start(result: dict) -> _Nvml | None:
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
                       mig_parted: Any = None, label: str | None = None, smi_path: str | None = None) -> dict:
     """Bring this host's GPUs to `declaration` (gpu_mig; or `mig_parted`: a mig-parted v1 config and a label, as
-    {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig.plan_mig_parted). `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`,
-    default from PATH) for resets; `reset='never'` leaves mode changes pending until a reboot.
+    {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig.plan_mig_parted).
+    `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`, default from PATH) for resets;
+    `reset='never'` leaves mode changes pending until a reboot.
 
     Returns a dict: changed, failed, msg, steps (the ordered plan), applied (the steps run, with the ids they
     created), reboot_required, deferred, before/after (per selected GPU, for diff), declaration and mig_parted (the
