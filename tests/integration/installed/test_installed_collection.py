@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The collection as a user runs it: built into a tarball, installed with ansible-galaxy from a requirements.yml into
 ./collections of an empty directory outside any checkout (no ansible.cfg of this repository), and run by FQCN
-(gpuvirt.fleet.site, report, facts, plan) by an unprivileged controller user, over SSH as an unprivileged remote user
+(gpuvirt.fleet.site, report, rollout, facts, plan) by an unprivileged controller user, over SSH as an unprivileged remote user
 with passwordless sudo. Proves that the plays become root where they need it, that a rerun of site changes nothing,
 that the controller-side outputs land under the current directory (gpuvirt-output/) and never in the installed
 collection, and that nothing connected as root.
@@ -242,6 +242,19 @@ def test_site_rerun_changes_nothing(ctl):
     for host in HOSTS:
         assert recap(proc, host) == 0, _ok(proc)
         assert recap(proc, host, 'failed') == 0
+
+
+def test_rollout_runs_by_fqcn_and_writes_its_summary_under_the_current_directory(ctl):
+    proc = ctl.playbook('rollout', 'gpuvirt.fleet.rollout', '-e', json.dumps({'rollout_batch': 1}))
+    assert proc.returncode == 0, _ok(proc)
+    summary = ctl.cwd / 'gpuvirt-output' / 'rollout-summary.json'
+    data = json.loads(summary.read_text())
+    assert data['status'] == 'completed', data
+    assert data['settings']['canaries'] == [HOSTS[0]]
+    assert {host: data['hosts'][host]['state'] for host in HOSTS} == {host: 'done' for host in HOSTS}
+    assert summary.stat().st_uid == ctl.user.pw_uid
+    for host in HOSTS:  # converged already: the rollout's converge and gates change nothing
+        assert recap(proc, host) == 0, _ok(proc)
 
 
 def test_facts_and_plan_run_by_fqcn(ctl):
