@@ -62,6 +62,20 @@ GROUP_VARS = {
 CONNECTION_VARS = ('ansible_user', 'ansible_python_interpreter', 'ansible_ssh_common_args')
 
 
+def readme_quickstart() -> dict:
+    """The README's real-host quickstart (the sh block under '### Against real hosts'): its requirements.yml, its
+    inventory sketch (heredocs) and its commands, as a user would paste them."""
+    text = (REPO / 'README.md').read_text(encoding='utf-8')
+    block = text.split('### Against real hosts', 1)[1].split('```sh\n', 1)[1].split('\n```', 1)[0]
+    files, commands, lines = {}, [], iter(block.splitlines())
+    for line in lines:
+        if line.startswith('cat > ') and line.endswith(" <<'EOF'"):
+            files[line[len('cat > '):-len(" <<'EOF'")]] = ''.join(body + '\n' for body in iter(lines.__next__, 'EOF'))
+        elif line.strip():
+            commands.append(line.split('  #', 1)[0].strip())
+    return {'files': files, 'commands': commands}
+
+
 def _listing(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under root with its size and modification time (directories too)."""
     out = {}
@@ -128,7 +142,10 @@ class Controller:
         for wheel in sorted(WHEELS.glob('*.whl')):
             self.write('wheels/' + wheel.name, '', 0o644)  # the directory, owned by the user
             shutil.copyfile(wheel, self.cwd / 'wheels' / wheel.name)
-        self.write('requirements.yml', {'collections': [{'name': './' + tarball.name, 'type': 'file'}]})
+        # the README's requirements.yml, verbatim: it must name the tarball this checkout builds
+        readme = readme_quickstart()
+        assert yaml.safe_load(readme['files']['requirements.yml']) == {'collections': [{'name': './' + tarball.name, 'type': 'file'}]}
+        self.write('requirements.yml', readme['files']['requirements.yml'])
         hosts = {}
         for name, hv in fleet_inv['hosts'].items():
             hosts[name] = {k: hv[k] for k in ('ansible_host', 'ansible_port', 'exporter_port')}
@@ -190,7 +207,9 @@ def test_the_fleet_hands_out_an_unprivileged_remote_user(ctl):
 def test_install_from_the_tarball_with_a_requirements_file(ctl):
     proc = ctl.run('version', 'ansible-playbook', '--version')
     assert proc.returncode == 0 and 'config file = None' in proc.stdout, _ok(proc)
-    proc = ctl.run('galaxy-install', 'ansible-galaxy', 'collection', 'install', '-r', 'requirements.yml', '-p', './collections')
+    install = [c for c in readme_quickstart()['commands'] if c.startswith('ansible-galaxy collection install')]
+    assert install == ['ansible-galaxy collection install -r requirements.yml -p ./collections'], install  # the README's command
+    proc = ctl.run('galaxy-install', *install[0].split())
     assert proc.returncode == 0, _ok(proc)
     assert (_installed(ctl) / 'MANIFEST.json').is_file()
     assert not (_installed(ctl) / 'sim').exists() and not (_installed(ctl) / 'tests').exists()
