@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / 'inventories' / 'example'
 sys.path.insert(0, str(REPO / 'tests' / 'unit' / 'plugins' / 'module_utils'))
 
-from test_mig_support import load_model, model_gpu  # noqa: E402  pylint: disable=import-error,wrong-import-position
+from mig_support import load_model, model_gpu  # noqa: E402  pylint: disable=import-error,wrong-import-position
 
 # hardware group -> (simulator model, GPUs per host)
 MODELS = {'h100_sxm': ('h100-80gb-hbm3', 8), 'a100_80gb': ('a100-sxm4-80gb', 8), 'a40_vgpu': ('a40', 4)}

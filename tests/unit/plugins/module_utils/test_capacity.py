@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The capacity planner: demands in, gpu_mig / gpu_vgpu out, checked by the MIG and vGPU planners themselves.
 
-GPU facts come from the simulator's model files (test_mig_support.model_gpu, plus the vGPU types of A40 and T4).
+GPU facts come from the simulator's model files (mig_support.model_gpu, plus the vGPU types of A40 and T4).
 The property tests draw random fleets and demands and check every plan with the MIG planner (and the simulator's
 MIG rules) and the vGPU planner: no emitted declaration is refused, and every demanded instance appears once.
 """
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _capacity, _mig, _vgpu
 
-from test_mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
+from mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
 
 VGPU_MODELS = ('a40', 't4')
 ALL_MODELS = MIG_MODELS + VGPU_MODELS + ('v100-sxm2-32gb',)

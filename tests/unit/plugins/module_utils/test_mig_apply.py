@@ -7,7 +7,7 @@ import pytest
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_apply, _smi
 
-from test_mig_support import apply_on_sim, model_gpu  # pylint: disable=import-error
+from mig_support import apply_on_sim, model_gpu  # pylint: disable=import-error
 
 H100, A30 = 'h100-80gb-hbm3', 'a30'
 

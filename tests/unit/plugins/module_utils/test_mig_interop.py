@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig
 
-from test_mig_support import MIG_MODELS, apply_on_sim, model_gpu  # pylint: disable=import-error
+from mig_support import MIG_MODELS, apply_on_sim, model_gpu  # pylint: disable=import-error
 
 # The DGX-A100 example config of mig-parted's README (the format is the fact being supported).
 README_CONFIG = {

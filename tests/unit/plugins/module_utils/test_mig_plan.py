@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig
 
-from test_mig_support import MIG_MODELS, apply_on_sim, gi_id, load_model, model_gpu  # pylint: disable=import-error
+from mig_support import MIG_MODELS, apply_on_sim, gi_id, load_model, model_gpu  # pylint: disable=import-error
 
 H100 = 'h100-80gb-hbm3'
 SEVEN_1G = tuple(('1g.10gb', start) for start in range(7))

@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mig
 
-from test_mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
+from mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
 
 
 def _candidates(model: dict) -> list[tuple[str, int, int]]:

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig
 
-from test_mig_support import model_gpu  # pylint: disable=import-error
+from mig_support import model_gpu  # pylint: disable=import-error
 
 HOST = 'gpu-node-1'
 

@@ -19,7 +19,7 @@ import yaml
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _vgpu
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._vgpu import Device, GpuView, VgpuType
 
-from test_mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
+from mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
 
 FIXTURES = Path(__file__).resolve().parents[2] / 'fixtures' / 'nvidia'
 MIG_PARTED = yaml.safe_load((FIXTURES / 'mig-parted-config.yaml').read_text(encoding='utf-8'))

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The fleet report: slice grid, drift judged by the planners, summary, escaping, self-containedness, the filter.
 
-The facts are gpu_facts-shaped: MIG GPUs from the simulator's model data (test_mig_support.model_gpu), the real H100
+The facts are gpu_facts-shaped: MIG GPUs from the simulator's model data (mig_support.model_gpu), the real H100
 capture, and an A40 vGPU host built from the A40 model's vGPU types.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpuvirt.fleet.plugins.filter.fleet_report_html import FilterModule
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _report, _vgpu
-from test_mig_support import load_model, model_gpu, real_h100_gpus  # pylint: disable=import-error
+from mig_support import load_model, model_gpu, real_h100_gpus  # pylint: disable=import-error
 
 PROC_OPEN = 'NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)'
 PROC_PROPRIETARY = 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Release Build  (dvs-builder@U22)'

@@ -11,10 +11,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from simhost import REPO, SIM_LIB, SimHost  # pylint: disable=import-error
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from simhost import REPO, SIM_LIB, SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
 
 MODELS = {os.path.basename(p)[:-5]: p for p in sorted(glob.glob(os.path.join(SIM_LIB, 'gpusim', 'models', '*.json')))}
 ARCH = {5: 'volta', 6: 'turing', 7: 'ampere', 8: 'ada', 9: 'hopper', 10: 'blackwell'}

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from simhost import SimHost  # pylint: disable=import-error
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from simhost import REPO, SIM_LIB, SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
 
 H100 = 'h100-80gb-hbm3'
 SEVEN_1G = [{'profile': '1g.10gb', 'count': 7}]
@@ -360,9 +363,8 @@ def test_a_mig_parted_config_gives_the_layout_of_the_equivalent_declaration_and_
     assert layouts(parted) == [(False, False, ())] * 2
 
 
-NVIDIA_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'unit', 'fixtures', 'nvidia',
-                             'mig-parted-config.yaml')
-MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'sim', 'lib', 'gpusim', 'models')
+NVIDIA_CONFIG = os.path.join(REPO, 'tests', 'unit', 'fixtures', 'nvidia', 'mig-parted-config.yaml')
+MODELS_DIR = os.path.join(SIM_LIB, 'gpusim', 'models')
 EVERY_MODEL = sorted(name[:-5] for name in os.listdir(MODELS_DIR) if name.endswith('.json'))
 # all-balanced of the fixture, per MIG-capable model: the counts each GPU must hold
 BALANCED = {
