@@ -5,9 +5,9 @@
 
 """The pure driver planner: whitelist, policy, package names and the ordered install plan.
 
-Nothing here runs a command or reads a file. The module observes the host through ``_packages`` (package
-manager, services, kernel modules) and ``_sysfs`` (/proc/driver/nvidia/version), calls these functions,
-and applies the steps they return.
+Nothing here runs a command or reads a file. ``_driver_apply`` observes the host through the seams ``_packages``
+(apt, dpkg, the pin file), ``_services`` (systemctl, modprobe, /proc/modules) and ``_sysfs``
+(/proc/driver/nvidia/version), calls these functions, and applies the steps they return.
 
 Whitelist (inventory ``driver_whitelist``), a list whose entries are a version or a branch with its versions::
 

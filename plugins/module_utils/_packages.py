@@ -3,55 +3,49 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
 
-"""The package-manager seam: every apt, dpkg, apt-mark, systemctl and modprobe command the driver module runs.
+"""The package-manager seam: every apt-get, apt-cache, apt-mark and dpkg-query command, and the apt pin file.
 
-``Apt`` observes (dpkg-query, apt-cache, apt-mark, the pin file) and applies one planned step at a time. It decides
-nothing: the steps come from ``_driver.plan``. Every command goes through ``Apt.run``.
+``Apt`` observes (dpkg-query, apt-cache, apt-mark, the pin file) and applies what it is told, one call at a time. It
+decides nothing: which packages count and what to do with them come from the caller (``_driver_apply``, planned by
+``_driver``). Every command goes through the shared ``_commands.Runner``. On the RHEL family it only tells that dnf
+is there (``manager``); no dnf or rpm command is run.
 """
 
 from __future__ import annotations
 
 import os
-import re
+from pathlib import Path
+from typing import Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _driver
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands
 
 APT_ENV = {'DEBIAN_FRONTEND': 'noninteractive', 'LC_ALL': 'C', 'APT_LISTCHANGES_FRONTEND': 'none'}
 # Keep the admin's configuration files; never ask.
 _DPKG_OPTIONS = ['-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold']
 
 
-class PackageError(Exception):
-    """A command failed; ``output`` carries its stdout and stderr."""
-
-    def __init__(self, msg: str, output: str = ''):
-        super().__init__(msg)
-        self.output = output
+def manager(which: Callable[[str], str | None]) -> str | None:
+    """'apt' where apt-get is on the host, else 'dnf' where dnf is, else None; `which` finds a command's path."""
+    if which('apt-get') is not None:
+        return 'apt'
+    return 'dnf' if which('dnf') is not None else None
 
 
 class Apt:
-    def __init__(self, module):
-        self.module = module
-        self.log: list[dict] = []
+    def __init__(self, runner: _commands.Runner):
+        self.runner = runner
 
     def run(self, argv: list[str], check: bool = True) -> tuple[int, str, str]:
-        """The only door to the host's commands."""
-        rc, out, err = self.module.run_command(argv, environ_update=APT_ENV)
-        self.log.append({'cmd': ' '.join(argv), 'rc': rc})
-        if check and rc != 0:
-            lines = (err or out or '').strip().splitlines()
-            raise PackageError('%s failed (rc=%d): %s' % (' '.join(argv), rc, lines[-1] if lines else 'no output'),
-                               output=(out or '') + (err or ''))
-        return rc, out, err
+        return self.runner.run(argv, APT_ENV, check)
 
     # ---- observe ----------------------------------------------------------------------------
-    def installed(self) -> dict:
-        """{name: {version, status (dpkg's two letters), installed}} for the driver's packages dpkg knows."""
+    def installed(self, keep: Callable[[str], bool]) -> dict:
+        """{name: {version, status (dpkg's two letters), installed}} for the packages dpkg knows whose name `keep`s."""
         _rc, out, _err = self.run(['dpkg-query', '-W', '-f', '${Package}\t${Version}\t${db:Status-Abbrev}\n'])
         result = {}
         for line in out.splitlines():
             parts = line.split('\t')
-            if len(parts) < 3 or not _driver.is_driver_package(parts[0]):
+            if len(parts) < 3 or not keep(parts[0]):
                 continue
             status = parts[2].strip()
             if status[1:2] in ('n', ''):
@@ -77,19 +71,11 @@ class Apt:
 
     @staticmethod
     def read_file(path: str) -> str | None:
+        """An apt configuration file (the pin), or None where there is none."""
         try:
-            with open(path, encoding='utf-8') as handle:
-                return handle.read()
+            return Path(path).read_text(encoding='utf-8')
         except OSError:
             return None
-
-    def active_units(self, units: list[str]) -> list[str]:
-        active = []
-        for unit in units:
-            rc, _out, _err = self.run(['systemctl', 'is-active', '--quiet', unit], check=False)
-            if rc == 0:
-                active.append(unit)
-        return active
 
     def update_cache(self) -> None:
         self.run(['apt-get', 'update', '-q'])
@@ -126,38 +112,3 @@ class Apt:
             return
         self.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends', '--allow-downgrades',
                   '--allow-change-held-packages'] + _DPKG_OPTIONS + args)
-
-    def stop_units(self, units: list[str]) -> None:
-        for unit in units:
-            self.run(['systemctl', 'stop', unit])
-
-    def start_units(self, units: list[str]) -> list[str]:
-        """Start each unit; returns those that did not start (reported, not fatal)."""
-        failed = []
-        for unit in units:
-            rc, _out, _err = self.run(['systemctl', 'start', unit], check=False)
-            if rc != 0:
-                failed.append(unit)
-        return failed
-
-    def unload_modules(self, modules: list[str]) -> str | None:
-        """modprobe -r in dependency order; None on success, else why not (module in use, no permission)."""
-        loaded = self._loaded_modules()
-        present = [m for m in modules if m in loaded] if loaded is not None else list(modules)
-        if not present:
-            return None
-        rc, out, err = self.run(['modprobe', '-r'] + present, check=False)
-        return None if rc == 0 else (err or out).strip() or 'modprobe -r failed (rc=%d)' % rc
-
-    def load_modules(self, modules: list[str]) -> str | None:
-        for name in modules:
-            rc, out, err = self.run(['modprobe', name], check=False)
-            if rc != 0:
-                return (err or out).strip() or 'modprobe %s failed (rc=%d)' % (name, rc)
-        return None
-
-    def _loaded_modules(self) -> set | None:
-        text = self.read_file('/proc/modules')
-        if text is None:
-            return None
-        return {re.split(r'\s+', line, maxsplit=1)[0] for line in text.splitlines() if line}

@@ -1,6 +1,6 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How the declarative modules (mig_layout, vgpu_devices) end: one apply result turned into the task's result."""
+"""How the declarative modules (mig_layout, vgpu_devices, nvidia_driver) end: one apply result turned into the task's result."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -9,13 +9,14 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 
 def finish(module: AnsibleModule, result: dict, diff: Optional[Callable[[dict], dict]] = None) -> None:
-    """Exit with `result`: its warnings become task warnings, `diff(result)` the diff when --diff asks for one, the
-    before/after states are dropped (they are the diff's), and a failed result fails the task with its message (a
-    missing Python library named the way Ansible names one)."""
+    """Exit with `result`: its warnings become task warnings, `diff(result)` the diff when --diff asks for one (none
+    where it returns None), the before/after states are dropped (they are the diff's), and a failed result fails the
+    task with its message (a missing Python library named the way Ansible names one)."""
     for warning in result.pop('warnings', []):
         module.warn(warning)
-    if diff is not None and module._diff:  # pylint: disable=protected-access
-        result['diff'] = diff(result)
+    shown = diff(result) if diff is not None and module._diff else None  # AnsibleModule has no public name for --diff
+    if shown is not None:
+        result['diff'] = shown
     result.pop('before', None)
     result.pop('after', None)
     if result.pop('failed'):
