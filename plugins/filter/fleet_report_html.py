@@ -72,7 +72,7 @@ from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils._report import render_html
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._report_html import render_html
 
 
 def fleet_report_html(hosts, title='GPU fleet report', generated=None):

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _nvml, _smi
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_parted, _nvml, _smi
 
 RESET_CHOICES = ('auto', 'never')
 DEFAULT_LABEL = 'current'
@@ -297,7 +297,7 @@ def _export(gpus: Sequence[Mapping[str, Any]], label: str, result: dict) -> None
     """The current state in both formats; a state that cannot be exported gives null and a warning."""
     try:
         result['declaration'] = _mig.export_declaration(gpus)
-        result['mig_parted'] = _mig.export_mig_parted(gpus, label)
+        result['mig_parted'] = _mig_parted.export_mig_parted(gpus, label)
     except _mig.MigPlanError as exc:
         result['declaration'] = result['mig_parted'] = None
         result.setdefault('warnings', []).append('the current MIG state cannot be exported: %s' % exc)
@@ -320,12 +320,12 @@ class _Run:
         self.result = _new_result()
 
     def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]],
-             parted: Sequence[_mig.PartedEntry] | None = None) -> _mig.HostPlan | None:
+             parted: Sequence[_mig_parted.PartedEntry] | None = None) -> _mig.HostPlan | None:
         """Plan the declaration, or the parsed mig-parted label `parted` with mig-parted's meaning."""
         reset_possible = {gpu['index']: self.reset == 'auto' for gpu in gpus}
         try:
             if parted is not None:
-                plan = _mig.plan_mig_parted(self.hostname, gpus, parted, reset_possible)
+                plan = _mig_parted.plan_mig_parted(self.hostname, gpus, parted, reset_possible)
             else:
                 plan = _mig.plan_host(self.hostname, gpus, declaration, reset_possible)
         except _mig.MigPlanError as exc:
@@ -424,7 +424,7 @@ def _start(result: dict) -> _Nvml | None:
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
                       mig_parted: Any = None, label: str | None = None, smi_path: str | None = None) -> dict:
     """Bring this host's GPUs to `declaration` (gpu_mig; or `mig_parted`: a mig-parted v1 config and a label, as
-    {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig.plan_mig_parted).
+    {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig_parted.plan_mig_parted).
     `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`, default from PATH) for resets;
     `reset='never'` leaves mode changes pending until a reboot.
 
@@ -442,7 +442,7 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
         config, parted_label = _parse_mig_parted(mig_parted)
         label = label or parted_label
         try:
-            parted = _mig.parse_mig_parted(config, parted_label)
+            parted = _mig_parted.parse_mig_parted(config, parted_label)
         except _mig.MigPlanError as exc:
             result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
             return result

@@ -21,9 +21,9 @@ the vGPU devices it holds), and `plan_host` validates the whole declaration befo
   maps the same slots onto the same VFs; explicit UUIDs do not apply there.
 
 A selector that matches no GPU is an error (a typo guard). A vgpu-device-manager v1 label is read with that tool's
-meaning instead (`parse_vgpu_device_manager`, then `plan_vgpu_device_manager`): an entry that selects no GPU is
-skipped, and the last of several entries on a GPU holds. `export_vgpu_device_manager` writes the current devices
-in that format; docs/nvidia-formats.md says how the two formats differ.
+meaning instead (`_vgpu_manager`): an entry that selects no GPU is skipped, and the last of several entries on a GPU
+holds; docs/nvidia-formats.md says how the two formats differ. `views_from_facts` is the planner's view of GPUs from
+gpu_facts alone, for the fleet report and the capacity planner.
 """
 
 from __future__ import annotations
@@ -34,23 +34,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._selector import (
+    Invalid, Labelled, PlanError, Selector, attempt, is_int, parse_entries, parse_selector, reject_unknown, select, where)
 
 ENTRY_KEYS = ('name', 'devices', 'type', 'count', 'uuids', 'allow_disruption')
-VGPU_MANAGER_ENTRY_KEYS = ('device-filter', 'devices', 'vgpu-devices')
 # A fixed namespace, so the same host, GPU, type and slot give the same UUID on every controller and every run.
 UUID_NAMESPACE = uuidlib.UUID('6b1c1f0e-4a57-5c8e-9d3f-677075766972')
 _UUID_RE = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
 
 
-class VgpuPlanError(_mig.PlanError):
+class VgpuPlanError(PlanError):
     """Every problem found in a vGPU declaration (or a vgpu-device-manager config), reported together."""
 
     kind = 'vGPU'
-
-
-class _Invalid(Exception):
-    """A reason a value is wrong; the caller adds where (host, GPU, entry)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -99,7 +96,7 @@ class GpuView:
     vfs: list[str] = field(default_factory=list)  # SR-IOV: every enabled VF, in VF order (virtfn0, virtfn1, ...)
 
     def as_facts(self) -> dict:
-        """The shape _mig.Selector matches against."""
+        """The shape Selector matches against."""
         return {'index': self.index, 'uuid': self.uuid, 'name': self.name, 'pci': dict(self.pci)}
 
     def find_type(self, wanted: str) -> VgpuType | None:
@@ -125,65 +122,77 @@ def stable_uuid(host: str, gpu: GpuView, type_name: str, slot: int) -> str:
     return str(uuidlib.uuid5(UUID_NAMESPACE, key))
 
 
+def _text(value: Any) -> str:
+    return '' if value is None else str(value)
+
+
+def views_from_facts(gpus: Sequence[Mapping[str, Any]]) -> list[GpuView]:
+    """GPUs as the planner sees them, from gpu_facts alone (the fleet report's drift, the capacity planner's check).
+
+    Each GPU's supported types carry their capacity and type id as the mdev type directory names it (nvidia-<id>); a
+    type is available as far as its capacity allows where NVML lists it creatable now (or the GPU holds no vGPU), else
+    not at all. The vGPUs NVML lists as active are its devices (facts do not say which VF holds one); the mdev parent
+    is the GPU's sysfs PCI address. A GPU that holds two types takes several (heterogeneous mode); else one. Lost GPUs
+    are left out."""
+    views = []
+    for gpu in sorted(gpus, key=lambda g: g['index']):
+        if gpu.get('status') == 'lost':
+            continue
+        vgpu = gpu.get('vgpu') or {}
+        active = vgpu.get('active') or []
+        held = [short_name(_text(a.get('type'))) for a in active]
+        creatable = {short_name(_text(t)) for t in vgpu.get('creatable_types') or []}
+        types = []
+        for vtype in vgpu.get('supported_types') or []:
+            name = _text(vtype.get('name'))
+            maximum = int(vtype.get('max_instances') or 0)
+            available = max(maximum - held.count(short_name(name)), 0) if short_name(name) in creatable or not held else 0
+            types.append(VgpuType('nvidia-%s' % vtype.get('id'), name, maximum, available))
+        devices = [Device(_text(a.get('uuid') or 'instance-%s' % a.get('instance')).lower(), _text(a.get('type')), in_use=bool(a.get('vm_id')))
+                   for a in active]
+        pci = gpu.get('pci') or {}
+        views.append(GpuView(index=gpu['index'], uuid=gpu.get('uuid'), name=gpu.get('name') or 'GPU %d' % gpu['index'],
+                             bus_id=pci.get('bus_id'), parent=_facts.sysfs_pci_address(pci['bus_id']) if pci.get('bus_id') else None,
+                             types=types, devices=devices, homogeneous=len(set(held)) <= 1, pci=dict(pci),
+                             mig_enabled=bool((gpu.get('mig') or {}).get('current'))))
+    return views
+
 # ---------------------------------------------------------------------------------------------------------
 # The declaration
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry(Labelled):
     number: int
     name: str | None
-    selector: _mig.Selector | None
+    selector: Selector | None
     type_name: str
     count: int
     uuids: tuple[str, ...] | None
     allow_disruption: bool
     valid: bool = True
 
-    @property
-    def label(self) -> str:
-        return "'%s'" % self.name if self.name else str(self.number)
-
-
-def _where(host: str, gpu: GpuView | None = None, entry: Entry | None = None) -> str:
-    parts = ['host %s' % host]
-    if gpu is not None:
-        parts.append('GPU %s (%s)' % (gpu.index, gpu.uuid or 'no uuid'))
-    if entry is not None:
-        parts.append('entry %s' % entry.label)
-    return ': '.join(parts) + ': '
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _uuids(raw: Any, count: int | None) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(u, str) for u in raw):
-        raise _Invalid('uuids must be a list of UUID strings')
+        raise Invalid('uuids must be a list of UUID strings')
     bad = [u for u in raw if not _UUID_RE.match(u.lower())]
     if bad:
-        raise _Invalid('uuids: %s is not a UUID such as 0b6c1d1a-6f2e-4a8b-9c59-2d1c7a8e9f00' % ', '.join(bad))
+        raise Invalid('uuids: %s is not a UUID such as 0b6c1d1a-6f2e-4a8b-9c59-2d1c7a8e9f00' % ', '.join(bad))
     if len({u.lower() for u in raw}) != len(raw):
-        raise _Invalid('uuids lists a UUID twice')
+        raise Invalid('uuids lists a UUID twice')
     if count is not None and len(raw) != count:
-        raise _Invalid('uuids lists %d UUID(s) but count is %d' % (len(raw), count))
+        raise Invalid('uuids lists %d UUID(s) but count is %d' % (len(raw), count))
     return tuple(u.lower() for u in raw)
 
 
 def _entry(number: int, raw: Any) -> tuple[Entry, list[str]]:
     if not isinstance(raw, Mapping):
         return Entry(number, None, None, '', 0, None, False, valid=False), ['must be a mapping, got %s' % type(raw).__name__]
-    problems = []
+    problems: list[str] = []
     name = raw.get('name') if isinstance(raw.get('name'), str) else None
-    unknown = sorted(str(k) for k in raw if k not in ENTRY_KEYS)
-    if unknown:
-        problems.append('unknown key(s) %s (known: %s)' % (', '.join(unknown), ', '.join(ENTRY_KEYS)))
-    selector = None
-    try:
-        selector = _mig.parse_selector(raw.get('devices', 'all'))
-    except _mig._Invalid as exc:  # pylint: disable=protected-access  # the shared selector's own error type
-        problems.append(str(exc))
+    attempt(problems, reject_unknown, raw, ENTRY_KEYS)
+    selector = attempt(problems, parse_selector, raw.get('devices', 'all'))
     type_name = raw.get('type')
     if not isinstance(type_name, str) or not type_name.strip():
         problems.append("type must name a vGPU type such as 'A40-8Q' or 'NVIDIA A40-8Q', got %r" % (type_name,))
@@ -191,15 +200,10 @@ def _entry(number: int, raw: Any) -> tuple[Entry, list[str]]:
     count = raw.get('count')
     if count is None and isinstance(raw.get('uuids'), list):
         count = len(raw['uuids'])
-    if not _is_int(count) or count < 0:
+    if not is_int(count) or count < 0:
         problems.append('count must be a non-negative integer, got %r' % (count,))
         count = 0
-    uuids = None
-    if raw.get('uuids') is not None:
-        try:
-            uuids = _uuids(raw['uuids'], count)
-        except _Invalid as exc:
-            problems.append(str(exc))
+    uuids = attempt(problems, _uuids, raw['uuids'], count) if raw.get('uuids') is not None else None
     allow = raw.get('allow_disruption', False)
     if not isinstance(allow, bool):
         problems.append('allow_disruption must be true or false, got %r' % (allow,))
@@ -209,181 +213,14 @@ def _entry(number: int, raw: Any) -> tuple[Entry, list[str]]:
 
 def parse_declaration(host: str, declaration: Any, errors: list[str]) -> list[Entry]:
     """Shape checks of the whole declaration; problems go to `errors`."""
-    if declaration is None:
-        return []
-    if not isinstance(declaration, list):
-        errors.append(_where(host) + 'gpu_vgpu must be a list of entries, got %s' % type(declaration).__name__)
-        return []
-    entries = []
-    for number, raw in enumerate(declaration, 1):
-        entry, problems = _entry(number, raw)
-        errors.extend(_where(host, entry=entry) + p for p in problems)
-        entries.append(entry)
+    entries = parse_entries(host, declaration, 'gpu_vgpu', _entry, errors)
     seen: dict[str, Entry] = {}
     for entry in entries:
         for value in entry.uuids or ():
             if value in seen:
-                errors.append(_where(host, entry=entry) + 'uuid %s is also declared by entry %s' % (value, seen[value].label))
+                errors.append(where(host, entry=entry) + 'uuid %s is also declared by entry %s' % (value, seen[value].label))
             seen[value] = entry
     return entries
-
-
-# ---------------------------------------------------------------------------------------------------------
-# vgpu-device-manager v1
-#
-# nvidia-vgpu-dm walks the entries of a label in order and applies every entry whose device-filter and devices select
-# a GPU (cmd/nvidia-vgpu-dm/assert/assert.go, apply/config.go): an entry's vgpu-devices become the GPU's whole vGPU
-# configuration (pkg/vgpu/config.go SetVGPUConfig: every vGPU device of the GPU is deleted, then the listed ones are
-# created), unless the GPU already holds exactly those counts. So an entry that selects no GPU is never applied, and
-# where several entries select one GPU each is applied in turn and the last one holds at the end; a type the GPU does
-# not support, or a count above its capacity, stops it with an error.
-
-
-@dataclass(frozen=True)
-class ManagerEntry:
-    """One entry of a vgpu-device-manager label, checked for shape."""
-
-    number: int  # its position in the label, from 0
-    name: str  # '<label>[N]'
-    selector: _mig.NvidiaSelector
-    devices: dict  # vGPU type (as written) -> count; {} removes every vGPU device of the GPUs it selects
-
-    def native(self, gpu: GpuView) -> list[dict]:
-        """The entry as gpu_vgpu entries for one GPU: one per type, or a count of 0 that empties the GPU."""
-        if self.devices:
-            return [{'name': '%s %s' % (self.name, type_name), 'devices': [gpu.index], 'type': type_name, 'count': count}
-                    for type_name, count in self.devices.items()]
-        if gpu.devices:  # every device not declared is removed, so one type with count 0 declares none
-            return [{'name': self.name, 'devices': [gpu.index], 'type': short_name(gpu.devices[0].type_name), 'count': 0}]
-        return []
-
-
-def _manager_entry(label: str, number: int, raw: Any) -> ManagerEntry:
-    if not isinstance(raw, Mapping):
-        raise _Invalid('must be a mapping with devices and vgpu-devices, got %r' % (raw,))
-    unknown = sorted(str(k) for k in raw if k not in VGPU_MANAGER_ENTRY_KEYS)
-    if unknown:
-        raise _Invalid('unknown key(s) %s (known: %s)' % (', '.join(unknown), ', '.join(VGPU_MANAGER_ENTRY_KEYS)))
-    missing = [key for key in ('devices', 'vgpu-devices') if key not in raw]
-    if missing:
-        raise _Invalid('%s %s required, as in vgpu-device-manager' % (' and '.join(missing), 'is' if len(missing) == 1 else 'are'))
-    try:
-        selector = _mig.nvidia_selector(raw)
-    except _mig._Invalid as exc:  # pylint: disable=protected-access  # the shared selector's own error type
-        raise _Invalid(str(exc)) from exc
-    counts = raw['vgpu-devices'] if raw['vgpu-devices'] is not None else {}
-    if not isinstance(counts, Mapping) or not all(isinstance(k, str) and k.strip() for k in counts):
-        raise _Invalid('vgpu-devices must map vGPU type names to counts, such as {A40-8Q: 6}, got %r' % (counts,))
-    bad = {k: v for k, v in counts.items() if not _is_int(v) or v <= 0}
-    if bad:
-        raise _Invalid('vgpu-devices must map vGPU type names to counts above 0 (vgpu-device-manager refuses others; '
-                       'vgpu-devices: {} removes every device), got %r' % (bad,))
-    shorts = [short_name(str(k)).lower() for k in counts]
-    twice = sorted({str(k) for k in counts if shorts.count(short_name(str(k)).lower()) > 1})
-    if twice:
-        raise _Invalid('vgpu-devices names one vGPU type more than once: %s' % ', '.join(twice))
-    return ManagerEntry(number, '%s[%d]' % (label, number), selector, {str(k).strip(): v for k, v in counts.items()})
-
-
-def parse_vgpu_device_manager(config: Any, label: Any) -> list[ManagerEntry]:
-    """A vgpu-device-manager v1 config's label, checked for shape -> its entries (named '<label>[N]', N from 0).
-
-    Which GPUs each entry declares depends on the host: `plan_vgpu_device_manager` decides it from the GPUs.
-    Raises VgpuPlanError naming the label and entry of every problem.
-    """
-    items = _mig._nvidia_config(config, label, 'vgpu-configs', 'vgpu-device-manager', VgpuPlanError)  # pylint: disable=protected-access
-    entries, errors = [], []
-    for number, raw in enumerate(items):
-        try:
-            entries.append(_manager_entry(label, number, raw))
-        except _Invalid as exc:
-            errors.append('vgpu-device-manager config: label %r: entry %d: %s' % (label, number, exc))
-    if errors:
-        raise VgpuPlanError(None, errors)
-    return entries
-
-
-def _applicable(gpu: GpuView, entry: ManagerEntry) -> list[str]:
-    """Why vgpu-device-manager could not apply this entry to the GPU (it checks each type, then creates the devices)."""
-    if gpu.mig_enabled or not gpu.types:
-        return []  # the entry that holds at the end is refused for the same reason
-    problems = []
-    for type_name, count in entry.devices.items():
-        vtype = gpu.find_type(type_name)
-        if vtype is None:
-            problems.append('vGPU type %s is not supported by %s (supported: %s)' % (type_name, gpu.name, ', '.join(t.short for t in gpu.types)))
-        elif count > vtype.max_instances:
-            problems.append('%d x %s exceed its capacity: at most %d per GPU' % (count, vtype.short, vtype.max_instances))
-    if not problems and gpu.homogeneous and len(entry.devices) > 1:
-        problems.append('%s allows one time-sliced vGPU type per GPU, but it declares %s' % (gpu.name, ', '.join(sorted(entry.devices))))
-    return problems
-
-
-def resolve_vgpu_device_manager(host: str, entries: Sequence[ManagerEntry], gpus: Sequence[GpuView], errors: list[str]) -> list[dict]:
-    """Which entry declares each GPU, as nvidia-vgpu-dm decides it -> a gpu_vgpu declaration naming GPUs by index.
-
-    An entry that selects no GPU here is skipped; where several select one GPU the last holds, and each earlier one
-    must be applicable (else vgpu-device-manager stops half-way). A GPU whose entry lists no device and that holds
-    none is left alone, as vgpu-device-manager finds it already configured.
-    """
-    declaration: list[dict] = []
-    governed: dict[int, ManagerEntry] = {}
-    for gpu in sorted(gpus, key=lambda g: g.index):
-        applying = [e for e in entries if e.selector.selects(gpu.as_facts())]
-        if not applying:
-            continue
-        last = applying[-1]
-        for earlier in applying[:-1]:
-            if earlier.devices != last.devices:
-                errors.extend(_where(host, gpu) + "entry '%s': vgpu-device-manager applies it before entry '%s' on this GPU, and it "
-                              'cannot be applied: %s' % (earlier.name, last.name, problem) for problem in _applicable(gpu, earlier))
-        governed[gpu.index] = last
-    for entry in entries:
-        for gpu in sorted(gpus, key=lambda g: g.index):
-            if governed.get(gpu.index) is entry:
-                declaration.extend(entry.native(gpu))
-    return _merged(declaration)
-
-
-def _merged(declaration: list[dict]) -> list[dict]:
-    """Entries of one name, type and count on several GPUs become one entry listing those GPUs."""
-    merged: dict[tuple, dict] = {}
-    for item in declaration:
-        key = (item['name'], item['type'], item['count'])
-        if key in merged:
-            merged[key]['devices'] = merged[key]['devices'] + item['devices']
-        else:
-            merged[key] = dict(item)
-    return list(merged.values())
-
-
-def plan_vgpu_device_manager(host: str, gpus: Sequence[GpuView], entries: Sequence[ManagerEntry]) -> HostPlan:
-    """Plan a parsed vgpu-device-manager label (parse_vgpu_device_manager) with its meaning (resolve_vgpu_device_manager).
-    Raises VgpuPlanError with every problem of the host before any step exists."""
-    errors: list[str] = []
-    declaration = resolve_vgpu_device_manager(host, entries, gpus, errors)
-    try:
-        plan = plan_host(host, gpus, declaration)
-    except VgpuPlanError as exc:
-        errors.extend(exc.errors)
-        plan = None
-    if errors or plan is None:
-        raise VgpuPlanError(host, errors)
-    return plan
-
-
-def export_vgpu_device_manager(gpus: Sequence[GpuView], label: str) -> dict:
-    """The devices every GPU holds as a vgpu-device-manager v1 config with one label: GPUs of one state in one entry,
-    with device-filters on a host of several models (the shape of nvidia-mig-parted's export). Applying it plans no
-    step on this host; GPUs without vGPU devices get vgpu-devices: {}."""
-    ordered = sorted(gpus, key=lambda g: g.index)
-    bodies = []
-    for gpu in ordered:
-        counts: dict[str, int] = {}
-        for device in gpu.devices:
-            counts[short_name(device.type_name)] = counts.get(short_name(device.type_name), 0) + 1
-        bodies.append({'vgpu-devices': dict(sorted(counts.items()))})
-    return {'version': 'v1', 'vgpu-configs': {label: _mig.nvidia_export_entries([g.as_facts() for g in ordered], bodies)}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,36 +283,43 @@ def _want_uuids(host: str, gpu: GpuView, entry: Entry, vtype: VgpuType) -> list[
     return [stable_uuid(host, gpu, vtype.name, slot) for slot in range(entry.count)]
 
 
+def type_problems(gpu: GpuView, type_name: str, count: int) -> list[str]:
+    """Why `count` devices of the type cannot be on the GPU whatever else it holds: a type it does not support, or more
+    than the type's capacity."""
+    vtype = gpu.find_type(type_name)
+    if vtype is None:
+        return ['vGPU type %s is not supported by %s (supported: %s)' % (type_name, gpu.name, ', '.join(t.short for t in gpu.types))]
+    if count > vtype.max_instances:
+        return ['%d x %s exceed its capacity: at most %d per GPU' % (count, vtype.short, vtype.max_instances)]
+    return []
+
+
 def _plan_gpu(host: str, gpu: GpuView, entries: Sequence[Entry], errors: list[str]) -> GpuPlan | None:
     problems: list[str] = []
     wanted: list[tuple[Entry, VgpuType, list[str]]] = []
     if gpu.mig_enabled:
-        errors.append(_where(host, gpu) + 'MIG is enabled: MIG-backed vGPU types are not managed here; disable MIG or leave this GPU out')
+        errors.append(where(host, gpu) + 'MIG is enabled: MIG-backed vGPU types are not managed here; disable MIG or leave this GPU out')
         return None
     if not gpu.types:
-        errors.append(_where(host, gpu) + '%s reports no vGPU types (is it in host vGPU mode with the vGPU manager driver?)' % gpu.name)
+        errors.append(where(host, gpu) + '%s reports no vGPU types (is it in host vGPU mode with the vGPU manager driver?)' % gpu.name)
         return None
     for entry in entries:
+        refused = type_problems(gpu, entry.type_name, entry.count)
+        errors.extend(where(host, gpu, entry) + p for p in refused)
         vtype = gpu.find_type(entry.type_name)
-        if vtype is None:
-            errors.append(_where(host, gpu, entry) + 'vGPU type %s is not supported by %s (supported: %s)' % (
-                entry.type_name, gpu.name, ', '.join(t.short for t in gpu.types)))
-            continue
-        if entry.count > vtype.max_instances:
-            errors.append(_where(host, gpu, entry) + '%d x %s exceed its capacity: at most %d per GPU' % (entry.count, vtype.short, vtype.max_instances))
-            continue
-        wanted.append((entry, vtype, _want_uuids(host, gpu, entry, vtype)))
+        if vtype is not None and not refused:
+            wanted.append((entry, vtype, _want_uuids(host, gpu, entry, vtype)))
     if len(wanted) != len(entries):
         return None
     declared = {w[1].short for w in wanted if w[2]}
     if gpu.homogeneous and len(declared) > 1:
-        errors.append(_where(host, gpu) + '%s allows one time-sliced vGPU type per GPU, but entries %s declare %s' % (
+        errors.append(where(host, gpu) + '%s allows one time-sliced vGPU type per GPU, but entries %s declare %s' % (
             gpu.name, ', '.join(w[0].label for w in wanted), ', '.join(sorted(declared))))
         return None
     if gpu.backend == 'sriov':
         explicit = [w[0].label for w in wanted if w[0].uuids is not None]
         if explicit:
-            errors.append(_where(host, gpu) + 'entry %s: uses the SR-IOV vGPU interface, where a vGPU is identified by its VF, '
+            errors.append(where(host, gpu) + 'entry %s: uses the SR-IOV vGPU interface, where a vGPU is identified by its VF, '
                           'not a UUID: drop uuids and declare a count' % ', '.join(explicit))
             return None
     keep, remove, create = _match(gpu, wanted)
@@ -489,7 +333,7 @@ def _plan_gpu(host: str, gpu: GpuView, entries: Sequence[Entry], errors: list[st
                 device.uuid, short_name(device.type_name)))
     problems += _capacity_problems(gpu, keep, remove, create)
     labels = ', '.join(e.label for e in entries)
-    errors.extend(_where(host, gpu) + 'entry %s: %s' % (labels, p) for p in problems)
+    errors.extend(where(host, gpu) + 'entry %s: %s' % (labels, p) for p in problems)
     return None if problems else GpuPlan(gpu, keep, remove, create, list(entries))
 
 
@@ -561,20 +405,12 @@ def plan_host(host: str, gpus: Sequence[GpuView], declaration: Any) -> HostPlan:
     """Validate the whole declaration against the GPUs, then the minimal steps. Raises VgpuPlanError."""
     errors: list[str] = []
     entries = parse_declaration(host, declaration, errors)
-    facts = [g.as_facts() for g in gpus]
-    by_gpu: dict[int, list[Entry]] = {}
-    for entry in entries:
-        if entry.selector is None:
-            continue
-        problems = _mig._selection_problems(entry.selector, facts)  # pylint: disable=protected-access  # the shared selector
-        errors.extend(_where(host, entry=entry) + p for p in problems)
-        for gpu in gpus:
-            if entry.valid and entry.selector.matches(gpu.as_facts()):
-                by_gpu.setdefault(gpu.index, []).append(entry)
+    chosen = select(host, entries, [g.as_facts() for g in gpus], errors)
     plans = []
     for gpu in gpus:
-        if gpu.index in by_gpu:
-            plan = _plan_gpu(host, gpu, by_gpu[gpu.index], errors)
+        valid = [entry for entry in chosen.get(gpu.index, ()) if entry.valid]
+        if valid:
+            plan = _plan_gpu(host, gpu, valid, errors)
             if plan is not None:
                 plans.append(plan)
     if errors:

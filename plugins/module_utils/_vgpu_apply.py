@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _nvml, _sysfs, _vgpu
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _nvml, _sysfs, _vgpu, _vgpu_manager
 
 MDEVCTL_DIR = '/etc/mdevctl.d'
 DEFAULT_LABEL = 'current'
@@ -299,7 +299,7 @@ def _start(result: dict) -> _nvml.NvmlSession | None:
 def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = False, vgpu_device_manager: Any = None,
                       sysfs_root: str = _sysfs.SYSFS, mdevctl_dir: str | None = MDEVCTL_DIR) -> dict:
     """Bring this host's vGPU devices to `declaration` (gpu_vgpu; or `vgpu_device_manager`: {'config': .., 'label': ..},
-    planned with vgpu-device-manager's meaning: _vgpu.plan_vgpu_device_manager).
+    planned with vgpu-device-manager's meaning: _vgpu_manager.plan_vgpu_device_manager).
 
     Returns changed, failed, msg, steps (the plan), applied, before/after (per planned GPU, for diff), devices (every
     vGPU device at the end), persisted (mdevctl definitions written or removed; none when `mdevctl_dir` is None),
@@ -312,7 +312,7 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
     manager = None
     if vgpu_device_manager is not None:
         try:
-            manager = _vgpu.parse_vgpu_device_manager(vgpu_device_manager.get('config'), vgpu_device_manager.get('label'))
+            manager = _vgpu_manager.parse_vgpu_device_manager(vgpu_device_manager.get('config'), vgpu_device_manager.get('label'))
         except _vgpu.VgpuPlanError as exc:
             result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
             return result
@@ -323,7 +323,7 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
         before = observe(sysfs_root)
         try:
             if manager is not None:
-                plan = _vgpu.plan_vgpu_device_manager(hostname, before, manager)
+                plan = _vgpu_manager.plan_vgpu_device_manager(hostname, before, manager)
             else:
                 plan = _vgpu.plan_host(hostname, before, declaration)
         except _vgpu.VgpuPlanError as exc:
@@ -341,7 +341,7 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
             result['changed'] = result['changed'] or bool(result['persisted'])
         result['devices'] = _devices_out(after)
         result['declaration'] = _vgpu.export_declaration(after)
-        result['vgpu_device_manager'] = _vgpu.export_vgpu_device_manager(after, label or DEFAULT_LABEL)
+        result['vgpu_device_manager'] = _vgpu_manager.export_vgpu_device_manager(after, label or DEFAULT_LABEL)
     except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
         applied = result['applied']
         result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the vGPU devices%s' % (

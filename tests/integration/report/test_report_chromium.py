@@ -38,7 +38,7 @@ DOWN_INVENTORY = '''all:
           ansible_host: 127.0.0.1
           ansible_port: 23699
 '''
-# The profile colours of plugins/module_utils/_report.py (by compute slices), and its grid geometry.
+# The profile colours of plugins/module_utils/_report_html.py (by compute slices), and its grid geometry.
 COLORS = {'1g': (0x4e, 0x79, 0xa7), '2g': (0x59, 0xa1, 0x4f), '3g': (0xe1, 0x57, 0x59), '4g': (0xf2, 0x8e, 0x2b), '7g': (0x8c, 0x5f, 0xa8)}
 CELL_W = 64
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _capacity, _mig, _vgpu
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _capacity, _capacity_model, _mig, _vgpu
 
 from mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
 
@@ -266,7 +266,7 @@ def test_one_gpu_search_is_exact(key, needs):
     model = _capacity.build_model(gpu(key), 0, 0)
     wants = tuple((float(memory), slices, 0.0, None) for memory, slices in needs)
     found = _capacity.solve_mig(model, wants)
-    candidates = [_capacity._mig_candidates(model, w) for w in wants]  # pylint: disable=protected-access
+    candidates = [_capacity_model.mig_candidates(model, w) for w in wants]
     best = None
     for combo in itertools.product(*candidates):
         names = [o.name for o in combo]

@@ -99,6 +99,22 @@ def test_a_verify_mismatch_is_a_failure_and_is_rolled_back(host, monkeypatch):
     assert host.layouts() == before
 
 
+def test_a_reworded_verify_message_changes_the_words_only(host, monkeypatch):
+    monkeypatch.setattr(_mig, 'MESSAGES', dict(_mig.MESSAGES, missing_instance='GPU instance {wanted} did not appear',
+                                               unexpected_instance='GPU instance {found} appeared instead'))
+    declaration = [{'devices': [0], 'instances': [{'profile': '3g.40gb', 'start': 4}]}]
+    before = host.layouts()
+    original = _nvml.create_compute_instance
+    monkeypatch.setattr(_nvml, 'create_compute_instance', lambda *_args: 7)  # a driver that answers but makes nothing
+    result = host.apply(declaration)
+    assert result['failed'] and result['failure']['step'] is None and result['rollback']['restored'] is True
+    assert 'verify after apply found: GPU 0 (%s): GPU instance 3g.40gb at 4 with compute instances [3c] did not appear' % (
+        host.state()['gpus'][0]['uuid']) in result['msg']
+    assert host.layouts() == before and host.apply(declaration, check_mode=True)['steps']  # the health gate still sees the difference
+    monkeypatch.setattr(_nvml, 'create_compute_instance', original)
+    assert not host.apply(declaration)['failed'] and host.apply(declaration, check_mode=True)['steps'] == []
+
+
 def test_an_unexpected_error_inside_a_step_is_rolled_back_too(host, monkeypatch):
     host.apply([{'devices': [1], 'instances': [{'profile': '7g.80gb'}]}])
     before = host.layouts()
@@ -184,7 +200,8 @@ def test_mig_parted_may_be_given_as_a_pair_and_names_the_exported_label(host):
 # The boot-time service: a copied tree, no Ansible
 
 
-RUNTIME_FILES = ('_facts.py', '_mig.py', '_mig_apply.py', '_nvml.py', '_smi.py')
+RUNTIME_FILES = ('_facts.py', '_mig.py', '_mig_apply.py', '_mig_declaration.py', '_mig_model.py', '_mig_parted.py', '_mig_solver.py',
+                 '_nvidia_formats.py', '_nvml.py', '_selector.py', '_smi.py')
 
 
 def test_a_copied_tree_applies_a_declaration_without_ansible(host, tmp_path):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_parted, _nvidia_formats
 
 from mig_support import MIG_MODELS, apply_on_sim, model_gpu  # pylint: disable=import-error
 
@@ -38,14 +38,14 @@ def _dgx(current: bool = False) -> list[dict]:
 @pytest.mark.parametrize('label', sorted(README_CONFIG['mig-configs']))
 def test_readme_configs_apply_on_a_dgx_and_export_back_to_the_same_devices(label):
     gpus = _dgx()
-    plan = _mig.plan_mig_parted('dgx', gpus, _mig.parse_mig_parted(README_CONFIG, label))
+    plan = _mig_parted.plan_mig_parted('dgx', gpus, _mig_parted.parse_mig_parted(README_CONFIG, label))
     after = apply_on_sim(gpus, plan.steps, {i: A100 for i in range(8)})
     assert not _mig.verify(plan.desired, after)
     wanted = {}
     for entry in README_CONFIG['mig-configs'][label]:
         for index in (range(8) if entry['devices'] == 'all' else entry['devices']):
             wanted[index] = (entry['mig-enabled'], entry.get('mig-devices', {}) if entry['mig-enabled'] else None)
-    exported = _mig.export_mig_parted(after, 'current')['mig-configs']['current']
+    exported = _mig_parted.export_mig_parted(after, 'current')['mig-configs']['current']
     got = {}
     for entry in exported:
         for index in (range(8) if entry['devices'] == 'all' else entry['devices']):
@@ -59,12 +59,12 @@ def test_parse_reads_selectors_filters_and_counts():
         {'devices': [2, 3], 'device-filter': ['0x233010de', '0X233510DE'], 'mig-enabled': False},
         {'devices': [5], 'mig-enabled': True, 'mig-devices': {}},
     ]}}
-    first, second, third = _mig.parse_mig_parted(config, 'mixed')
+    first, second, third = _mig_parted.parse_mig_parted(config, 'mixed')
     assert (first.name, first.selector, first.enabled, first.mig_devices) == (
-        'mixed[0]', _mig.NvidiaSelector((_mig.DeviceFilter('0x20B010DE', 0x20B0, 0x10DE),), None), True, {'1c.3g.20gb': 4, '2g.10gb': 1})
+        'mixed[0]', _nvidia_formats.NvidiaSelector((_nvidia_formats.DeviceFilter('0x20B010DE', 0x20B0, 0x10DE),), None), True, {'1c.3g.20gb': 4, '2g.10gb': 1})
     assert [(f.device, f.vendor) for f in second.selector.filters] == [(0x2330, 0x10DE), (0x2335, 0x10DE)]
     assert (second.selector.indexes, second.enabled, second.mig_devices) == ((2, 3), False, None)
-    assert (third.selector, third.mig_devices) == (_mig.NvidiaSelector((), (5,)), {})
+    assert (third.selector, third.mig_devices) == (_nvidia_formats.NvidiaSelector((), (5,)), {})
     assert third.native([5]) == {'name': 'mixed[2]', 'devices': [5], 'enabled': True, 'mig_devices': {}}
 
 
@@ -91,7 +91,7 @@ def test_a_device_filter_selects_only_that_model_on_a_mixed_host():
     gpus = [model_gpu(A100, 0, current=False), model_gpu('h100-80gb-hbm3', 1, current=False)]
     entry = {'devices': 'all', 'device-filter': '0x20B010DE', 'mig-enabled': True, 'mig-devices': {}}
     config = {'version': 'v1', 'mig-configs': {'a100s': [entry]}}
-    plan = _mig.plan_mig_parted('h', gpus, _mig.parse_mig_parted(config, 'a100s'))
+    plan = _mig_parted.plan_mig_parted('h', gpus, _mig_parted.parse_mig_parted(config, 'a100s'))
     assert {s['gpu'] for s in plan.steps} == {0}
 
 
@@ -115,8 +115,8 @@ def test_mig_parted_round_trip_plans_no_step(key):
     rng = random.Random('mig-parted-' + key)
     for _round in range(20):
         gpus = [_random_state(rng, key, i) for i in range(3)]
-        exported = _mig.export_mig_parted(gpus, 'now')
-        assert _mig.plan_mig_parted('h', gpus, _mig.parse_mig_parted(exported, 'now')).steps == [], exported
+        exported = _mig_parted.export_mig_parted(gpus, 'now')
+        assert _mig_parted.plan_mig_parted('h', gpus, _mig_parted.parse_mig_parted(exported, 'now')).steps == [], exported
 
 
 @pytest.mark.parametrize('key', MIG_MODELS)
@@ -133,14 +133,14 @@ def test_own_format_round_trip_plans_no_step_even_for_gpu_instances_without_comp
 
 def test_exports_group_identical_gpus_and_name_all_only_when_every_gpu_matches():
     same = [model_gpu(A100, i, instances=(('3g.20gb', 0), ('3g.20gb', 4))) for i in range(2)]
-    assert _mig.export_mig_parted(same, 'x') == {'version': 'v1', 'mig-configs': {'x': [
+    assert _mig_parted.export_mig_parted(same, 'x') == {'version': 'v1', 'mig-configs': {'x': [
         {'devices': 'all', 'mig-enabled': True, 'mig-devices': {'3g.20gb': 2}}]}}
     mixed = same + [model_gpu(A100, 2, current=False), model_gpu('t4', 3)]
     # as nvidia-mig-parted export writes it: every GPU, a device-filter per model on a host of several models
-    assert _mig.export_mig_parted(mixed, 'x')['mig-configs']['x'] == [
+    assert _mig_parted.export_mig_parted(mixed, 'x')['mig-configs']['x'] == [
         {'device-filter': '0x20B010DE', 'devices': [0, 1], 'mig-enabled': True, 'mig-devices': {'3g.20gb': 2}},
         {'device-filter': ['0x1EB810DE', '0x20B010DE'], 'devices': [2, 3], 'mig-enabled': False}]
-    assert _mig.export_mig_parted(same + [model_gpu(A100, 2, current=False)], 'x')['mig-configs']['x'] == [
+    assert _mig_parted.export_mig_parted(same + [model_gpu(A100, 2, current=False)], 'x')['mig-configs']['x'] == [
         {'devices': [0, 1], 'mig-enabled': True, 'mig-devices': {'3g.20gb': 2}},
         {'devices': [2], 'mig-enabled': False}]
     assert _mig.export_declaration(mixed) == [
@@ -150,7 +150,7 @@ def test_exports_group_identical_gpus_and_name_all_only_when_every_gpu_matches()
 
 def test_split_compute_instances_export_as_mig_parted_names():
     gpu = model_gpu(A100, 0, instances=(('7g.40gb', 0, [4, 3]),))
-    assert _mig.export_mig_parted([gpu], 'x')['mig-configs']['x'][0]['mig-devices'] == {'3c.7g.40gb': 1, '4c.7g.40gb': 1}
+    assert _mig_parted.export_mig_parted([gpu], 'x')['mig-configs']['x'][0]['mig-devices'] == {'3c.7g.40gb': 1, '4c.7g.40gb': 1}
 
 
 def test_export_refuses_facts_without_placements():
@@ -183,7 +183,7 @@ def test_export_refuses_facts_without_placements():
 ])
 def test_mig_parted_config_errors_name_the_label_and_entry(config, label, reason):
     with pytest.raises(_mig.MigPlanError) as info:
-        _mig.parse_mig_parted(config, label)
+        _mig_parted.parse_mig_parted(config, label)
     assert reason in str(info.value) and str(info.value).startswith('MIG configuration: ')
     assert "mig-parted config: " in info.value.errors[0]
 
@@ -191,8 +191,8 @@ def test_mig_parted_config_errors_name_the_label_and_entry(config, label, reason
 def test_mig_parted_counts_are_met_however_compute_instances_are_grouped():
     """'1c.3g.20gb: 3' holds for 3g [1c] + 3g [1c, 1c] as it does for 3g [1c, 1c, 1c]: mig-parted counts pairs only."""
     gpu = model_gpu(A100, 0, instances=(('3g.20gb', 0, [1]), ('3g.20gb', 4, [1, 1])))
-    assert _mig.export_mig_parted([gpu], 'x')['mig-configs']['x'][0]['mig-devices'] == {'1c.3g.20gb': 3}
-    plan = _mig.plan_mig_parted('h', [gpu], _mig.parse_mig_parted(_mig.export_mig_parted([gpu], 'x'), 'x'))
+    assert _mig_parted.export_mig_parted([gpu], 'x')['mig-configs']['x'][0]['mig-devices'] == {'1c.3g.20gb': 3}
+    plan = _mig_parted.plan_mig_parted('h', [gpu], _mig_parted.parse_mig_parted(_mig_parted.export_mig_parted([gpu], 'x'), 'x'))
     assert plan.steps == [] and not _mig.verify(plan.desired, [gpu])
     one_more = _mig.plan_host('h', [gpu], [{'devices': 'all', 'mig_devices': {'1c.3g.20gb': 4}}])
     assert [s['action'] for s in one_more.steps] == ['create_compute_instance']

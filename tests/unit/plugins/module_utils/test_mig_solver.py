@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mig
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mig, _mig_model, _mig_solver
 
 from mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
 
@@ -136,19 +136,19 @@ def test_compute_instances_are_placed_exactly_where_first_fit_largest_first_woul
 
 
 def test_best_placement_maximises_gain_then_keeps_the_first_lowest_start():
-    piece = _mig._Piece(('1g',), ((0, 1), (1, 1), (2, 1)))  # pylint: disable=protected-access
-    spots, score = _mig.best_placement([piece, piece], [[_mig.ZERO, (1, 0, 0), _mig.ZERO]] * 2)
+    piece = _mig_solver.Piece(('1g',), ((0, 1), (1, 1), (2, 1)))
+    spots, score = _mig_solver.best_placement([piece, piece], [[_mig_solver.ZERO, (1, 0, 0), _mig_solver.ZERO]] * 2)
     assert spots == [(0, 1), (1, 1)] and score == (1, 0, 0)
-    spots, score = _mig.best_placement([piece, piece], [[_mig.ZERO] * 3] * 2)
-    assert spots == [(0, 1), (1, 1)] and score == _mig.ZERO
-    assert _mig.best_placement([piece] * 4, [[_mig.ZERO] * 3] * 4) is None
+    spots, score = _mig_solver.best_placement([piece, piece], [[_mig_solver.ZERO] * 3] * 2)
+    assert spots == [(0, 1), (1, 1)] and score == _mig_solver.ZERO
+    assert _mig_solver.best_placement([piece] * 4, [[_mig_solver.ZERO] * 3] * 4) is None
 
 
 def test_compute_instance_table_matches_every_model_file():
     for key in MIG_MODELS:
         for gi_slices, profiles in load_model(key)['mig']['compute_instance_profiles'].items():
             expected = {p['sliceCount']: tuple(p['placements']['starts']) for p in profiles}
-            assert _mig.ci_placements(int(gi_slices)) == expected, (key, gi_slices)
+            assert _mig_model.ci_placements(int(gi_slices)) == expected, (key, gi_slices)
             assert all(_mig.CI_PROFILE_IDS[p['sliceCount']] == p['id'] for p in profiles)
 
 

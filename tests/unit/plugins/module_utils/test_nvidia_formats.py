@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _vgpu
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_parted, _nvidia_formats, _selector, _vgpu, _vgpu_manager
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._vgpu import Device, GpuView, VgpuType
 
 from mig_support import MIG_MODELS, apply_on_sim, load_model, model_gpu  # pylint: disable=import-error
@@ -71,7 +71,7 @@ def _counts(gpu: dict) -> dict:
 
 
 def _plan(gpus, label, config=None):
-    return _mig.plan_mig_parted('h', gpus, _mig.parse_mig_parted(config or MIG_PARTED, label))
+    return _mig_parted.plan_mig_parted('h', gpus, _mig_parted.parse_mig_parted(config or MIG_PARTED, label))
 
 
 def _apply(gpus, label, config=None):
@@ -93,7 +93,7 @@ def _apply(gpus, label, config=None):
     ('0x25B610DE:0x14A910DE', 0x25B6, 0x10DE, (0x14A9, 0x10DE)),
 ])
 def test_a_device_filter_is_the_device_and_vendor_id(text, device, vendor, subsystem):
-    (value,) = _mig.parse_device_filter(text)
+    (value,) = _nvidia_formats.parse_device_filter(text)
     assert (value.device, value.vendor, value.subsystem) == (device, vendor, subsystem)
 
 
@@ -107,19 +107,19 @@ def test_a_device_filter_is_the_device_and_vendor_id(text, device, vendor, subsy
     ([['0x233010DE']], 'must be a PCI id such as'),
 ])
 def test_a_device_filter_that_can_select_no_gpu_is_refused(value, needle):
-    with pytest.raises(_mig._Invalid) as info:  # pylint: disable=protected-access
-        _mig.parse_device_filter(value)
+    with pytest.raises(_selector.Invalid) as info:
+        _nvidia_formats.parse_device_filter(value)
     assert needle in str(info.value)
 
 
 def test_an_empty_device_filter_selects_every_gpu_and_a_subsystem_narrows_it():
     gpus = _host('h100-80gb-hbm3', 'a30')
-    assert _mig.parse_device_filter('') == _mig.parse_device_filter([]) == _mig.parse_device_filter(None) == ()
-    assert [g['index'] for g in gpus if _mig.NvidiaSelector((), None).selects(g)] == [0, 1]
+    assert _nvidia_formats.parse_device_filter('') == _nvidia_formats.parse_device_filter([]) == _nvidia_formats.parse_device_filter(None) == ()
+    assert [g['index'] for g in gpus if _nvidia_formats.NvidiaSelector((), None).selects(g)] == [0, 1]
     h100 = load_model('h100-80gb-hbm3')
     own = '0x233010DE:0x%04X%04X' % (h100['pci_subsystem_id'], h100['pci_subsystem_vendor_id'])
-    assert [g['index'] for g in gpus if _mig.NvidiaSelector(_mig.parse_device_filter(own), None).selects(g)] == [0]
-    other = _mig.NvidiaSelector(_mig.parse_device_filter('0x233010DE:0x000010DE'), None)
+    assert [g['index'] for g in gpus if _nvidia_formats.NvidiaSelector(_nvidia_formats.parse_device_filter(own), None).selects(g)] == [0]
+    other = _nvidia_formats.NvidiaSelector(_nvidia_formats.parse_device_filter('0x233010DE:0x000010DE'), None)
     assert not any(other.selects(g) for g in gpus)
 
 
@@ -253,7 +253,7 @@ def test_every_problem_of_a_label_is_reported_together():
         {'devices': [0], 'device-filter': ['0x2330'], 'mig-enabled': False},
         {'devices': 'all', 'mig-enabled': True, 'mig-devices': {}, 'gpus': 2}]}}
     with pytest.raises(_mig.MigPlanError) as info:
-        _mig.parse_mig_parted(config, 'x')
+        _mig_parted.parse_mig_parted(config, 'x')
     assert [e.split(': ', 3)[2] for e in info.value.errors] == ['entry 0', 'entry 1', 'entry 2']
 
 
@@ -264,7 +264,7 @@ def test_every_problem_of_a_label_is_reported_together():
 def test_export_of_a_multi_model_host_imports_with_no_step(label):
     gpus = _host(*EVERY_MODEL)
     _plan_, after = _apply(gpus, label)
-    exported = _mig.export_mig_parted(after, 'now')
+    exported = _mig_parted.export_mig_parted(after, 'now')
     entries = exported['mig-configs']['now']
     assert all(not e['mig-enabled'] or 'mig-devices' in e for e in entries)
     assert _plan(after, 'now', json.loads(json.dumps(exported))).steps == []
@@ -275,7 +275,7 @@ def test_export_of_a_multi_model_host_imports_with_no_step(label):
 
 def test_export_names_each_model_by_its_device_filter():
     _plan_, after = _apply(_host('h100-80gb-hbm3', 'a30', 'h100-80gb-hbm3', 't4'), 'all-balanced')
-    assert _mig.export_mig_parted(after, 'now')['mig-configs']['now'] == [
+    assert _mig_parted.export_mig_parted(after, 'now')['mig-configs']['now'] == [
         {'device-filter': '0x233010DE', 'devices': 'all', 'mig-enabled': True, 'mig-devices': BALANCED['h100-80gb-hbm3']},
         {'device-filter': '0x20B710DE', 'devices': 'all', 'mig-enabled': True, 'mig-devices': BALANCED['a30']},
         {'device-filter': '0x1EB810DE', 'devices': 'all', 'mig-enabled': False}]
@@ -314,7 +314,7 @@ def _vgpu_apply(gpus: list[GpuView], plan) -> list[GpuView]:
 
 
 def _vgpu_plan(gpus, label, config=None):
-    return _vgpu.plan_vgpu_device_manager('node', gpus, _vgpu.parse_vgpu_device_manager(config or VGPU_MANAGER, label))
+    return _vgpu_manager.plan_vgpu_device_manager('node', gpus, _vgpu_manager.parse_vgpu_device_manager(config or VGPU_MANAGER, label))
 
 
 def _held(gpu: GpuView) -> dict:
@@ -333,7 +333,7 @@ def test_the_operator_default_label_gives_each_model_its_default_type():
     after = _vgpu_apply(gpus, plan)
     assert [_held(g) for g in after] == [{'A40-24Q': 2}, {'T4-8Q': 2}, {'A40-24Q': 2}]
     assert _vgpu_plan(after, 'default').steps == []  # a rerun changes nothing
-    exported = _vgpu.export_vgpu_device_manager(after, 'now')
+    exported = _vgpu_manager.export_vgpu_device_manager(after, 'now')
     assert exported == {'version': 'v1', 'vgpu-configs': {'now': [
         {'device-filter': '0x223510DE', 'devices': 'all', 'vgpu-devices': {'A40-24Q': 2}},
         {'device-filter': '0x1EB810DE', 'devices': 'all', 'vgpu-devices': {'T4-8Q': 2}}]}}

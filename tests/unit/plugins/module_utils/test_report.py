@@ -15,7 +15,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpuvirt.fleet.plugins.filter.fleet_report_html import FilterModule
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _report, _vgpu
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mig, _report, _report_html, _vgpu
 from mig_support import load_model, model_gpu, real_h100_gpus  # pylint: disable=import-error
 
 PROC_OPEN = 'NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)'
@@ -89,36 +89,36 @@ def blocks(html, **attrs):
 
 # ---- the slice grid
 def test_grid_places_h100_halves_on_memory_and_compute_columns():
-    grid = _report.mig_grid(h100_gpus([HALVES])[0])
+    grid = _report_html.mig_grid(h100_gpus([HALVES])[0])
     assert grid['memory_slices'] == 8 and grid['compute_slices'] == 7
     assert [(b['profile'], b['memory'], b['compute']) for b in grid['blocks']] == [('3g.40gb', (0, 3), (0, 2)), ('3g.40gb', (4, 7), (4, 6))]
-    assert grid['blocks'][1]['color'] == _report.PROFILE_COLORS[3]
+    assert grid['blocks'][1]['color'] == _report_html.PROFILE_COLORS[3]
 
 
 def test_grid_compute_instances_and_memory_heavy_profiles():
     gpu = model_gpu('a100-sxm4-80gb', 0, instances=(('1g.20gb', 6), ('3g.40gb', 0, [2, 1])))
-    grid = _report.mig_grid(gpu)
+    grid = _report_html.mig_grid(gpu)
     by_profile = {b['profile']: b for b in grid['blocks']}
     assert by_profile['1g.20gb']['memory'] == (6, 7) and by_profile['1g.20gb']['compute'] == (6, 6)
     assert [(c['slices'], c['start'], c['end']) for c in by_profile['3g.40gb']['compute_instances']] == [(2, 0, 1), (1, 2, 2)]
 
 
 def test_grid_of_a_gpu_without_instances_still_has_its_columns():
-    grid = _report.mig_grid(real_h100_gpus()[0])
+    grid = _report_html.mig_grid(real_h100_gpus()[0])
     assert (grid['memory_slices'], grid['compute_slices'], grid['blocks']) == (8, 7, [])
 
 
 def test_html_draws_3g_at_start_4_over_columns_4_to_6_and_memory_4_to_7():
-    html = _report.render_html(demo_hosts())
+    html = _report_html.render_html(demo_hosts())
     compute = blocks(html, data_gpu=0, data_profile='3g.40gb', data_row='compute', data_start=4)
     memory = blocks(html, data_gpu=0, data_profile='3g.40gb', data_row='memory', data_start=4)
     assert len(compute) == 2 and {b['data-end'] for b in compute} == {'6'}  # gpu-h100-01 GPU 0 and gpu-a100-01 GPU 0
     assert {b['data-end'] for b in memory} == {'7'}
     # geometry: x = label width + column * cell width, width spans three cells
     block = compute[0]
-    assert float(block['x']) == _report.LABEL_W + 4 * _report.CELL_W + 1
-    assert float(block['width']) == 3 * _report.CELL_W - 2
-    assert block['fill'] == _report.PROFILE_COLORS[3]
+    assert float(block['x']) == _report_html.LABEL_W + 4 * _report_html.CELL_W + 1
+    assert float(block['width']) == 3 * _report_html.CELL_W - 2
+    assert block['fill'] == _report_html.PROFILE_COLORS[3]
     sevenths = blocks(html, data_gpu=5, data_profile='1g.10gb', data_row='memory')
     assert sorted(int(b['data-start']) for b in sevenths) == list(range(7))
     assert '>3g.40gb</text>' in html and '>1g.10gb</text>' in html
@@ -161,17 +161,40 @@ def test_unmeetable_declaration_is_drift_naming_the_entry():
 
 
 def test_condense_groups_instances_and_keeps_other_lines():
-    lines = ['GPU 0 (u): missing GPU instance 1g.10gb at 2 with compute instances [1c]', 'GPU 0 (u): pending MIG mode is False, wanted True',
-             'GPU 0 (u): missing GPU instance 1g.10gb at 0 with compute instances [1c]']
-    assert _report.condense(lines) == ['GPU 0 (u): missing GPU instance 2 x 1g.10gb [1c] at 0, 2', 'GPU 0 (u): pending MIG mode is False, wanted True']
+    def missing(start):
+        return _mig.Mismatch(0, 'u', '1', 'gpu_instance', _mig.InstanceState('1g.10gb', start, (1,)), None)
+    mismatches = [missing(2), _mig.Mismatch(0, 'u', '1', 'pending_mode', True, False), missing(0)]
+    assert [str(m) for m in mismatches] == ['GPU 0 (u): missing GPU instance 1g.10gb at 2 with compute instances [1c]',
+                                            'GPU 0 (u): pending MIG mode is False, wanted True',
+                                            'GPU 0 (u): missing GPU instance 1g.10gb at 0 with compute instances [1c]']
+    assert _report.condense(mismatches) == ['GPU 0 (u): missing GPU instance 2 x 1g.10gb [1c] at 0, 2', 'GPU 0 (u): pending MIG mode is False, wanted True']
+
+
+def test_the_drift_analysis_reads_verify_s_structures_not_its_sentences(monkeypatch):
+    host = demo_hosts()[2]
+    before = _report.host_drift(host)
+    states = [h['state'] for h in _report.analyse(demo_hosts())['hosts']]
+    reworded = dict(_mig.MESSAGES, missing_instance='no {wanted} here', unexpected_instance='{found} is not declared',
+                    current_mode='MIG is {found} now, the plan says {wanted}', pending_mode='MIG will be {found}, the plan says {wanted}')
+    monkeypatch.setattr(_mig, 'MESSAGES', reworded)
+    plan = _mig.plan_host('h', host['gpus'], host['gpu_mig'])
+    assert 'GPU 0 (GPU-a100-sxm4-80gb-0000): no 1g.10gb at 0 with compute instances [1c] here' in _mig.verify(plan.desired, host['gpus'])
+    after = _report.host_drift(host)
+    # the grouped GPU instances come from the mismatches' fields, so the analysis is the same; the mode lines say what verify says
+    modes = 'MIG: GPU 1 (GPU-a100-sxm4-80gb-0001): '
+    assert [d for d in after if not d.startswith(modes)] == [d for d in before if not d.startswith(modes)]
+    assert 'MIG: GPU 0 (GPU-a100-sxm4-80gb-0000): missing GPU instance 7 x 1g.10gb [1c] at 0, 1, 2, 3, 4, 5, 6' in after
+    assert 'MIG: GPU 1 (GPU-a100-sxm4-80gb-0001): MIG is False now, the plan says True' in after and len(after) == len(before)
+    assert [h['state'] for h in _report.analyse(demo_hosts())['hosts']] == states and 'drift' in states
+    assert 'missing GPU instance 7 x 1g.10gb [1c] at 0, 1, 2, 3, 4, 5, 6' in _report_html.render_html(demo_hosts())
 
 
 def test_long_drift_lists_are_cut_in_the_page():
     hosts = demo_hosts()
     hosts[0]['driver_version'] = '570.1.2'
     hosts[0]['gpu_mig'] = [{'devices': [i], 'instances': [{'profile': '7g.80gb'}]} for i in range(8)]
-    html = _report.render_html(hosts)
-    assert len(_report.host_drift(hosts[0])) > _report.DRIFT_LINES and '<li class="muted">and ' in html
+    html = _report_html.render_html(hosts)
+    assert len(_report.host_drift(hosts[0])) > _report_html.DRIFT_LINES and '<li class="muted">and ' in html
 
 
 def test_driver_branch_and_flavor_drift():
@@ -193,7 +216,7 @@ def test_summary_counts_the_fleet():
 
 # ---- the page
 def test_page_shows_hosts_gpus_vgpus_drift_and_unreachable():
-    html = _report.render_html(demo_hosts(), generated='2026-11-25T01:00:00Z')
+    html = _report_html.render_html(demo_hosts(), generated='2026-11-25T01:00:00Z')
     for needle in ('gpu-h100-01', 'NVIDIA H100 80GB HBM3', '00000000:18:00.0', 'hopper', '79.6 GiB', 'driver 580.159.04 (open kernel modules)',
                    'A40-8Q', 'aaaaaaaa-0000-4000-8000-000000000005', '0000:19:00.0', '<td>non_sriov</td>', 'proprietary kernel modules',
                    'Connection refused', 'generated 2026-11-25T01:00:00Z'):
@@ -207,7 +230,7 @@ def test_page_shows_hosts_gpus_vgpus_drift_and_unreachable():
 
 
 def test_page_is_self_contained():
-    html = _report.render_html(demo_hosts())
+    html = _report_html.render_html(demo_hosts())
     lowered = html.lower()
     assert 'http://' not in lowered and 'https://' not in lowered
     assert '<script' not in lowered and '<link' not in lowered and '<img' not in lowered and '@import' not in lowered
@@ -220,7 +243,7 @@ def test_every_text_is_escaped():
     evil['gpus'][0]['name'] = 'GPU "quoted" & <b>bold</b>'
     evil['gpus'][0]['mig']['gpu_instances'][0]['profile'] = '3g.40gb"><script>x()</script>'
     down = {'host': 'down<img src=x onerror=alert(1)>', 'reachable': False, 'error': '<script>boom</script>'}
-    html = _report.render_html([evil, down], title='<i>fleet</i>')
+    html = _report_html.render_html([evil, down], title='<i>fleet</i>')
     assert '<script' not in html.lower() and '<img' not in html and '<b>bold' not in html and '<i>fleet' not in html
     assert '&lt;script&gt;alert(1)&lt;/script&gt;' in html
     assert 'GPU &quot;quoted&quot; &amp; &lt;b&gt;bold&lt;/b&gt;' in html
@@ -232,7 +255,7 @@ def test_lost_gpu_and_no_driver_hosts_render():
     _facts.mark_lost(gpus[1], 'GPU has fallen off the bus')
     nodriver = {'host': 'gpu-nodriver', 'reachable': True, 'gpus': [],
                 'gpu_host': dict(_facts.new_host('nvidia-smi'), driver_error='Driver Not Loaded')}
-    html = _report.render_html([entry('gpu-lost', gpus), nodriver])
+    html = _report_html.render_html([entry('gpu-lost', gpus), nodriver])
     assert 'GPU has fallen off the bus' in html and 'No GPUs visible.' in html and 'Driver Not Loaded' in html
     assert _report.analyse([entry('gpu-lost', gpus)])['summary']['lost_gpus'] == 1
 
@@ -241,14 +264,14 @@ def test_a_host_whose_facts_failed_is_told_apart_from_an_unreachable_one():
     failed = {'host': 'gpu-broken', 'reachable': True, 'error': 'MODULE FAILURE: pynvml raised NVMLError_Unknown', 'gpu_host': None}
     model = _report.analyse(demo_hosts() + [failed])
     assert model['summary']['failed'] == ['gpu-broken'] and model['summary']['unreachable'] == ['gpu-down-01']
-    html = _report.render_html(demo_hosts() + [failed])
+    html = _report_html.render_html(demo_hosts() + [failed])
     assert '<section class="host failed" id="host-gpu-broken"' in html and 'NVMLError_Unknown' in html
     assert '<div class="card bad"><div class="num">1</div><div class="lbl">hosts without GPU facts</div>' in html
 
 
 def test_real_h100_capture_renders():
     gpus = real_h100_gpus()
-    html = _report.render_html([entry('h100-real', gpus)])
+    html = _report_html.render_html([entry('h100-real', gpus)])
     assert 'GPU-37351963-330b-689c-94bd-a0c83dd665f1' not in html  # the GPU UUID is not a column; vGPU UUIDs are
     assert '00000000:00:06.0' in html and 'MIG off' in html and blocks(html, data_row='memory', **{'class': 'slice'})
 
@@ -267,4 +290,4 @@ def test_filter_renders_and_validates_input():
 def test_filter_input_survives_a_json_round_trip():
     """What Ansible hands the filter is plain JSON data (tuples become lists)."""
     hosts = json.loads(json.dumps(demo_hosts()))
-    assert FilterModule().filters()['fleet_report_html'](hosts) == _report.render_html(demo_hosts())
+    assert FilterModule().filters()['fleet_report_html'](hosts) == _report_html.render_html(demo_hosts())

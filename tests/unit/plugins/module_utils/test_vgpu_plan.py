@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _vgpu
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _vgpu, _vgpu_manager
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._vgpu import Device, GpuView, VgpuType
 
 HOST = 'node-1'
@@ -152,13 +152,13 @@ CONFIG = {'version': 'v1', 'vgpu-configs': {
 
 
 def test_vgpu_device_manager_label_declares_each_gpu_its_entry_gives():
-    entries = _vgpu.parse_vgpu_device_manager(CONFIG, 'mixed')
+    entries = _vgpu_manager.parse_vgpu_device_manager(CONFIG, 'mixed')
     assert [(e.name, e.selector.indexes, e.devices) for e in entries] == [('mixed[0]', (0,), {'A40-8Q': 2}), ('mixed[1]', (1,), {'A40-1Q': 4})]
     errors: list = []
-    assert _vgpu.resolve_vgpu_device_manager(HOST, entries, [a40(), a40(1)], errors) == [
+    assert _vgpu_manager.resolve_vgpu_device_manager(HOST, entries, [a40(), a40(1)], errors) == [
         {'name': 'mixed[0] A40-8Q', 'devices': [0], 'type': 'A40-8Q', 'count': 2},
         {'name': 'mixed[1] A40-1Q', 'devices': [1], 'type': 'A40-1Q', 'count': 4}] and errors == []
-    assert len(_vgpu.plan_vgpu_device_manager(HOST, [a40(), a40(1)], _vgpu.parse_vgpu_device_manager(CONFIG, 'A40-8Q')).steps) == 12
+    assert len(_vgpu_manager.plan_vgpu_device_manager(HOST, [a40(), a40(1)], _vgpu_manager.parse_vgpu_device_manager(CONFIG, 'A40-8Q')).steps) == 12
 
 
 @pytest.mark.parametrize('config, label, needle', [
@@ -180,7 +180,7 @@ def test_vgpu_device_manager_label_declares_each_gpu_its_entry_gives():
 ])
 def test_vgpu_device_manager_errors(config, label, needle):
     with pytest.raises(_vgpu.VgpuPlanError) as info:
-        _vgpu.parse_vgpu_device_manager(config, label)
+        _vgpu_manager.parse_vgpu_device_manager(config, label)
     assert needle in str(info.value)
 
 
