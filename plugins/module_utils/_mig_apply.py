@@ -197,28 +197,10 @@ def observe() -> list[dict]:
     return [_nvml.read_gpu(index) for index in range(system['count'])]
 
 
-class _Nvml:
-    """This process's NVML session, which a GPU reset needs closed (an open NVML client holds the GPU)."""
-
-    def __init__(self):
-        self._session: _nvml.NvmlSession | None = None
-
-    def open(self) -> None:
-        if self._session is None:
-            session = _nvml.NvmlSession()
-            session.__enter__()
-            self._session = session
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.__exit__(None, None, None)
-            self._session = None
-
-
 class _Executor:
     """Runs one step through its seam and returns what it created; failures become _StepFailed."""
 
-    def __init__(self, nvml: _Nvml, smi: _smi.SmiRunner | None):
+    def __init__(self, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None):
         self.nvml = nvml
         self.smi = smi
         self.created_at: dict[tuple[int, int], int] = {}  # (GPU, start) -> id of a GPU instance created here
@@ -281,11 +263,8 @@ class _Executor:
             return {'skipped': 'the MIG mode took effect without a reset'}  # e.g. Hopper on bare metal
         if self.smi is None:
             raise _smi.SmiResetImpossible('nvidia-smi is not installed, so the GPU cannot be reset')
-        self.nvml.close()
-        try:
+        with self.nvml.suspended():  # an open NVML client holds the GPU
             output = self.smi.reset(step.get('bus_id') or str(step['gpu']))
-        finally:
-            self.nvml.open()
         return {'output': output.strip()}
 
 
@@ -311,7 +290,7 @@ def _new_result() -> dict:
 class _Run:
     """observe, plan, apply, verify (and roll back) for one host."""
 
-    def __init__(self, hostname: str, nvml: _Nvml, smi: _smi.SmiRunner | None, reset: str, label: str):
+    def __init__(self, hostname: str, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None, reset: str, label: str):
         self.hostname = hostname
         self.nvml = nvml
         self.executor = _Executor(nvml, smi)
@@ -411,14 +390,8 @@ def _parse_mig_parted(mig_parted: Any) -> tuple[Any, str]:
     return config, label
 
 
-def _open_nvml() -> _Nvml:
-    nvml = _Nvml()
-    nvml.open()
-    return nvml
-
-
-def _start(result: dict) -> _Nvml | None:
-    return _nvml.open_or_report(result, _open_nvml)
+def _start(result: dict) -> _nvml.NvmlSession | None:
+    return _nvml.open_or_report(result, _nvml.NvmlSession().open)
 
 
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
@@ -451,21 +424,20 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
         return result
     path = smi_path or shutil.which('nvidia-smi')
     run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL)
-    try:
-        before = observe()
-        plan = run.plan(declaration, before, parted)
-        if plan is not None and plan.changed and not check_mode:
-            run.apply(plan, before)
-        else:
-            run.result['changed'] = plan is not None and plan.changed
-            _export(before, run.label, run.result)
-    except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
-        applied = run.result['applied']
-        run.result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the MIG layout%s' % (
-            hostname, 'applying' if applied else 'reading or planning',
-            '; %d step(s) had run (see applied) and the GPUs were not verified' % len(applied) if applied else '; nothing was changed'))
-    finally:
-        nvml.close()
+    with nvml:
+        try:
+            before = observe()
+            plan = run.plan(declaration, before, parted)
+            if plan is not None and plan.changed and not check_mode:
+                run.apply(plan, before)
+            else:
+                run.result['changed'] = plan is not None and plan.changed
+                _export(before, run.label, run.result)
+        except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
+            applied = run.result['applied']
+            run.result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the MIG layout%s' % (
+                hostname, 'applying' if applied else 'reading or planning',
+                '; %d step(s) had run (see applied) and the GPUs were not verified' % len(applied) if applied else '; nothing was changed'))
     return run.result
 
 
@@ -475,8 +447,6 @@ def export_state(label: str | None = None) -> dict:
     nvml = _start(result)
     if nvml is None:
         return result
-    try:
+    with nvml:
         _export(observe(), label or DEFAULT_LABEL, result)
-    finally:
-        nvml.close()
     return result

@@ -3,20 +3,23 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
 
-"""The NVML seam: every call this collection makes into NVML (pynvml, from nvidia-ml-py) is in this file.
+"""The NVML seam: every call this collection makes into NVML (pynvml, from nvidia-ml-py) is in this file, and in
+_nvml_mig, the MIG enumeration it shares with the exporter (which ships that file as it is).
 
-It observes and reports (`read_*`), and makes the MIG changes a plan asks for (`set_mig_mode`, `create_*`,
-`destroy_*`, one planned step each); deciding what the observations mean and which changes to make is left to
-the pure code in _facts and _mig, and running a plan to _mig_apply.
+Sessions are context managers (`with NvmlSession():`). The seam observes and reports (`read_*`), and makes the MIG
+changes a plan asks for (`set_mig_mode`, `create_*`, `destroy_*`, one planned step each); deciding what the
+observations mean and which changes to make is left to the pure code in _facts and _mig, and running a plan to
+_mig_apply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import traceback
 from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _nvml_mig
 
 try:
     import pynvml
@@ -29,9 +32,7 @@ else:
 HAS_PYNVML = pynvml is not None
 PYNVML_PACKAGE = 'nvidia-ml-py'
 
-# NVML GPU-instance profile enums probed for MIG profiles. The GPU answers NotSupported for the
-# enums it lacks; which profiles exist is what the GPU reports, never a table of ours.
-_GPU_INSTANCE_PROFILE_ENUMS = range(0, 18)
+# NVML compute-instance profile enums probed inside a GPU instance (the GPU-instance ones: _nvml_mig).
 _COMPUTE_INSTANCE_PROFILE_ENUMS = range(0, 9)
 
 
@@ -48,26 +49,55 @@ def _error_text(exc: Exception) -> str:
 
 
 class NvmlSession:
-    """nvmlInit on enter, nvmlShutdown on exit."""
+    """One NVML session (nvmlInit ... nvmlShutdown), a context manager: `with NvmlSession():` opens it on entering
+    and closes it on leaving; a session opened before (`session = NvmlSession().open()`, as `open_or_report` does)
+    is entered as it is, as a file is. `open()` and `close()` do nothing when it is open or closed already;
+    `open()` raises DriverUnavailable when NVML cannot start."""
 
-    def __enter__(self):
+    def __init__(self):
+        self.active = False
+
+    def open(self) -> NvmlSession:
+        if self.active:
+            return self
         try:
             pynvml.nvmlInit()
         except (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded) as exc:
             raise DriverUnavailable(_error_text(exc)) from exc
+        self.active = True
         return self
 
-    def __exit__(self, *exc_info):
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.active = False
         try:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+    @contextlib.contextmanager
+    def suspended(self):
+        """Closed for the duration of the block (a GPU reset needs every NVML client gone), open again after it,
+        also when the block fails (DriverUnavailable when NVML cannot start again)."""
+        self.close()
+        try:
+            yield self
+        finally:
+            self.open()
+
+    def __enter__(self) -> NvmlSession:
+        return self.open()
+
+    def __exit__(self, *exc_info) -> bool:
+        self.close()
         return False
 
 
 def open_or_report(result: dict, open_session: Callable[[], Any]) -> Any:
-    """Open NVML for an apply: what `open_session()` returns, or None with `result` marked failed and saying why
-    (pynvml not installed: `missing_library` names the package; no driver loaded)."""
+    """Open NVML for an apply: what `open_session()` returns (such as `NvmlSession().open`: an open session, to
+    enter with `with`), or None with `result` marked failed and saying why (pynvml not installed: `missing_library`
+    names the package; no driver loaded)."""
     if not HAS_PYNVML:
         result.update(failed=True, msg='the Python module pynvml (package %s) is required' % PYNVML_PACKAGE,
                       missing_library=PYNVML_PACKAGE, exception=PYNVML_IMPORT_ERROR)
@@ -166,21 +196,18 @@ def _read_mig(r: _GpuReader) -> None:
     mig = gpu['mig']
     mig['capable'] = True
     mig['current'], mig['pending'] = bool(mode[0]), bool(mode[1])
-    for enum in _GPU_INSTANCE_PROFILE_ENUMS:
-        try:
-            info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(h, enum)
-        except pynvml.NVMLError_GpuIsLost as exc:
-            raise GpuLost(_error_text(exc)) from exc
-        except pynvml.NVMLError:
-            continue  # this GPU has no profile for this enum
-        placements = r.call('mig.profiles.placements', _possible_placements, h, info.id) or []
-        mig['profiles'].append(_facts.mig_profile(
-            info.id, _facts.text(info.name), info.sliceCount, info.instanceCount, info.memorySizeMB, placements,
-            multiprocessors=info.multiprocessorCount, copy_engines=info.copyEngineCount, decoders=info.decoderCount,
-            encoders=info.encoderCount, jpegs=info.jpegCount, ofas=info.ofaCount))
-        if mig['current']:
-            for gi in r.call('mig.gpu_instances', _gpu_instances, h, info.id) or []:
-                mig['gpu_instances'].append(_describe_gpu_instance(r, gi, mig['profiles'][-1]['name']))
+    try:
+        for info in _nvml_mig.gpu_instance_profiles(pynvml, h):
+            placements = r.call('mig.profiles.placements', _possible_placements, h, info.id) or []
+            mig['profiles'].append(_facts.mig_profile(
+                info.id, _facts.text(info.name), info.sliceCount, info.instanceCount, info.memorySizeMB, placements,
+                multiprocessors=info.multiprocessorCount, copy_engines=info.copyEngineCount, decoders=info.decoderCount,
+                encoders=info.encoderCount, jpegs=info.jpegCount, ofas=info.ofaCount))
+            if mig['current']:
+                for gi in r.call('mig.gpu_instances', _nvml_mig.gpu_instances, pynvml, h, info.id) or []:
+                    mig['gpu_instances'].append(_describe_gpu_instance(r, gi, mig['profiles'][-1]['name']))
+    except pynvml.NVMLError_GpuIsLost as exc:
+        raise GpuLost(_error_text(exc)) from exc
     mig['profiles'] = _facts.sort_profiles(mig['profiles'])
     mig['gpu_instances'].sort(key=lambda g: g['id'])
 
@@ -191,13 +218,6 @@ def _possible_placements(handle, profile_id: int) -> list[dict]:
     placements = (pynvml.c_nvmlGpuInstancePlacement_t * max(count.value, 1))()
     pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, placements, ctypes.byref(count))
     return [{'start': p.start, 'size': p.size} for p in placements[:count.value]]
-
-
-def _gpu_instances(handle, profile_id: int) -> list:
-    count = ctypes.c_uint(0)
-    instances = (pynvml.c_nvmlGpuInstance_t * 8)()
-    pynvml.nvmlDeviceGetGpuInstances(handle, profile_id, instances, ctypes.byref(count))
-    return list(instances[:count.value])
 
 
 def _compute_instances(gpu_instance, profile_id: int) -> list:
@@ -324,13 +344,9 @@ def compute_instance_handle(index: int, gpu_instance_id: int, compute_instance_i
 def gpu_instance_id_at(index: int, start: int) -> int | None:
     """The id of the GPU instance placed at `start` (memory slices), or None when no instance starts there."""
     handle = device_handle(index)
-    for enum in _GPU_INSTANCE_PROFILE_ENUMS:
+    for info in _nvml_mig.gpu_instance_profiles(pynvml, handle, skip_lost=True):
         try:
-            info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, enum)
-        except pynvml.NVMLError:
-            continue  # this GPU has no profile for this enum
-        try:
-            instances = _gpu_instances(handle, info.id)
+            instances = _nvml_mig.gpu_instances(pynvml, handle, info.id)
         except pynvml.NVMLError as exc:
             raise NvmlCallError('nvmlDeviceGetGpuInstances', getattr(exc, 'value', None), _error_text(exc)) from exc
         for gpu_instance in instances:

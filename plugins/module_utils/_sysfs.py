@@ -3,14 +3,22 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
 
-"""The sysfs and procfs seam: every file this collection reads or writes under /sys and /proc is here."""
+"""The sysfs and procfs seam: every file this collection reads or writes under /sys and /proc is here.
+
+Every function takes the root it reads or writes under: `root`, where procfs (/proc) or sysfs (/sys) is mounted on a
+host; another path where a container sees the host's, or a test serves an emulated tree.
+"""
 
 from __future__ import annotations
 
 import os
 
-PROC_DRIVER_VERSION = '/proc/driver/nvidia/version'
-PCI_DEVICES = '/sys/bus/pci/devices'
+PROCFS = '/proc'
+SYSFS = '/sys'
+DRIVER_VERSION = 'driver/nvidia/version'
+PCI_DEVICES = 'bus/pci/devices'
+MDEV_BUS = 'class/mdev_bus'
+MDEV_DEVICES = 'bus/mdev/devices'
 
 
 def _read(path: str) -> str | None:
@@ -21,27 +29,22 @@ def _read(path: str) -> str | None:
         return None
 
 
-def read_driver_version_file() -> str | None:
+def read_driver_version_file(root: str = PROCFS) -> str | None:
     """The loaded kernel module's banner, or None when no NVIDIA module is loaded."""
-    return _read(PROC_DRIVER_VERSION)
+    return _read(os.path.join(root, DRIVER_VERSION))
 
 
-def read_sriov(pci_address: str) -> dict:
+def read_sriov(pci_address: str, root: str = SYSFS) -> dict:
     """SR-IOV VF counts of a PCI function (sysfs address such as 0000:18:00.0); None where absent."""
     result = {}
     for key, name in (('total_vfs', 'sriov_totalvfs'), ('num_vfs', 'sriov_numvfs')):
-        raw = _read(os.path.join(PCI_DEVICES, pci_address, name))
+        raw = _read(os.path.join(root, PCI_DEVICES, pci_address, name))
         result[key] = int(raw.strip()) if raw and raw.strip().isdigit() else None
     return result
 
 
 # ---------------------------------------------------------------------------------------------------------
 # mdev (mediated devices): the vGPU types each parent offers, the devices it holds, create and remove.
-# `root` is where sysfs is mounted (/sys on a host; another path where a container sees the host's sysfs elsewhere).
-
-SYSFS = '/sys'
-MDEV_BUS = 'class/mdev_bus'
-MDEV_DEVICES = 'bus/mdev/devices'
 
 
 class SysfsWriteError(Exception):
@@ -119,12 +122,9 @@ def remove_mdev(uuid: str, root: str = SYSFS) -> None:
 # `<VF>/nvidia/creatable_vgpu_types` lists "ID : Name" of the types creatable on it now, and
 # `<VF>/nvidia/current_vgpu_type` holds the type id (0: none); writing an id creates, writing 0 removes.
 
-SRIOV_MANAGE = '/usr/lib/nvidia/sriov-manage'
-
-
 def list_vfs(pf_address: str, root: str = SYSFS) -> list[str]:
     """The VFs of a physical function in VF order (virtfn0, virtfn1, ...), as sysfs addresses."""
-    base = os.path.join(root, 'bus/pci/devices', pf_address)
+    base = os.path.join(root, PCI_DEVICES, pf_address)
     numbered = []
     for name in _listdir(base):
         if name.startswith('virtfn') and name[6:].isdigit():
@@ -144,12 +144,12 @@ def parse_creatable_types(text: str) -> list[tuple[int, str]]:
 
 def is_sriov_vgpu(vf_address: str, root: str = SYSFS) -> bool:
     """Whether a VF offers the vendor vGPU interface."""
-    return os.path.exists(os.path.join(root, 'bus/pci/devices', vf_address, 'nvidia', 'creatable_vgpu_types'))
+    return os.path.exists(os.path.join(root, PCI_DEVICES, vf_address, 'nvidia', 'creatable_vgpu_types'))
 
 
 def read_vf_vgpu(vf_address: str, root: str = SYSFS) -> dict:
     """A VF's vGPU state: creatable [(id, name)] now and current type id (0: none)."""
-    base = os.path.join(root, 'bus/pci/devices', vf_address, 'nvidia')
+    base = os.path.join(root, PCI_DEVICES, vf_address, 'nvidia')
     current = (_read(os.path.join(base, 'current_vgpu_type')) or '').strip()
     return {'vf': vf_address, 'creatable': parse_creatable_types(_read(os.path.join(base, 'creatable_vgpu_types')) or ''),
             'current': int(current) if current.isdigit() else 0}
@@ -157,4 +157,4 @@ def read_vf_vgpu(vf_address: str, root: str = SYSFS) -> dict:
 
 def set_vf_vgpu_type(vf_address: str, type_id: int, root: str = SYSFS) -> None:
     """Write a type id to create the VF's vGPU, 0 to remove it; raises SysfsWriteError (EINVAL, ENOSPC, EBUSY)."""
-    _write(os.path.join(root, 'bus/pci/devices', vf_address, 'nvidia', 'current_vgpu_type'), '%d\n' % type_id)
+    _write(os.path.join(root, PCI_DEVICES, vf_address, 'nvidia', 'current_vgpu_type'), '%d\n' % type_id)

@@ -7,7 +7,7 @@
 verify, roll back on failure.
 
 The one implementation behind the `gpuvirt.fleet.vgpu_devices` module and the vgpu role's boot-time service, so it
-imports nothing from Ansible (only _vgpu, the pure planner, and the seams _nvml and _sysfs).
+imports nothing from Ansible (only _vgpu, the pure planner, and the seams _nvml, _sysfs and _mdevctl).
 
 1. observe: each GPU through NVML (identity, MIG mode, active vGPUs with the VM each is attached to) and its mdev
    parent through sysfs (types with their available instances, the devices of each type);
@@ -29,16 +29,14 @@ re-apply for hosts without mdevctl, and for SR-IOV vGPUs (VFs have no mdevctl de
 from __future__ import annotations
 
 import errno
-import json
-import os
 import re
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _nvml, _sysfs, _vgpu, _vgpu_manager
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mdevctl, _nvml, _sysfs, _vgpu, _vgpu_manager
 
-MDEVCTL_DIR = '/etc/mdevctl.d'
+MDEVCTL_DIR = _mdevctl.DEFINITIONS_DIR
 DEFAULT_LABEL = 'current'
 _MAX_RE = re.compile(r'max_instance=(\d+)')
 
@@ -195,11 +193,7 @@ def _device_sets(gpus: Sequence[_vgpu.GpuView]) -> dict[int, set]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# persistence: mdevctl definitions
-
-def _definition(type_id: str) -> str:
-    return json.dumps({'mdev_type': type_id, 'start': 'auto', 'attrs': []}, indent=2, sort_keys=True) + '\n'
-
+# persistence: mdevctl definitions, through the _mdevctl seam
 
 def persist(plan: _vgpu.HostPlan, type_ids: Mapping[tuple, str], directory: str, check_mode: bool) -> list[str]:
     """Make `<directory>/<parent>/` hold exactly the planned devices of each planned GPU; the paths changed."""
@@ -208,23 +202,17 @@ def persist(plan: _vgpu.HostPlan, type_ids: Mapping[tuple, str], directory: str,
         if gpu_plan.gpu.backend == 'sriov':
             continue  # no mdevctl for VFs: the role's boot-time re-apply re-creates them
         parent = gpu_plan.gpu.parent
-        folder = os.path.join(directory, parent)
-        want = {d['uuid']: _definition(type_ids[(parent, d['type'])]) for d in gpu_plan.after()['devices']}
-        have = {}
-        for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-            with open(os.path.join(folder, name), encoding='utf-8') as handle:
-                have[name] = handle.read()
+        want = {d['uuid']: _mdevctl.definition(type_ids[(parent, d['type'])]) for d in gpu_plan.after()['devices']}
+        have = _mdevctl.read_definitions(directory, parent)
         for name in sorted(set(have) - set(want)):
-            changed.append(os.path.join(folder, name))
+            changed.append(_mdevctl.definition_path(directory, parent, name))
             if not check_mode:
-                os.unlink(os.path.join(folder, name))
+                _mdevctl.remove_definition(directory, parent, name)
         for name, text in sorted(want.items()):
             if have.get(name) != text:
-                changed.append(os.path.join(folder, name))
+                changed.append(_mdevctl.definition_path(directory, parent, name))
                 if not check_mode:
-                    os.makedirs(folder, mode=0o755, exist_ok=True)
-                    with open(os.path.join(folder, name), 'w', encoding='utf-8') as handle:
-                        handle.write(text)
+                    _mdevctl.write_definition(directory, parent, name, text)
     return changed
 
 
@@ -293,7 +281,7 @@ def _apply(hostname: str, plan: _vgpu.HostPlan, before: Sequence[_vgpu.GpuView],
 
 
 def _start(result: dict) -> _nvml.NvmlSession | None:
-    return _nvml.open_or_report(result, _nvml.NvmlSession().__enter__)
+    return _nvml.open_or_report(result, _nvml.NvmlSession().open)
 
 
 def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = False, vgpu_device_manager: Any = None,
@@ -319,34 +307,33 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
     session = _start(result)
     if session is None:
         return result
-    try:
-        before = observe(sysfs_root)
+    with session:
         try:
-            if manager is not None:
-                plan = _vgpu_manager.plan_vgpu_device_manager(hostname, before, manager)
+            before = observe(sysfs_root)
+            try:
+                if manager is not None:
+                    plan = _vgpu_manager.plan_vgpu_device_manager(hostname, before, manager)
+                else:
+                    plan = _vgpu.plan_host(hostname, before, declaration)
+            except _vgpu.VgpuPlanError as exc:
+                result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors, devices=_devices_out(before))
+                return result
+            result.update(plan.as_dict())
+            after = before
+            if plan.changed and not check_mode:
+                after = _apply(hostname, plan, before, sysfs_root, result)
             else:
-                plan = _vgpu.plan_host(hostname, before, declaration)
-        except _vgpu.VgpuPlanError as exc:
-            result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors, devices=_devices_out(before))
-            return result
-        result.update(plan.as_dict())
-        after = before
-        if plan.changed and not check_mode:
-            after = _apply(hostname, plan, before, sysfs_root, result)
-        else:
-            result['changed'] = plan.changed
-        if mdevctl_dir and not result['failed']:
-            type_ids = {(g.parent, _vgpu.short_name(t.name)): t.type_id for g in before for t in g.types}
-            result['persisted'] = persist(plan, type_ids, mdevctl_dir, check_mode)
-            result['changed'] = result['changed'] or bool(result['persisted'])
-        result['devices'] = _devices_out(after)
-        result['declaration'] = _vgpu.export_declaration(after)
-        result['vgpu_device_manager'] = _vgpu_manager.export_vgpu_device_manager(after, label or DEFAULT_LABEL)
-    except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
-        applied = result['applied']
-        result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the vGPU devices%s' % (
-            hostname, 'applying' if applied else 'reading or planning',
-            '; %d step(s) had run (see applied) and were not verified' % len(applied) if applied else '; nothing was changed'))
-    finally:
-        session.__exit__(None, None, None)
+                result['changed'] = plan.changed
+            if mdevctl_dir and not result['failed']:
+                type_ids = {(g.parent, _vgpu.short_name(t.name)): t.type_id for g in before for t in g.types}
+                result['persisted'] = persist(plan, type_ids, mdevctl_dir, check_mode)
+                result['changed'] = result['changed'] or bool(result['persisted'])
+            result['devices'] = _devices_out(after)
+            result['declaration'] = _vgpu.export_declaration(after)
+            result['vgpu_device_manager'] = _vgpu_manager.export_vgpu_device_manager(after, label or DEFAULT_LABEL)
+        except Exception:  # pylint: disable=broad-exception-caught  # reported, never a silent half-applied host
+            applied = result['applied']
+            result.update(failed=True, exception=traceback.format_exc(), msg='host %s: unexpected error while %s the vGPU devices%s' % (
+                hostname, 'applying' if applied else 'reading or planning',
+                '; %d step(s) had run (see applied) and were not verified' % len(applied) if applied else '; nothing was changed'))
     return result

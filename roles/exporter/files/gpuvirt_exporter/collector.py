@@ -18,7 +18,7 @@ import time
 import pynvml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from gpuvirt_exporter import __version__
+from gpuvirt_exporter import __version__, nvml_mig
 from gpuvirt_exporter.nvml import GpuLost, Nvml, text
 
 GPU_LABELS = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName', 'Hostname']
@@ -32,7 +32,6 @@ CLOCK_EVENT_REASONS = {
     'display_clock_setting': 0x100,
 }
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
-GPU_INSTANCE_PROFILE_ENUMS = range(0, 18)
 
 
 class Gpu:
@@ -214,17 +213,14 @@ class GpuCollector:
 
     def _mig_profiles(self, scope: str, handle) -> dict[int, tuple[str, int]]:
         profiles = {}
-        for enum in GPU_INSTANCE_PROFILE_ENUMS:
-            try:
-                info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, enum)
-            except pynvml.NVMLError_GpuIsLost as exc:
-                raise GpuLost(text(exc)) from exc
-            except pynvml.NVMLError:
-                continue  # probing: a GPU answers NotSupported or InvalidArgument for the profiles it lacks
-            # NVML names a profile 'MIG 1g.10gb'; dcgm-exporter's GPU_I_PROFILE is '1g.10gb'
-            name = text(getattr(info, 'name', '') or '').replace('MIG ', '', 1)
-            name = name or '%dg.%dgb' % (info.sliceCount, round(info.memorySizeMB / 1024))
-            profiles[int(info.id)] = (name, int(info.memorySizeMB) * 1024 * 1024)
+        try:
+            for info in nvml_mig.gpu_instance_profiles(pynvml, handle):
+                # NVML names a profile 'MIG 1g.10gb'; dcgm-exporter's GPU_I_PROFILE is '1g.10gb'
+                name = text(getattr(info, 'name', '') or '').replace('MIG ', '', 1)
+                name = name or '%dg.%dgb' % (info.sliceCount, round(info.memorySizeMB / 1024))
+                profiles[int(info.id)] = (name, int(info.memorySizeMB) * 1024 * 1024)
+        except pynvml.NVMLError_GpuIsLost as exc:
+            raise GpuLost(text(exc)) from exc
         return profiles
 
     # -- prometheus_client interface ---------------------------------------------------------------------------
@@ -358,7 +354,7 @@ class GpuCollector:
             return
         instances = {}
         for profile_id, (profile, memory) in gpu.mig_profiles.items():
-            for gi in n.run(s, 'nvmlDeviceGetGpuInstances', _gpu_instances, h, profile_id, default=[], remember=False):
+            for gi in n.run(s, 'nvmlDeviceGetGpuInstances', nvml_mig.gpu_instances, pynvml, h, profile_id, default=[], remember=False):
                 info = n.call(s, 'nvmlGpuInstanceGetInfo', gi, remember=False)
                 if info is not None:
                     instances[int(info.id)] = (profile, memory, info.placement.start, info.placement.size)
@@ -454,13 +450,6 @@ class GpuCollector:
         for call, count in sorted(self.nvml.errors.items()):
             fam.counter('gpuvirt_exporter_nvml_errors', 'Failed NVML calls (other than not supported), by function.', ['call'], [call],
                         count)
-
-
-def _gpu_instances(handle, profile_id: int) -> list:
-    count = ctypes.c_uint(0)
-    instances = (pynvml.c_nvmlGpuInstance_t * 8)()
-    pynvml.nvmlDeviceGetGpuInstances(handle, profile_id, instances, ctypes.byref(count))
-    return list(instances[:count.value])
 
 
 def _cuda_version(value) -> str:

@@ -1,0 +1,22 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""_sysfs: every procfs and sysfs read under a root of the caller's (the vGPU writes: test_vgpu_sriov, the sim tests)."""
+from __future__ import annotations
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _sysfs
+
+PF = '0000:18:00.0'
+
+
+def test_every_sysfs_and_procfs_read_takes_the_root(tmp_path):
+    proc, sys_root = tmp_path / 'proc', tmp_path / 'sys'
+    assert _sysfs.read_driver_version_file(str(proc)) is None
+    (proc / 'driver' / 'nvidia').mkdir(parents=True)
+    (proc / 'driver' / 'nvidia' / 'version').write_text('NVRM version: NVIDIA UNIX Open Kernel Module  580.95.05\n')
+    assert 'Open Kernel Module' in _sysfs.read_driver_version_file(str(proc))
+    assert _sysfs.read_sriov(PF, str(sys_root)) == {'total_vfs': None, 'num_vfs': None}
+    device = sys_root / 'bus' / 'pci' / 'devices' / PF
+    device.mkdir(parents=True)
+    (device / 'sriov_totalvfs').write_text('32\n')
+    (device / 'sriov_numvfs').write_text('0\n')
+    assert _sysfs.read_sriov(PF, str(sys_root)) == {'total_vfs': 32, 'num_vfs': 0}
