@@ -6,9 +6,10 @@
 """Apply a `gpu_mig` declaration on this host: observe, plan, apply, verify, and roll back on failure.
 
 The one implementation behind the `gpuvirt.fleet.mig_layout` module and the mig role's boot-time service, so it
-imports nothing from Ansible: besides the standard library (and pynvml) it needs only _mig (the pure planner), _nvml
-and _smi (the seams) and _facts, copied to `<dir>/ansible_collections/gpuvirt/fleet/plugins/module_utils/` with
-`<dir>` on `sys.path` (the `ansible_collections` package here is this collection's namespace, not Ansible).
+imports nothing from Ansible: besides the standard library (and pynvml) it needs only the pure planners (_mig and
+the modules it imports, _mig_parted) and the seams (_nvml, _nvml_mig, _smi), which the role copies with the rest of
+module_utils to `<dir>/ansible_collections/gpuvirt/fleet/plugins/module_utils/`, `<dir>` on `sys.path` (the
+`ansible_collections` package here is this collection's namespace, not Ansible).
 
 1. observe: every GPU's facts, read through NVML (`_nvml.read_gpu`, what gpu_facts returns);
 2. plan: `_mig.plan_host` validates the whole declaration and returns the minimal ordered steps; an invalid or
@@ -417,8 +418,7 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
         try:
             parted = _mig_parted.parse_mig_parted(config, parted_label)
         except _mig.MigPlanError as exc:
-            result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
-            return result
+            return exc.refuse(result, hostname)
     nvml = _start(result)
     if nvml is None:
         return result

@@ -42,6 +42,11 @@ class PlanError(ValueError):
         head = '%s plan for host %s' % (self.kind, host) if host is not None else '%s configuration' % self.kind
         super().__init__('%s: %d error(s):\n- %s' % (head, len(self.errors), '\n- '.join(self.errors)))
 
+    def refuse(self, result: dict, host: str) -> dict:
+        """`result` (an apply result) failed with this refusal, made before anything on `host` was touched."""
+        result.update(failed=True, msg='host %s: %s; nothing was changed' % (host, self), errors=self.errors)
+        return result
+
 
 class Labelled:
     """A declaration entry: messages name it by `name` when it has one, else by its `number` (from 1)."""

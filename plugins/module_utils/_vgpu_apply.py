@@ -302,8 +302,7 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
         try:
             manager = _vgpu_manager.parse_vgpu_device_manager(vgpu_device_manager.get('config'), vgpu_device_manager.get('label'))
         except _vgpu.VgpuPlanError as exc:
-            result.update(failed=True, msg='host %s: %s; nothing was changed' % (hostname, exc), errors=exc.errors)
-            return result
+            return exc.refuse(result, hostname)
     session = _start(result)
     if session is None:
         return result
