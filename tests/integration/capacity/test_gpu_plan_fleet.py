@@ -38,7 +38,7 @@ class Fleet(FleetHost):
 
     def plan(self, demands: list, **variables):
         # the boot-time service is the mig role's own business (tests/integration/mig): left out to keep this short
-        return self.play(gpu_demands=demands, plan_output_dir=str(self.output), mig_persist=False, **variables)
+        return self.play(gpu_demands=demands, gpuvirt_plan_output_dir=str(self.output), mig_persist=False, **variables)
 
     def layout(self) -> list[tuple[bool, list[tuple[str, int, list[int]]]]]:
         """Each GPU's current MIG mode and GPU instances (profile, start, compute-instance slices), from gpu_facts on the host."""
@@ -55,7 +55,7 @@ def fleet_fixture(tmp_path_factory):
 
 def test_an_infeasible_demand_fails_naming_the_shortfall_before_anything_changes(fleet):
     before = fleet.layout()
-    proc = fleet.plan(TOO_MANY, plan_apply=True)
+    proc = fleet.plan(TOO_MANY, gpuvirt_plan_apply=True)
     assert proc.returncode != 0
     # the larger instance is placed first; two of the 15 GB ones are left over
     assert "tenant 'inference' (demand 1): 2 of 4 instance(s) of 15 GB" in proc.stdout, proc.stdout[-4000:]
@@ -65,7 +65,7 @@ def test_an_infeasible_demand_fails_naming_the_shortfall_before_anything_changes
 
 
 def test_four_15_gb_tenants_are_planned_written_and_applied(fleet):
-    proc = fleet.plan(FOUR_TENANTS, plan_apply=True)
+    proc = fleet.plan(FOUR_TENANTS, gpuvirt_plan_apply=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert 'GPUs used: 1 of 1 (lower bound 1)' in proc.stdout
     written = yaml.safe_load((fleet.output / (HOST + '.yml')).read_text(encoding='utf-8'))
@@ -75,7 +75,7 @@ def test_four_15_gb_tenants_are_planned_written_and_applied(fleet):
 
 
 def test_a_rerun_changes_nothing(fleet):
-    proc = fleet.plan(FOUR_TENANTS, plan_apply=True)
+    proc = fleet.plan(FOUR_TENANTS, gpuvirt_plan_apply=True)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert recap(proc, HOST) == 0, proc.stdout[-4000:]
     assert recap(proc, 'localhost') == 0, proc.stdout[-4000:]
@@ -84,7 +84,7 @@ def test_a_rerun_changes_nothing(fleet):
 
 def test_an_infeasible_demand_leaves_the_applied_layout_alone(fleet):
     written = (fleet.output / (HOST + '.yml')).read_text(encoding='utf-8')
-    proc = fleet.plan(TOO_MANY, plan_apply=True)
+    proc = fleet.plan(TOO_MANY, gpuvirt_plan_apply=True)
     assert proc.returncode != 0 and "tenant 'inference' (demand 1): 2 of 4" in proc.stdout
     assert (fleet.output / (HOST + '.yml')).read_text(encoding='utf-8') == written
     assert fleet.layout() == [(True, [('1g.20gb', start, [1]) for start in (0, 2, 4, 6)])]

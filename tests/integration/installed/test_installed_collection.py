@@ -230,6 +230,14 @@ def test_site_converges_through_become(ctl):
     state = json.loads(_sh('it-a100', 'gpusimctl show'))
     assert state['gpus'][0]['mig']['current'] and len(state['gpus'][0]['gpu_instances']) == 4
     assert int(_sh('it-a40', 'ls /sys/bus/mdev/devices | wc -l')) == 6
+    # the boot-time re-apply runs from the code the roles copied out of the installed collection (every module_utils
+    # file it has): its unit, run as at boot, finds what it imports and succeeds
+    installed = sorted(path.name for path in (_installed(ctl) / 'plugins' / 'module_utils').glob('*.py'))
+    for host, unit in (('it-a100', 'gpuvirt-mig.service'), ('it-a40', 'gpuvirt-vgpu.service')):
+        code = _sh(host, 'ls /usr/local/lib/gpuvirt/ansible_collections/gpuvirt/fleet/plugins/module_utils/').split()
+        assert sorted(name for name in code if name.endswith('.py')) == installed, host
+        _sh(host, 'systemctl restart %s' % unit)
+        assert _sh(host, 'systemctl is-active %s' % unit).strip() == 'active', host
     for host, port in EXPORTER_PORTS.items():
         assert _sh(host, 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
         assert _sh(host, 'stat -c %U /etc/systemd/system/gpuvirt-exporter.service').strip() == 'root'
@@ -264,7 +272,7 @@ def test_site_rerun_changes_nothing(ctl):
 
 
 def test_rollout_runs_by_fqcn_and_writes_its_summary_under_the_current_directory(ctl):
-    proc = ctl.playbook('rollout', 'gpuvirt.fleet.rollout', '-e', json.dumps({'rollout_batch': 1}))
+    proc = ctl.playbook('rollout', 'gpuvirt.fleet.rollout', '-e', json.dumps({'gpuvirt_rollout_batch': 1}))
     assert proc.returncode == 0, _ok(proc)
     summary = ctl.cwd / 'gpuvirt-output' / 'rollout-summary.json'
     data = json.loads(summary.read_text())
@@ -280,12 +288,12 @@ def test_facts_and_plan_run_by_fqcn(ctl):
     proc = ctl.playbook('facts', 'gpuvirt.fleet.facts')
     assert proc.returncode == 0, _ok(proc)
     assert all(recap(proc, host, 'failed') == 0 for host in HOSTS)
-    proc = ctl.playbook('plan', 'gpuvirt.fleet.plan', '-e', json.dumps({'gpu_demands': DEMANDS, 'plan_apply': False}))
+    proc = ctl.playbook('plan', 'gpuvirt.fleet.plan', '-e', json.dumps({'gpu_demands': DEMANDS, 'gpuvirt_plan_apply': False}))
     assert proc.returncode == 0, _ok(proc)
     written = sorted((ctl.cwd / 'gpuvirt-output' / 'plan' / 'host_vars').glob('*.yml'))
     assert written and {path.stem for path in written} <= set(HOSTS), _ok(proc)
     assert any(yaml.safe_load(path.read_text()).get('gpu_mig') for path in written)
-    # plan_apply false: the layout site made is still there
+    # gpuvirt_plan_apply false: the layout site made is still there
     assert len(json.loads(_sh('it-a100', 'gpusimctl show'))['gpus'][0]['gpu_instances']) == 4
 
 

@@ -197,7 +197,8 @@ def report_fixture(tmp_path_factory):
         setup = _playbook('-i', str(inventory), str(HERE / 'setup.yml'))
         assert setup.returncode == 0, setup.stdout[-6000:] + setup.stderr[-2000:]
         started = time.monotonic()
-        proc = _playbook('-i', str(inventory), '-i', str(workdir / 'down.yml'), str(REPO / 'playbooks' / 'report.yml'), '-e', 'report_output=%s' % output)
+        proc = _playbook('-i', str(inventory), '-i', str(workdir / 'down.yml'), str(REPO / 'playbooks' / 'report.yml'),
+                         '-e', 'gpuvirt_report_output=%s' % output)
         yield {'proc': proc, 'output': output, 'elapsed': time.monotonic() - started}
 
 

@@ -1,8 +1,10 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """playbooks/rollout.yml on a 32-host fleet: a failing canary stops the rollout before any batch, a failing host in a
-later batch under rollout_max_fail_percentage lets it go on, and in both cases the JSON summary says which host is in
-which state and why.
+later batch under gpuvirt_rollout_max_fail_percentage lets it go on, and in both cases the JSON summary says which host
+is in which state and why. The health gates check what the roles applied: rt-20 overrides the mig role's
+mig_declaration, and its declaration gate passes on the override. The first rollout is driven by the deprecated
+rollout_* names, which are read until 0.5.0 (with a deprecation warning).
 
 Needs root (the fleet) and the exporter wheels of `make demo` (.build/exporter-wheels). Brings up fleet-rollout.yml
 (fleet 'rollouttest', ports 23700-23799) once for the module and tears it down in the fixture's finaliser.
@@ -40,7 +42,7 @@ class Fleet:
 
     def rollout(self, name: str, **variables) -> tuple[subprocess.CompletedProcess, dict, float]:
         summary = self.workdir / ('%s.json' % name)
-        variables = dict({'exporter_wheel_dir': str(WHEELS), 'rollout_summary_path': str(summary)}, **variables)
+        variables = dict({'exporter_wheel_dir': str(WHEELS), 'gpuvirt_rollout_summary_path': str(summary)}, **variables)
         varfile = self.workdir / ('%s-vars.json' % name)
         varfile.write_text(json.dumps(variables))
         env = ansible_env()
@@ -77,10 +79,13 @@ def fleet_fixture(tmp_path_factory):
 
 def test_a_failing_canary_stops_the_rollout_before_the_first_batch(fleet):
     fleet.sh('rt-01', 'gpusimctl lose --gpu 0')
+    # the deprecated names still drive the rollout (until 0.5.0), each with a warning naming its replacement
     proc, summary, _output = fleet.rollout('canary-fails', rollout_batch=16, rollout_max_fail_percentage=10)
     assert proc.returncode != 0, 'a stopped rollout must fail the CI job'
     assert summary['status'] == 'stopped'
     assert summary['settings']['canaries'] == ['rt-01']  # the default canary: the first target host
+    assert (summary['settings']['batch'], summary['settings']['max_fail_percentage']) == (16, 10)
+    assert 'rollout_batch is deprecated, use gpuvirt_rollout_batch' in proc.stdout
     assert summary['stop_reason'].startswith('canary failed: 1 of 1 host(s)'), summary['stop_reason']
     assert 'rt-01' in summary['stop_reason'] and 'GPU is lost' in summary['stop_reason']
     canary = summary['hosts']['rt-01']
@@ -98,7 +103,9 @@ def test_a_failing_canary_stops_the_rollout_before_the_first_batch(fleet):
 def test_a_failing_host_in_a_later_batch_under_the_limit_lets_the_rollout_go_on(fleet):
     _fleet('reboot', '--fleet', FLEET, 'rt-01')  # the lost GPU comes back
     fleet.sh('rt-25', 'gpusimctl lose --gpu 0')  # batch 2 of 16 + 15 hosts: 1 of 15 (6.7 %) fails, 10 % are allowed
-    proc, summary, _output = fleet.rollout('batch-host-fails', rollout_canaries=['rt-02'], rollout_batch=16, rollout_max_fail_percentage=10)
+    proc, summary, _output = fleet.rollout('batch-host-fails', gpuvirt_rollout_canaries=['rt-02'], gpuvirt_rollout_batch=16,
+                                           gpuvirt_rollout_max_fail_percentage=10)
+    assert 'DEPRECATION' not in proc.stdout
     assert proc.returncode != 0, 'a rollout with a failed host must fail the CI job'
     assert summary['status'] == 'completed with failures' and summary['stop_reason'] == ''
     failed = summary['hosts']['rt-25']
@@ -109,12 +116,14 @@ def test_a_failing_host_in_a_later_batch_under_the_limit_lets_the_rollout_go_on(
     assert summary['counts'] == {'done': 31, 'failed': 1, 'canary failed': 0, 'in progress': 0, 'not started': 0}
     assert done['rt-02']['stage'] == 'canary' and done['rt-02']['gates']['declaration'] == 'passed'
     assert {done[h]['batch'] for h in HOSTS[2:17] + ['rt-01']} == {1}
-    assert done['rt-20']['gates']['declaration'] == 'passed'
+    assert done['rt-20']['gates']['declaration'] == 'passed'  # the override the mig role applied, not gpu_mig
     assert done['rt-03']['gates']['exporter'] == 'passed'
     assert done['rt-03']['gates']['xid'] in ('passed', 'not checked: the exporter cannot watch XID events here (NVML event sets unsupported)')
     assert done['rt-04']['gates'] == {'declaration': 'not checked: nothing declared',
                                       'exporter': 'not checked: no exporter on this host (gpuvirt_exporter: false)',
                                       'xid': 'not checked: no exporter on this host (gpuvirt_exporter: false)', 'burn_in': 'passed'}
-    state = json.loads(fleet.sh('rt-20', 'gpusimctl show').stdout)
+    state = json.loads(fleet.sh('rt-02', 'gpusimctl show').stdout)
     assert state['gpus'][0]['mig']['current'] and len(state['gpus'][0]['gpu_instances']) == 2
+    state = json.loads(fleet.sh('rt-20', 'gpusimctl show').stdout)  # mig_declaration, the role's override
+    assert state['gpus'][0]['mig']['current'] and [gi['size'] for gi in state['gpus'][0]['gpu_instances']] == [4]
     assert fleet.sh('rt-03', 'systemctl is-active gpuvirt-exporter.service').stdout.strip() == 'active'

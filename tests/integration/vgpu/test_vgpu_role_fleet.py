@@ -93,3 +93,17 @@ def test_the_gpu_operator_default_label_applies_through_the_role_and_a_rerun_is_
     again = host.play(vgpu_device_manager_config=config, vgpu_device_manager_label='default')
     assert again.returncode == 0 and host.changed(again) == 0, again.stdout[-4000:]
     assert host.devices(0) + host.devices(1) == devices and host.writes() == writes
+
+
+def test_the_health_gate_checks_what_the_role_applied(host):
+    """The declaration gate of site.yml and rollout.yml runs the role's own verify entry point: where vgpu_declaration
+    overrides gpu_vgpu, the role applies the override and the gate checks the override (gpu_vgpu, six devices, would
+    plan four creations here); the gate fails, naming the steps, once the role's declaration differs from the GPUs."""
+    two = [dict(SIX[0], count=2)]
+    proc = host.play(gpu_vgpu=SIX, vgpu_declaration=two)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert [pair[1] for pair in host.devices(0)] == [562, 562]  # A40-8Q
+    gates = host.play(HERE / 'gates.yml', gpu_vgpu=SIX, vgpu_declaration=two)
+    assert gates.returncode == 0 and '"declaration": "passed"' in gates.stdout, gates.stdout[-4000:]
+    gates = host.play(HERE / 'gates.yml', gpu_vgpu=two, vgpu_declaration=SIX)
+    assert gates.returncode != 0 and 'the vGPU devices differ from the declaration: 4 step(s) planned' in gates.stdout, gates.stdout[-4000:]

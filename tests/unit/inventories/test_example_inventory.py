@@ -84,9 +84,9 @@ def test_the_driver_version_is_whitelisted_and_rollout_settings_are_sane():
     settings = _group_vars('all')
     allowed = {v for entry in settings['driver_whitelist'] for v in entry['versions']}
     assert settings['driver_version'] in allowed
-    assert 0 <= settings['rollout_max_fail_percentage'] <= 100
-    assert str(settings['rollout_batch']).rstrip('%').isdigit()
-    for key in ('rollout_drain_tasks', 'rollout_undrain_tasks'):
+    assert 0 <= settings['gpuvirt_rollout_max_fail_percentage'] <= 100
+    assert str(settings['gpuvirt_rollout_batch']).rstrip('%').isdigit()
+    for key in ('gpuvirt_rollout_drain_tasks', 'gpuvirt_rollout_undrain_tasks'):
         path = settings[key].replace('{{ playbook_dir }}', str(REPO / 'playbooks'))
         assert Path(path).is_file(), path
 

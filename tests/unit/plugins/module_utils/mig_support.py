@@ -171,4 +171,3 @@ def apply_on_sim(gpus: list[dict], steps: list[dict], keys: dict[int, str]) -> l
                 _run_step(state, model, step)
         result.append(_from_sim(gpu, state, model) if model.get('mig') else gpu)
     return result
-
