@@ -93,7 +93,7 @@ class _Run:
             'held': self.apt.held(),
             'preferences': self.apt.read_file(_driver.PREFERENCES_FILE),
             'available': self.apt.available(names),
-            'loaded': _facts.kernel_module(_sysfs.read_driver_version_file()),
+            'loaded': _facts.kernel_module(_sysfs.read_driver_version_file(self.modules.proc_root)),
             'active_clients': self.services.active(self.params['clients']),
         }
 

@@ -3,22 +3,19 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils is PRIVATE and should only be used by this collection. Breaking changes can occur any time.
 
-"""The services and kernel-modules seam: every systemctl and modprobe command, and the /proc/modules read.
+"""The services and kernel-modules seam: every systemctl and modprobe command.
 
 ``Services`` asks systemd which units run and stops and starts them; ``KernelModules`` reads which kernel modules
-are loaded (``<proc_root>/modules``) and unloads and loads them. They decide nothing: which units and modules, and
+are loaded (``<proc_root>/modules``, read through the ``_sysfs`` seam) and unloads and loads them. They decide nothing: which units and modules, and
 when, come from the caller. Every command goes through the shared ``_commands.Runner``.
 """
 
 from __future__ import annotations
 
-import os
-import re
-
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _sysfs
 
 ENV = {'LC_ALL': 'C'}
-PROC = '/proc'
+PROC = _sysfs.PROCFS
 
 
 class Services:
@@ -46,12 +43,7 @@ class KernelModules:
 
     def loaded(self) -> set | None:
         """The names of the loaded kernel modules, or None where <proc_root>/modules cannot be read."""
-        try:
-            with open(os.path.join(self.proc_root, 'modules'), encoding='utf-8') as handle:
-                text = handle.read()
-        except OSError:
-            return None
-        return {re.split(r'\s+', line, maxsplit=1)[0] for line in text.splitlines() if line}
+        return _sysfs.read_loaded_modules(self.proc_root)
 
     def unload(self, modules: list[str]) -> str | None:
         """modprobe -r those of `modules` that are loaded, in the order given; None on success, else why not (module in

@@ -34,6 +34,12 @@ def read_driver_version_file(root: str = PROCFS) -> str | None:
     return _read(os.path.join(root, DRIVER_VERSION))
 
 
+def read_loaded_modules(root: str = PROCFS) -> set | None:
+    """The names of the loaded kernel modules (<root>/modules), or None where that cannot be read."""
+    text = _read(os.path.join(root, 'modules'))
+    return None if text is None else {line.split(None, 1)[0] for line in text.splitlines() if line.strip()}
+
+
 def read_sriov(pci_address: str, root: str = SYSFS) -> dict:
     """SR-IOV VF counts of a PCI function (sysfs address such as 0000:18:00.0); None where absent."""
     result = {}

@@ -20,3 +20,9 @@ def test_every_sysfs_and_procfs_read_takes_the_root(tmp_path):
     (device / 'sriov_totalvfs').write_text('32\n')
     (device / 'sriov_numvfs').write_text('0\n')
     assert _sysfs.read_sriov(PF, str(sys_root)) == {'total_vfs': 32, 'num_vfs': 0}
+
+
+def test_loaded_modules_are_read_under_the_given_proc_root(tmp_path):
+    (tmp_path / 'modules').write_text('nvidia_uvm 1937408 0 - Live 0x0\nnvidia 104022016 2 nvidia_uvm, Live 0x0\n\n')
+    assert _sysfs.read_loaded_modules(str(tmp_path)) == {'nvidia_uvm', 'nvidia'}
+    assert _sysfs.read_loaded_modules(str(tmp_path / 'absent')) is None
