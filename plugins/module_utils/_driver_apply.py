@@ -25,7 +25,7 @@ rollback failed too and which packages the host has now. On the RHEL family (dnf
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _driver, _driver_origin, _facts, _packages, _services, _sysfs
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _driver, _driver_origin, _facts, _inputs, _packages, _services, _sysfs
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._driver_policy import POLICY
 
 _OUTPUT_TAIL = 4000
@@ -216,6 +216,9 @@ class _Run:
 
     # ---- one run ------------------------------------------------------------------------------
     def run(self) -> None:
+        problems = _inputs.driver(self.params)  # the validation pass, before anything is observed
+        if problems:
+            raise _Failed('refused, nothing changed: %s' % '; '.join(problems))
         found = _packages.manager(self.module.get_bin_path)
         if found is None:
             raise _Failed('neither apt-get nor dnf found: this module supports Debian, Ubuntu and (planning only) the RHEL family')

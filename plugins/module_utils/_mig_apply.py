@@ -37,7 +37,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_parted, _nvml, _retry, _smi
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_declaration, _mig_parted, _nvml, _retry, _smi
 
 RESET_CHOICES = ('auto', 'never')
 DEFAULT_LABEL = 'current'
@@ -500,6 +500,9 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
     if reset not in RESET_CHOICES:
         result.update(failed=True, msg='reset must be one of %s, got %r' % (', '.join(RESET_CHOICES), reset))
         return result
+    problems = _mig_declaration.input_problems(hostname, declaration, mig_parted is not None)
+    if problems:
+        return _mig.MigPlanError(hostname, problems).refuse(result, hostname)
     parted = None
     if mig_parted is not None:
         config, parted_label = _parse_mig_parted(mig_parted)

@@ -7,6 +7,23 @@ from typing import Callable, Optional
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._inputs import printable
+
+
+def checked(cls: type, **kwargs) -> AnsibleModule:
+    """`cls(**kwargs)` (AnsibleModule), except that its own argument errors (choices, types, required options), which
+    quote the offending value raw, have every control character and escape in them escaped."""
+
+    class Quoting(cls):  # type: ignore[misc,valid-type]
+        checking = True
+
+        def fail_json(self, msg, **extra):  # pylint: disable=arguments-differ
+            super().fail_json(printable(str(msg)) if self.checking else msg, **extra)
+
+    module = Quoting(**kwargs)
+    module.checking = False
+    return module
+
 
 def finish(module: AnsibleModule, result: dict, diff: Optional[Callable[[dict], dict]] = None) -> None:
     """Exit with `result`: its warnings become task warnings, `diff(result)` the diff when --diff asks for one (none

@@ -83,6 +83,11 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+def root_exists(root: str = SYSFS) -> bool:
+    """Whether sysfs is mounted (or emulated) at `root`: a directory with a bus/ (or class/) tree."""
+    return os.path.isdir(root) and (os.path.isdir(os.path.join(root, 'bus')) or os.path.isdir(os.path.join(root, 'class')))
+
+
 def _write(path: str, text: str) -> None:
     """One write(2), unbuffered: a sysfs store answers each write, and a buffered file would repeat a refused one."""
     try:

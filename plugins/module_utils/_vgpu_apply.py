@@ -37,7 +37,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mdevctl, _nvml, _retry, _sysfs, _vgpu, _vgpu_manager
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _inputs, _mdevctl, _nvml, _retry, _sysfs, _vgpu, _vgpu_manager
 
 MDEVCTL_DIR = _mdevctl.DEFINITIONS_DIR
 DEFAULT_LABEL = 'current'
@@ -347,6 +347,11 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
     """
     label = vgpu_device_manager.get('label') if isinstance(vgpu_device_manager, Mapping) else None
     result = _new_result()
+    problems = _vgpu.input_problems(hostname, declaration, vgpu_device_manager is not None, sysfs_root, mdevctl_dir)
+    if not problems and not _sysfs.root_exists(sysfs_root):
+        problems = [_vgpu.where(hostname) + 'sysfs_root %s does not exist (where is sysfs mounted?)' % _inputs.quote(sysfs_root)]
+    if problems:
+        return _vgpu.VgpuPlanError(hostname, problems).refuse(result, hostname)
     manager = None
     if vgpu_device_manager is not None:
         try:

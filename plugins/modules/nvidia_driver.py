@@ -275,8 +275,8 @@ ARGUMENT_SPEC = {
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           mutually_exclusive=[('version', 'branch')], required_one_of=[('version', 'branch')])
+    module = _results.checked(AnsibleModule, argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                              mutually_exclusive=[('version', 'branch')], required_one_of=[('version', 'branch')])
     _results.finish(module, _driver_apply.apply_driver(module), _driver_apply.diff)
 
 

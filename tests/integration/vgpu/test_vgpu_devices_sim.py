@@ -153,13 +153,21 @@ def test_foreign_device_of_the_declared_type_is_adopted_not_renamed(host):
 
 
 def test_failed_create_rolls_back(host):
-    taken = str(uuid.uuid4())
-    host.ctl('vgpu', 'add', '--gpu', '1', '--type', '230', '--uuid', taken)  # the T4 holds this UUID
-    wanted = [str(uuid.uuid4()), taken]
-    result = host.apply([{'devices': [0], 'type': 'A40-8Q', 'uuids': wanted}])
+    host.ctl('fault', 'set', '--call', 'sysfs:*', '--error', 'EEXIST', '--nth', '2')  # the kernel refuses the second create
+    result = host.apply([{'devices': [0], 'type': 'A40-8Q', 'uuids': [str(uuid.uuid4()), str(uuid.uuid4())]}])
     assert result.get('failed') and 'EEXIST' in result['msg'], result
     assert result['failure']['errno'] == errno.errorcode[errno.EEXIST]
     assert result['rollback']['restored'] and host.devices() == []
+
+
+def test_a_uuid_another_gpu_holds_is_refused_before_any_write(host):
+    """Issue 15: UUIDs are unique across the host; this used to be created, refused with EEXIST and rolled back."""
+    taken = str(uuid.uuid4())
+    host.ctl('vgpu', 'add', '--gpu', '1', '--type', '230', '--uuid', taken)  # the T4 holds this UUID
+    writes = host.writes()
+    result = host.apply([{'devices': [0], 'type': 'A40-8Q', 'uuids': [str(uuid.uuid4()), taken]}])
+    assert result.get('failed') and "device '%s' would be on GPUs 0, 1" % taken in result['msg'], result
+    assert host.writes() == writes and host.devices() == [] and not result['applied']
 
 
 NVIDIA_CONFIG = Path(__file__).resolve().parents[2] / 'unit' / 'fixtures' / 'nvidia' / 'vgpu-device-manager-config.yaml'
