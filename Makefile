@@ -29,7 +29,7 @@ FLEET ?= sim/fleets/demo.yml
 # for the monitoring tests.
 DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus chromium
 
-.PHONY: help deps venv collection demo test lint sanity units integration molecule build-check galaxy-import ee-check bench clean
+.PHONY: help deps venv collection demo test lint sanity units fuzz integration molecule build-check galaxy-import ee-check bench clean
 
 help:
 	@echo "make demo          - install what is missing, start the simulated 4-host fleet, run site.yml (driver, MIG,"
@@ -42,7 +42,8 @@ help:
 	@echo "make collection    - link this checkout as gpuvirt.fleet under .build (for ANSIBLE_COLLECTIONS_PATH=.build)"
 	@echo "make lint          - ansible-lint, production profile, strict"
 	@echo "make sanity        - ansible-test sanity on a copy of the tracked files"
-	@echo "make units         - the unit tests (pytest tests/unit)"
+	@echo "make units         - the unit tests (pytest tests/unit), the property tests among them (hypothesis profile ci)"
+	@echo "make fuzz          - the property tests of tests/unit/properties with many random examples (profile fuzz; local runs)"
 	@echo "make integration   - the simulator and fleet tests (pytest tests/integration), including the"
 	@echo "                     installed-collection test (tarball, non-root controller, sudo user on the hosts)"
 	@echo "make molecule      - the Molecule default scenario on a simulated fleet"
@@ -117,6 +118,10 @@ sanity: venv
 
 units: venv collection
 	$(BIN)/python -m pytest -q -n 2 tests/unit
+
+# The property tests with the fuzz profile: thousands of random examples per property, failures kept in .build/hypothesis.
+fuzz: venv collection
+	GPUVIRT_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -n 2 --hypothesis-show-statistics tests/unit/properties
 
 # The fleet's base filesystem is built once before the test files start fleets in parallel (each file has its
 # own fleet name and ports; most of their time is spent waiting on SSH and simulated reboots).

@@ -38,7 +38,7 @@ _DRIVER_PACKAGE_RE = re.compile(
     r'^(?:cuda-drivers(?:-\d+)?|nvidia-.*|libnvidia-.*|libcuda1|libcuda-.*|linux-modules-nvidia-.*|xserver-xorg-video-nvidia.*)$')
 # Packages whose version is not the driver's (kernel-versioned, or tools released on their own).
 _NOT_DRIVER_VERSIONED_RE = re.compile(r'^(?:linux-modules-nvidia-.*|nvidia-driver-pinning-.*|nvidia-modprobe|nvidia-settings|nvlsm)$')
-_VERSION_RE = re.compile(r'^(\d{3})(?:\.(\d+)){1,2}$')
+_VERSION_RE = re.compile(r'^([0-9]{3})(?:\.([0-9]+)){1,2}$')  # ASCII digits only: int() reads other digits too
 
 
 class DriverError(ValueError):
@@ -88,7 +88,7 @@ def normalize_whitelist(entries) -> dict:
             if unknown:
                 raise DriverError('%s: unknown key(s) %s (expected branch and versions)' % (where, ', '.join(unknown)))
             branch = str(entry.get('branch', '')).strip()
-            if not re.match(r'^\d{3}$', branch):
+            if not re.match(r'^[0-9]{3}$', branch):
                 raise DriverError('%s: branch %r: expected a branch number such as 580' % (where, entry.get('branch')))
             versions = entry.get('versions')
             if not isinstance(versions, (list, tuple)) or not versions:

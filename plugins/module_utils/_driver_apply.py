@@ -25,7 +25,7 @@ rollback failed too and which packages the host has now. On the RHEL family (dnf
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _driver, _facts, _packages, _services, _sysfs
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _driver, _driver_origin, _facts, _inputs, _packages, _services, _sysfs
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._driver_policy import POLICY
 
 _OUTPUT_TAIL = 4000
@@ -58,8 +58,9 @@ def diff(result: dict) -> dict | None:
 class _Run:
     """One run: `module` gives the parameters, check mode, run_command and get_bin_path (and serves GPU discovery)."""
 
-    def __init__(self, module, result: dict, proc_root: str):
+    def __init__(self, module, result: dict, proc_root: str, root: str = '/'):
         self.module = module
+        self.root = root
         self.params = module.params
         self.result = result
         runner = _commands.Runner(module.run_command)
@@ -97,13 +98,46 @@ class _Run:
             'active_clients': self.services.active(self.params['clients']),
         }
 
+    def origin(self) -> tuple[dict, dict]:
+        """The loaded module and where it came from (dpkg, the runfile installer's files, the driver mounts)."""
+        loaded = _facts.kernel_module(_sysfs.read_driver_version_file(self.modules.proc_root))
+        found = _driver_origin.origin(loaded, self.installed(), _packages.installer_files(_driver_origin.RUNFILE_FILES, self.root),
+                                      _sysfs.read_mounts(self.modules.proc_root))
+        return loaded, found
+
     # ---- plan ---------------------------------------------------------------------------------
-    def desired(self) -> dict:
+    def declared(self) -> dict:
+        """What the declaration says before the repository is asked: whitelist, policy, GPUs and flavour checked."""
         p = self.params
         policy = _driver.merge_policy(POLICY, p['policy'])
         gpus = self.gpus()
-        _driver.normalize_whitelist(p['whitelist'])  # a malformed whitelist is refused before anything else
+        whitelist = _driver.normalize_whitelist(p['whitelist'])  # a malformed whitelist is refused before anything else
         flavor = _driver.choose_flavor(gpus, p['flavor'], policy)
+        _driver.resolve_version(p['whitelist'], version=p['version'], branch=p['branch'])  # a version or branch not whitelisted
+        return {'policy': policy, 'gpus': gpus, 'whitelist': whitelist, 'flavor': flavor,
+                'version': None if p['version'] is None else str(p['version']).strip(),
+                'branch': None if p['branch'] is None else str(p['branch']).strip()}
+
+    def complies(self, declared: dict) -> bool:
+        """Decide on a driver the package manager did not install; True where the run ends here (it complies)."""
+        loaded, found = self.origin()
+        self.result.update(source=found['source'], package_managed=found['package_managed'])
+        if found['package_managed'] or found['source'] == 'none':
+            return False
+        verdict = _driver_origin.decide(found, loaded, declared, self.params['adopt'])
+        if verdict is None:
+            warning = _driver_origin.adopt_warning(found)
+            if warning and not self.module.check_mode:
+                self.result['warnings'].append(warning)
+            return False
+        _driver.check_supports(loaded['version'], declared['gpus'], declared['policy'])
+        self.result.update(msg=verdict['msg'], version=loaded['version'], flavor=declared['flavor'], loaded=loaded, packages={},
+                           installed_version=None, reboot_required=False, reboot_reason=None)
+        return True
+
+    def desired(self, declared: dict) -> dict:
+        p = self.params
+        policy, gpus, flavor = declared['policy'], declared['gpus'], declared['flavor']
         if p['branch'] is not None:
             branch = str(p['branch']).strip()
             _driver.resolve_version(p['whitelist'], branch=branch)  # refuse a branch that is not whitelisted
@@ -182,6 +216,9 @@ class _Run:
 
     # ---- one run ------------------------------------------------------------------------------
     def run(self) -> None:
+        problems = _inputs.driver(self.params)  # the validation pass, before anything is observed
+        if problems:
+            raise _Failed('refused, nothing changed: %s' % '; '.join(problems))
         found = _packages.manager(self.module.get_bin_path)
         if found is None:
             raise _Failed('neither apt-get nor dnf found: this module supports Debian, Ubuntu and (planning only) the RHEL family')
@@ -189,7 +226,10 @@ class _Run:
             self.plan_dnf()
             return
         try:
-            desired = self.desired()
+            declared = self.declared()
+            if self.complies(declared):
+                return
+            desired = self.desired(declared)
             current = self.observe([x['name'] for x in desired['packages']])
             planned = _driver.plan(current, desired)
         except _driver.DriverError as exc:
@@ -207,6 +247,7 @@ class _Run:
         except _commands.CommandError as exc:
             raise self.rollback(current, exc, planned['steps']) from exc
         self.verify(desired, planned, outcome)
+        self.result['package_managed'] = True
 
     def verify(self, desired: dict, planned: dict, outcome: dict) -> None:
         observed = self.observe([])
@@ -246,16 +287,17 @@ class _Run:
             raise _Failed('the RHEL family is planned (see plan) but not applied by this version of the module; run it in check mode')
 
 
-def apply_driver(module, proc_root: str = _services.PROC) -> dict:
+def apply_driver(module, proc_root: str = _services.PROC, root: str = '/') -> dict:
     """Bring the driver to what `module.params` declare (nvidia_driver's options); changes nothing in check mode.
 
     Returns a result for `_results.finish` (with `diff`): changed, failed, msg, warnings, plan, commands, and after a
     plan version, flavor, packages, installed_version, loaded, reboot_required, reboot_reason and before/after (the
-    driver packages, for diff); on a failed install also rolled_back and output (the failed command's output).
+    driver packages, for diff); on a failed install also rolled_back and output (the failed command's output). On apt
+    hosts also source and package_managed (`_driver_origin`); `root` is where the host's files are (the runfile's).
     """
     result = {'changed': False, 'failed': False, 'msg': '', 'warnings': [], 'plan': []}
     try:
-        _Run(module, result, proc_root).run()
+        _Run(module, result, proc_root, root).run()
     except _Failed as exc:
         result.update(exc.extra, failed=True, msg=exc.msg)
     return result

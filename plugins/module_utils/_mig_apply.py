@@ -23,8 +23,11 @@ module_utils to `<dir>/ansible_collections/gpuvirt/fleet/plugins/module_utils/`,
 A failed step, or a verify mismatch, rolls back every GPU a step touched to the layout it had before (MIG mode,
 each GPU instance at its placement, each compute instance at its placement): what this run created is destroyed,
 what it destroyed is recreated (`restore_steps`, planned from a fresh observation, so a half-done step is
-covered too). The GPUs are then compared with their previous layout, and the result says which step failed,
-why, and whether the rollback restored every GPU, or exactly what each GPU holds now: never a silent third state.
+covered too). A rollback step that fails is tried again (three tries, a short backoff: `_retry`), the steps that do
+not depend on it still run, and the rest is planned again from a fresh observation while that makes progress; a GPU
+that still cannot be restored is left usable (a GPU instance left without compute instances gets one, or is
+destroyed). The GPUs are then compared with their previous layout, and the result says which step failed, why, and
+whether the rollback restored every GPU, or exactly what each GPU holds now: never a silent third state.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_parted, _nvml, _smi
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_declaration, _mig_parted, _nvml, _retry, _smi
 
 RESET_CHOICES = ('auto', 'never')
 DEFAULT_LABEL = 'current'
@@ -291,10 +294,12 @@ def _new_result() -> dict:
 class _Run:
     """observe, plan, apply, verify (and roll back) for one host."""
 
-    def __init__(self, hostname: str, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None, reset: str, label: str):
+    def __init__(self, hostname: str, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None, reset: str, label: str,
+                 retrier: _retry.Retrier | None = None):
         self.hostname = hostname
         self.nvml = nvml
         self.executor = _Executor(nvml, smi)
+        self.retrier = retrier or _retry.Retrier()
         self.reset = reset
         self.label = label
         self.result = _new_result()
@@ -360,28 +365,109 @@ class _Run:
     def _roll_back(self, before: Sequence[Mapping[str, Any]], now: Sequence[Mapping[str, Any]], touched: set[int], failure: str) -> list[dict]:
         """Restore the touched GPUs' previous layouts, compare, and report; returns the GPUs observed at the end."""
         was = {gpu['index']: gpu for gpu in before}
-        rollback: dict[str, Any] = {'steps': [], 'errors': [], 'restored': False, 'mismatches': []}
+        rollback: dict[str, Any] = {'steps': [], 'errors': [], 'skipped': [], 'repairs': [], 'restored': False, 'mismatches': [], 'unusable': []}
         for gpu in now:
-            if gpu['index'] not in touched:
-                continue
-            for step in restore_steps(was[gpu['index']], gpu):
-                try:
-                    rollback['steps'].append(dict(step, **self.executor.run(step)))
-                except (_StepFailed, _smi.SmiResetImpossible) as exc:
-                    rollback['errors'].append('GPU %s: %s failed: %s' % (gpu['index'], step_text(step), exc))
-                    break  # this GPU's later steps depend on this one
+            if gpu['index'] in touched:
+                _Restorer(self.executor, self.retrier, rollback).restore(was[gpu['index']], gpu)
         final = observe()
         for gpu in final:
             if gpu['index'] in touched and layout(gpu) != layout(was[gpu['index']]):
                 rollback['mismatches'].append('GPU %s (%s) is now %s; before: %s' % (
                     gpu['index'], gpu.get('uuid'), describe_layout(gpu), describe_layout(was[gpu['index']])))
+            if gpu['index'] in touched:
+                rollback['unusable'].extend('GPU %s (%s): GPU instance %s at %s has no compute instance' % (
+                    gpu['index'], gpu.get('uuid'), gi.get('profile'), (gi.get('placement') or {}).get('start')) for gi in _empty(gpu))
         rollback['restored'] = not rollback['mismatches']
         if rollback['restored']:
             outcome = 'rolled back: GPU(s) %s are in their previous layout again' % ', '.join(map(str, sorted(touched)))
         else:
-            outcome = 'ROLLBACK INCOMPLETE: %s' % '; '.join(rollback['errors'] + rollback['mismatches'])
+            outcome = 'ROLLBACK INCOMPLETE: %s' % '; '.join(rollback['errors'] + rollback['mismatches'] + rollback['unusable'])
         self.result.update(failed=True, msg='%s; %s' % (failure, outcome), rollback=rollback)
         return final
+
+
+def _empty(gpu: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The GPU instances without a compute instance: nothing can run on them."""
+    return [gi for gi in _instances(gpu) if not gi.get('compute_instances')]
+
+
+class _Restorer:
+    """Brings one GPU back to its previous layout: each step tried again on failure (`_retry`), the steps that do not
+    depend on a failed one still run, and the plan made again from a fresh observation while a pass makes progress.
+    What cannot be restored is at least left usable: a GPU instance left without compute instances gets one that
+    spans it, or is destroyed (`repairs`)."""
+
+    PASSES = 3
+
+    def __init__(self, executor: _Executor, retrier: _retry.Retrier, rollback: dict):
+        self.executor = executor
+        self.retrier = retrier
+        self.rollback = rollback
+
+    def restore(self, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+        for _ in range(self.PASSES):
+            steps = restore_steps(before, now)
+            if not steps:
+                return
+            progress = self._pass(steps)
+            now = _nvml.read_gpu(before['index'])
+            if not progress:
+                break
+        self._make_usable(before, now)
+
+    def _try(self, step: Mapping[str, Any], into: list) -> bool:
+        """Run one step with retries; True if it ran (recorded in `into`), False if it failed (recorded in errors)."""
+        try:
+            done, tries = self.retrier.run(lambda: self.executor.run(step), (_StepFailed, _smi.SmiError))
+        except _retry.GaveUp as exc:
+            self.rollback['errors'].append('GPU %s: %s failed%s: %s' % (
+                step['gpu'], step_text(step), ' (%d tries)' % exc.tries if exc.tries > 1 else '', exc.error))
+            return False
+        except _smi.SmiResetImpossible as exc:  # no retry: the GPU needs a reboot
+            self.rollback['errors'].append('GPU %s: %s failed: %s' % (step['gpu'], step_text(step), exc))
+            return False
+        into.append(dict(step, tries=tries, **done) if tries > 1 else dict(step, **done))
+        return True
+
+    def _pass(self, steps: Sequence[dict]) -> bool:
+        """Run the steps, skipping those that depend on a failed one; True if any step ran."""
+        progress, failed_starts, failed_gis = False, set(), set()
+        for step in steps:
+            action = step['action']
+            blocked = ((action == 'create_compute_instance' and step.get('gpu_instance_id') is None and step['gpu_instance_start'] in failed_starts)
+                       or (action == 'destroy_gpu_instance' and step['gpu_instance_id'] in failed_gis))
+            if blocked:
+                self.rollback['skipped'].append('GPU %s: %s (a step it needs failed)' % (step['gpu'], step_text(step)))
+                continue
+            if self._try(step, self.rollback['steps']):
+                progress = True
+                continue
+            if action == 'create_gpu_instance':
+                failed_starts.add(step['start'])
+            elif action == 'destroy_compute_instance':
+                failed_gis.add(step['gpu_instance_id'])
+            elif action in ('set_mig_mode', 'reset_gpu'):
+                self.rollback['skipped'].extend('GPU %s: %s (after a failed mode change)' % (s['gpu'], step_text(s))
+                                                for s in steps[steps.index(step) + 1:])
+                break  # the steps after a mode change assume it
+        return progress
+
+    def _make_usable(self, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+        """Give every GPU instance without compute instances one that spans it, else destroy it (for one that was not
+        there before, the other way round)."""
+        had = {_gi_key(gi): gi for gi in _instances(before)}
+        slices = {p.get('name'): p.get('slices') for p in (now.get('mig') or {}).get('profiles') or []}
+        for gi in _empty(now):
+            if _gi_key(gi) in had and not had[_gi_key(gi)].get('compute_instances'):
+                continue  # it was so before
+            place = gi.get('placement') or {}
+            full = {'slices': slices.get(gi.get('profile')) or 1, 'placement': {'start': 0}}
+            fill = _create_ci_step(now, gi, full, gi['id'])
+            drop = dict(_base(now), action='destroy_gpu_instance', gpu_instance_id=gi['id'], profile=gi.get('profile'),
+                        profile_id=gi.get('profile_id'), start=place.get('start'), size=place.get('size'), pids=[])
+            for step in ([fill, drop] if _gi_key(gi) in had else [drop, fill]):
+                if self._try(step, self.rollback['repairs']):
+                    break
 
 
 def _parse_mig_parted(mig_parted: Any) -> tuple[Any, str]:
@@ -396,21 +482,27 @@ def _start(result: dict) -> _nvml.NvmlSession | None:
 
 
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
-                      mig_parted: Any = None, label: str | None = None, smi_path: str | None = None) -> dict:
+                      mig_parted: Any = None, label: str | None = None, smi_path: str | None = None,
+                      sleep: Callable[[float], Any] | None = None) -> dict:
     """Bring this host's GPUs to `declaration` (gpu_mig; or `mig_parted`: a mig-parted v1 config and a label, as
     {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig_parted.plan_mig_parted).
     `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`, default from PATH) for resets;
-    `reset='never'` leaves mode changes pending until a reboot.
+    `reset='never'` leaves mode changes pending until a reboot; `sleep` waits between the tries of a failed rollback
+    step (default time.sleep).
 
     Returns a dict: changed, failed, msg, steps (the ordered plan), applied (the steps run, with the ids they
     created), reboot_required, deferred, before/after (per selected GPU, for diff), declaration and mig_parted (the
     state at the end, in both formats), and on failure `errors` (a refused plan: nothing was changed) or `failure`
-    and `rollback` (steps, errors, restored, mismatches).
+    and `rollback` (steps, errors, restored, mismatches; skipped: steps not tried as one they need failed; repairs:
+    the steps that left a GPU usable where its layout could not be restored; unusable: what still is not).
     """
     result = _new_result()
     if reset not in RESET_CHOICES:
         result.update(failed=True, msg='reset must be one of %s, got %r' % (', '.join(RESET_CHOICES), reset))
         return result
+    problems = _mig_declaration.input_problems(hostname, declaration, mig_parted is not None)
+    if problems:
+        return _mig.MigPlanError(hostname, problems).refuse(result, hostname)
     parted = None
     if mig_parted is not None:
         config, parted_label = _parse_mig_parted(mig_parted)
@@ -423,7 +515,7 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
     if nvml is None:
         return result
     path = smi_path or shutil.which('nvidia-smi')
-    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL)
+    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL, _retry.Retrier(sleep))
     with nvml:
         try:
             before = observe()

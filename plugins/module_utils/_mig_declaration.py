@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._inputs import MAX_MIG_INSTANCES, bounded, declared, hostname, quote
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._selector import (
     Invalid, Labelled, Selector, attempt, is_int, parse_entries, parse_selector, reject_unknown, select, where)
 
@@ -66,26 +67,28 @@ class Entry(Labelled):
 def _bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
-        raise Invalid('%s must be true or false, got %r' % (key, value))
+        raise Invalid('%s must be true or false, got %s' % (key, quote(value)))
     return value
 
 
 def _instance(number: int, raw: Any) -> InstanceSpec:
     prefix = 'instances[%d]: ' % number
     if not isinstance(raw, Mapping):
-        raise Invalid(prefix + 'must be a mapping with a profile, got %r' % (raw,))
+        raise Invalid(prefix + 'must be a mapping with a profile, got %s' % quote(raw))
     reject_unknown(raw, INSTANCE_KEYS, prefix)
     profile, start, count, cis = raw.get('profile'), raw.get('start'), raw.get('count', 1), raw.get('compute_instances')
     if not isinstance(profile, str) or not profile:
-        raise Invalid(prefix + 'profile must be a profile name such as 3g.40gb, got %r' % (profile,))
-    if start is not None and not (is_int(start) and start >= 0):
-        raise Invalid(prefix + 'start must be a non-negative integer, got %r' % (start,))
-    if not (is_int(count) and count >= 1):
-        raise Invalid(prefix + 'count must be a positive integer, got %r' % (count,))
+        raise Invalid(prefix + 'profile must be a profile name such as 3g.40gb, got %s' % quote(profile))
+    if start is not None and bounded(start, 'start', MAX_MIG_INSTANCES):
+        raise Invalid(prefix + bounded(start, 'start', MAX_MIG_INSTANCES)[0])
+    if bounded(count, 'count', MAX_MIG_INSTANCES, 1):
+        raise Invalid(prefix + bounded(count, 'count', MAX_MIG_INSTANCES, 1)[0])
     if start is not None and count != 1:
         raise Invalid(prefix + 'count must be 1 when start is given (one placement holds one instance), got %d' % count)
     if cis is not None and (not isinstance(cis, list) or not all(isinstance(c, str) for c in cis)):
-        raise Invalid(prefix + 'compute_instances must be a list such as [1c, 2c], got %r' % (cis,))
+        raise Invalid(prefix + 'compute_instances must be a list such as [1c, 2c], got %s' % quote(cis))
+    if cis is not None and len(cis) > MAX_MIG_INSTANCES:
+        raise Invalid(prefix + 'compute_instances lists %d compute instances: a GPU instance holds at most %d' % (len(cis), MAX_MIG_INSTANCES))
     profile = profile[4:] if profile.startswith('MIG ') else profile
     return InstanceSpec('instances[%d]' % number, profile, start, count, tuple(cis) if cis is not None else None)
 
@@ -99,11 +102,11 @@ def _selector_of(raw: Mapping[str, Any]) -> Selector:
 def parse_entry(number: int, raw: Any) -> tuple[Entry, list[str]]:
     """Check one entry's shape (not yet against any GPU); returns it and its problems."""
     if not isinstance(raw, Mapping):
-        return Entry(number, None, None, True, False, None, None, False), ['must be a mapping with devices, got %r' % (raw,)]
+        return Entry(number, None, None, True, False, None, None, False), ['must be a mapping with devices, got %s' % quote(raw)]
     problems: list[str] = []
     name = raw.get('name')
     if name is not None and not (isinstance(name, str) and name):
-        problems.append('name must be a non-empty string, got %r' % (name,))
+        problems.append('name must be a non-empty string, got %s' % quote(name))
         name = None
     attempt(problems, reject_unknown, raw, ENTRY_KEYS)
     selector = attempt(problems, _selector_of, raw)
@@ -118,7 +121,9 @@ def _instances(raw: Any, enabled: bool) -> tuple[InstanceSpec, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise Invalid('instances must be a list, got %r' % (raw,))
+        raise Invalid('instances must be a list, got %s' % quote(raw))
+    if len(raw) > MAX_MIG_INSTANCES:
+        raise Invalid('instances lists %d GPU instances: a GPU holds at most %d' % (len(raw), MAX_MIG_INSTANCES))
     if raw and not enabled:
         raise Invalid('instances need MIG mode: enabled is false but %d instance(s) are declared' % len(raw))
     return tuple(_instance(n, item) for n, item in enumerate(raw))
@@ -132,10 +137,12 @@ def check_mig_devices(raw: Mapping[str, Any], enabled: bool) -> tuple[tuple[str,
     if 'instances' in raw:
         raise Invalid('declare instances or mig_devices, not both')
     if not isinstance(counts, Mapping):
-        raise Invalid('mig_devices must be a mapping of profile to count such as {"1g.10gb": 2}, got %r' % (counts,))
+        raise Invalid('mig_devices must be a mapping of profile to count such as {"1g.10gb": 2}, got %s' % quote(counts))
     for key, count in counts.items():
         if not isinstance(key, str) or not MIG_DEVICES_KEY_RE.match(key) or not is_int(count) or count < 0:
-            raise Invalid('mig_devices: %r: %r is not a MIG profile with a count such as "1g.10gb": 2' % (key, count))
+            raise Invalid('mig_devices: %s: %s is not a MIG profile with a count such as "1g.10gb": 2' % (quote(key), quote(count)))
+        if count > MAX_MIG_INSTANCES:
+            raise Invalid('mig_devices: %s: %s' % (quote(key), bounded(count, 'count', MAX_MIG_INSTANCES)[0]))
     if any(counts.values()) and not enabled:
         raise Invalid('mig_devices need MIG mode: enabled is false')
     return tuple(sorted((key, count) for key, count in counts.items() if count))
@@ -144,6 +151,16 @@ def check_mig_devices(raw: Mapping[str, Any], enabled: bool) -> tuple[tuple[str,
 def parse_declaration(host: str, declaration: Any, errors: list[str]) -> list[Entry]:
     """Shape checks of the whole declaration; problems go to `errors`. Every entry is returned (see Entry.valid)."""
     return parse_entries(host, declaration, 'gpu_mig', parse_entry, errors)
+
+
+def input_problems(host: str, declaration: Any, nvidia_format: bool) -> list[str]:
+    """The validation pass before any GPU is observed: the host name, and the declaration's shape (a null `config`
+    is refused like a missing one). A mig-parted config is checked by its own parser."""
+    errors = [where(host) + p for p in hostname(host)]
+    if not nvidia_format:
+        errors += [where(host) + p for p in declared(declaration, 'config', 'mig_parted_config with mig_parted_label')]
+        parse_declaration(host, declaration, errors)
+    return errors
 
 
 def resolve(host: str, entries: Sequence[Entry], gpus: Sequence[Mapping[str, Any]], errors: list[str]) -> dict[int, Entry]:

@@ -31,6 +31,11 @@ def manager(which: Callable[[str], str | None]) -> str | None:
     return 'dnf' if which('dnf') is not None else None
 
 
+def installer_files(paths, root: str = '/') -> list[str]:
+    """Those of `paths` (absolute, as on the host) that exist under `root`: files another installer left."""
+    return [path for path in paths if os.path.lexists(os.path.join(root, path.lstrip('/')))]
+
+
 class Apt:
     def __init__(self, runner: _commands.Runner):
         self.runner = runner

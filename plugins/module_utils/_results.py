@@ -7,11 +7,29 @@ from typing import Callable, Optional
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._inputs import printable
+
+
+def checked(cls: type, **kwargs) -> AnsibleModule:
+    """`cls(**kwargs)` (AnsibleModule), except that its own argument errors (choices, types, required options), which
+    quote the offending value raw, have every control character and escape in them escaped."""
+
+    class Quoting(cls):  # type: ignore[misc,valid-type]
+        checking = True
+
+        def fail_json(self, msg, **extra):  # pylint: disable=arguments-differ
+            super().fail_json(printable(str(msg)) if self.checking else msg, **extra)
+
+    module = Quoting(**kwargs)
+    module.checking = False
+    return module
+
 
 def finish(module: AnsibleModule, result: dict, diff: Optional[Callable[[dict], dict]] = None) -> None:
     """Exit with `result`: its warnings become task warnings, `diff(result)` the diff when --diff asks for one (none
     where it returns None), the before/after states are dropped (they are the diff's), and a failed result fails the
-    task with its message (a missing Python library named the way Ansible names one)."""
+    task with its message (a missing Python library named the way Ansible names one); a success keeps a message only
+    where it has one."""
     for warning in result.pop('warnings', []):
         module.warn(warning)
     shown = diff(result) if diff is not None and module._diff else None  # AnsibleModule has no public name for --diff
@@ -23,5 +41,6 @@ def finish(module: AnsibleModule, result: dict, diff: Optional[Callable[[dict], 
         if result.get('missing_library'):
             result['msg'] = missing_required_lib(result.pop('missing_library'))
         module.fail_json(**result)
-    result.pop('msg', None)
+    if not result.get('msg'):
+        result.pop('msg', None)
     module.exit_json(**result)

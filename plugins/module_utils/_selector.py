@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._inputs import quote, safe
+
 SELECTOR_KEYS = ('indexes', 'uuids', 'model', 'device_id')
 
 _DEVICE_ID_RE = re.compile(r'^(?:0x)?(?P<device>[0-9a-f]{4})(?P<vendor>[0-9a-f]{4})?$')
@@ -56,16 +58,16 @@ class Labelled:
 
     @property
     def label(self) -> str:
-        return "'%s'" % self.name if self.name else str(self.number)
+        return quote(self.name) if self.name else str(self.number)
 
 
 def where(host: str | None, gpu: Any = None, entry: Any = None) -> str:
     """'host h: GPU 0 (GPU-...): entry 'x': ' for messages; `gpu` is a facts mapping or a view with index and uuid,
     `entry` anything with a `label`."""
-    parts = ['host %s' % host]
+    parts = ['host %s' % safe(host)]
     if gpu is not None:
         index, uuid = (gpu.get('index'), gpu.get('uuid')) if isinstance(gpu, Mapping) else (gpu.index, gpu.uuid)
-        parts.append('GPU %s (%s)' % (index, uuid or 'no uuid'))
+        parts.append('GPU %s (%s)' % (safe(index), safe(uuid or 'no uuid')))
     if entry is not None:
         parts.append('entry %s' % entry.label)
     return ': '.join(parts) + ': '
@@ -86,7 +88,7 @@ def attempt(problems: list[str], func: Callable[..., Any], *args: Any) -> Any:
 
 def reject_unknown(raw: Mapping[str, Any], known: Sequence[str], prefix: str = '') -> None:
     """Raise Invalid naming the keys of `raw` that are not `known`."""
-    unknown = sorted(str(k) for k in raw if k not in known)
+    unknown = sorted(safe(k) for k in raw if k not in known)
     if unknown:
         raise Invalid(prefix + 'unknown key(s) %s (known: %s)' % (', '.join(unknown), ', '.join(known)))
 
@@ -145,13 +147,13 @@ def normalize_device_id(text: str) -> tuple[str, str | None]:
     """'0x2330' -> ('2330', None); mig-parted's '0x233010DE' -> ('2330', '10de')."""
     match = _DEVICE_ID_RE.match(text.strip().lower())
     if not match:
-        raise Invalid("device_id %r is not a PCI device id such as '0x2330' or '0x233010DE'" % text)
+        raise Invalid("device_id %s is not a PCI device id such as '0x2330' or '0x233010DE'" % quote(text))
     return match.group('device'), match.group('vendor')
 
 
 def _index_list(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not value or not all(is_int(v) and v >= 0 for v in value):
-        raise Invalid('devices must list GPU indexes as non-negative integers, got %r' % (value,))
+        raise Invalid('devices must list GPU indexes as non-negative integers, got %s' % quote(value))
     return tuple(value)
 
 
@@ -178,10 +180,10 @@ def selection_problems(selector: Selector, gpus: Sequence[Mapping[str, Any]]) ->
     uuids = [g.get('uuid') for g in gpus]
     problems = ['devices: GPU index %d is not on this host (it has %s)' % (i, indexes or 'no GPUs')
                 for i in selector.indexes or () if i not in indexes]
-    problems += ['devices: no GPU with uuid %s on this host' % u for u in selector.uuids or () if u not in uuids]
+    problems += ['devices: no GPU with uuid %s on this host' % safe(u) for u in selector.uuids or () if u not in uuids]
     if not problems and not any(selector.matches(g) for g in gpus):
         problems.append('devices selector matches no GPU on this host (models here: %s)' % (
-            ', '.join(sorted({str(g.get('name')) for g in gpus})) or 'none'))
+            ', '.join(sorted({safe(g.get('name')) for g in gpus})) or 'none'))
     return problems
 
 

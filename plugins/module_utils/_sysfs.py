@@ -12,6 +12,7 @@ host; another path where a container sees the host's, or a test serves an emulat
 from __future__ import annotations
 
 import os
+import re
 
 PROCFS = '/proc'
 SYSFS = '/sys'
@@ -38,6 +39,18 @@ def read_loaded_modules(root: str = PROCFS) -> set | None:
     """The names of the loaded kernel modules (<root>/modules), or None where that cannot be read."""
     text = _read(os.path.join(root, 'modules'))
     return None if text is None else {line.split(None, 1)[0] for line in text.splitlines() if line.strip()}
+
+
+def read_mounts(root: str = PROCFS) -> list[dict]:
+    """The mounts <root>/mounts lists, each {source, target, fstype, options} (octal escapes such as \\040 decoded)."""
+    text = _read(os.path.join(root, 'mounts')) or ''
+    mounts = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            source, target = (re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), p) for p in parts[:2])
+            mounts.append({'source': source, 'target': target, 'fstype': parts[2], 'options': parts[3]})
+    return mounts
 
 
 def read_sriov(pci_address: str, root: str = SYSFS) -> dict:
@@ -68,6 +81,11 @@ def _listdir(path: str) -> list[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
+
+
+def root_exists(root: str = SYSFS) -> bool:
+    """Whether sysfs is mounted (or emulated) at `root`: a directory with a bus/ (or class/) tree."""
+    return os.path.isdir(root) and (os.path.isdir(os.path.join(root, 'bus')) or os.path.isdir(os.path.join(root, 'class')))
 
 
 def _write(path: str, text: str) -> None:

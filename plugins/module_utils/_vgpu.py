@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _inputs
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._inputs import MAX_VGPUS_PER_GPU, bounded, quote, safe
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._selector import (
-    Invalid, Labelled, PlanError, Selector, attempt, is_int, parse_entries, parse_selector, reject_unknown, select, where)
+    Invalid, Labelled, PlanError, Selector, attempt, parse_entries, parse_selector, reject_unknown, select, where)
 
 ENTRY_KEYS = ('name', 'devices', 'type', 'count', 'uuids', 'allow_disruption')
 # A fixed namespace, so the same host, GPU, type and slot give the same UUID on every controller and every run.
@@ -178,7 +180,7 @@ def _uuids(raw: Any, count: int | None) -> tuple[str, ...]:
         raise Invalid('uuids must be a list of UUID strings')
     bad = [u for u in raw if not _UUID_RE.match(u.lower())]
     if bad:
-        raise Invalid('uuids: %s is not a UUID such as 0b6c1d1a-6f2e-4a8b-9c59-2d1c7a8e9f00' % ', '.join(bad))
+        raise Invalid('uuids: %s is not a UUID such as 0b6c1d1a-6f2e-4a8b-9c59-2d1c7a8e9f00' % ', '.join(safe(u) for u in bad[:4]))
     if len({u.lower() for u in raw}) != len(raw):
         raise Invalid('uuids lists a UUID twice')
     if count is not None and len(raw) != count:
@@ -188,25 +190,25 @@ def _uuids(raw: Any, count: int | None) -> tuple[str, ...]:
 
 def _entry(number: int, raw: Any) -> tuple[Entry, list[str]]:
     if not isinstance(raw, Mapping):
-        return Entry(number, None, None, '', 0, None, False, valid=False), ['must be a mapping, got %s' % type(raw).__name__]
+        return Entry(number, None, None, '', 0, None, False, valid=False), ['must be a mapping, got %s %s' % (type(raw).__name__, quote(raw))]
     problems: list[str] = []
     name = raw.get('name') if isinstance(raw.get('name'), str) else None
     attempt(problems, reject_unknown, raw, ENTRY_KEYS)
     selector = attempt(problems, parse_selector, raw.get('devices', 'all'))
     type_name = raw.get('type')
-    if not isinstance(type_name, str) or not type_name.strip():
-        problems.append("type must name a vGPU type such as 'A40-8Q' or 'NVIDIA A40-8Q', got %r" % (type_name,))
+    if not isinstance(type_name, str) or not type_name.strip() or not type_name.isprintable() or len(type_name) > 64:
+        problems.append("type must name a vGPU type such as 'A40-8Q' or 'NVIDIA A40-8Q', got %s" % quote(type_name))
         type_name = ''
     count = raw.get('count')
     if count is None and isinstance(raw.get('uuids'), list):
         count = len(raw['uuids'])
-    if not is_int(count) or count < 0:
-        problems.append('count must be a non-negative integer, got %r' % (count,))
+    if bounded(count, 'count', MAX_VGPUS_PER_GPU):
+        problems.extend(bounded(count, 'count', MAX_VGPUS_PER_GPU))
         count = 0
     uuids = attempt(problems, _uuids, raw['uuids'], count) if raw.get('uuids') is not None else None
     allow = raw.get('allow_disruption', False)
     if not isinstance(allow, bool):
-        problems.append('allow_disruption must be true or false, got %r' % (allow,))
+        problems.append('allow_disruption must be true or false, got %s' % quote(allow))
         allow = False
     return Entry(number, name, selector, type_name.strip(), count, uuids, allow, valid=not problems), problems
 
@@ -221,6 +223,19 @@ def parse_declaration(host: str, declaration: Any, errors: list[str]) -> list[En
                 errors.append(where(host, entry=entry) + 'uuid %s is also declared by entry %s' % (value, seen[value].label))
             seen[value] = entry
     return entries
+
+
+def input_problems(host: str, declaration: Any, nvidia_format: bool, sysfs_root: Any, mdevctl_dir: Any) -> list[str]:
+    """The validation pass before any GPU is observed: the host name, the path options (absolute, normalised), and the
+    declaration's shape (a null `config` is refused like a missing one; a vgpu-device-manager config is checked by its
+    own parser)."""
+    problems = _inputs.hostname(host) + _inputs.path(sysfs_root, 'sysfs_root') + _inputs.path(mdevctl_dir, 'mdevctl_dir', empty_ok=True)
+    if not nvidia_format:
+        problems += _inputs.declared(declaration, 'config', 'vgpu_device_manager_config with vgpu_device_manager_label')
+    errors = [where(host) + p for p in problems]
+    if not nvidia_format:
+        parse_declaration(host, declaration, errors)
+    return errors
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,7 +303,7 @@ def type_problems(gpu: GpuView, type_name: str, count: int) -> list[str]:
     than the type's capacity."""
     vtype = gpu.find_type(type_name)
     if vtype is None:
-        return ['vGPU type %s is not supported by %s (supported: %s)' % (type_name, gpu.name, ', '.join(t.short for t in gpu.types))]
+        return ['vGPU type %s is not supported by %s (supported: %s)' % (safe(type_name), gpu.name, ', '.join(t.short for t in gpu.types))]
     if count > vtype.max_instances:
         return ['%d x %s exceed its capacity: at most %d per GPU' % (count, vtype.short, vtype.max_instances)]
     return []
@@ -401,6 +416,37 @@ def _capacity_problems(gpu: GpuView, keep: Sequence[Device], remove: Sequence[De
     return problems
 
 
+def _overlap_problems(host: str, gpu: GpuView, entries: Sequence[Entry], errors: list[str]) -> bool:
+    """A GPU and vGPU type is declared by one entry: two entries of one type on one GPU (devices [0] twice, or all
+    and [0]) would derive the same UUIDs and add up their counts. Entries of different types may share a GPU that
+    allows several (heterogeneous mode)."""
+    by_type: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_type.setdefault(short_name(entry.type_name).lower(), []).append(entry)
+    found = False
+    for group in by_type.values():
+        if len(group) > 1:
+            found = True
+            errors.append(where(host, gpu) + 'selected by entries %s, which all declare vGPU type %s: a GPU and type may be '
+                          'declared by one entry only' % (', '.join(e.label for e in group), safe(group[0].type_name)))
+    return found
+
+
+def _host_unique(plans: Sequence[GpuPlan], gpus: Sequence[GpuView]) -> list[str]:
+    """UUIDs and VFs are unique across the host: what the planned GPUs will hold, and what the others hold."""
+    planned = {p.gpu.index for p in plans}
+    owners: dict[str, list[int]] = {}
+    for gpu_plan in plans:
+        for device in gpu_plan.after()['devices']:
+            owners.setdefault(device['uuid'], []).append(gpu_plan.gpu.index)
+    for gpu in gpus:
+        if gpu.index not in planned:
+            for device in gpu.devices:
+                owners.setdefault(device.uuid.lower(), []).append(gpu.index)
+    return ['device %s would be on GPUs %s: a UUID (or VF) names one device on a host' % (quote(name), ', '.join(map(str, sorted(on))))
+            for name, on in sorted(owners.items()) if len(on) > 1]
+
+
 def plan_host(host: str, gpus: Sequence[GpuView], declaration: Any) -> HostPlan:
     """Validate the whole declaration against the GPUs, then the minimal steps. Raises VgpuPlanError."""
     errors: list[str] = []
@@ -409,10 +455,16 @@ def plan_host(host: str, gpus: Sequence[GpuView], declaration: Any) -> HostPlan:
     plans = []
     for gpu in gpus:
         valid = [entry for entry in chosen.get(gpu.index, ()) if entry.valid]
-        if valid:
+        if valid and not _overlap_problems(host, gpu, valid, errors):
             plan = _plan_gpu(host, gpu, valid, errors)
             if plan is not None:
                 plans.append(plan)
+    for entry in entries:
+        selected = [g for g in gpus if entry in chosen.get(g.index, ())]
+        if entry.uuids and len(selected) > 1:
+            errors.append(where(host, entry=entry) + 'explicit uuids name one device each, but the entry selects GPUs %s: '
+                          'select one GPU' % ', '.join(str(g.index) for g in selected))
+    errors.extend(where(host) + p for p in _host_unique(plans, gpus))
     if errors:
         raise VgpuPlanError(host, errors)
     return HostPlan(plans)

@@ -18,8 +18,11 @@ imports nothing from Ansible (only _vgpu, the pure planner, and the seams _nvml,
 4. verify: observe again and compare every planned GPU's devices with the plan.
 
 A refused write, or a verify mismatch, rolls back: the devices this run created are removed and the ones it removed
-are created again with their UUIDs and types; the result then says which step failed, the kernel's errno in words,
-and whether the host holds exactly its previous devices again.
+are created again with their UUIDs and types, each write tried again on failure (three tries, a short backoff:
+`_retry`) and the others run still; whatever then still differs from the previous devices (a half-done step too) is
+planned again from a fresh observation while that makes progress. The result then says which step failed, the
+kernel's errno in words, and whether the host holds exactly its previous devices again, or what each GPU lacks and
+holds beyond them.
 
 Persistence: for every planned GPU the mdevctl definitions `<mdevctl_dir>/<parent>/<uuid>` (JSON with `start: auto`)
 are made to match the declared devices, so mdevctl re-creates them at boot; the role also installs a boot-time
@@ -32,13 +35,14 @@ import errno
 import re
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _mdevctl, _nvml, _sysfs, _vgpu, _vgpu_manager
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _facts, _inputs, _mdevctl, _nvml, _retry, _sysfs, _vgpu, _vgpu_manager
 
 MDEVCTL_DIR = _mdevctl.DEFINITIONS_DIR
 DEFAULT_LABEL = 'current'
 _MAX_RE = re.compile(r'max_instance=(\d+)')
+_PASSES = 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,18 +241,54 @@ def _devices_out(gpus: Sequence[_vgpu.GpuView]) -> list[dict]:
     return out
 
 
-def _roll_back(result: dict, before: Sequence[_vgpu.GpuView], root: str, failure: str) -> list[_vgpu.GpuView]:
+def _redo_steps(before: Sequence[_vgpu.GpuView], now: Sequence[_vgpu.GpuView], touched: set[int]) -> list[dict]:
+    """What still differs from `before` on the touched GPUs, as steps: remove what was not there (or had another type),
+    create what is missing; removals first."""
+    was = {g.index: g for g in before}
+    type_ids = {(g.parent, t.name): t.type_id for g in before for t in g.types}
+    removes, creates = [], []
+    for gpu in now:
+        if gpu.index not in touched or gpu.index not in was:
+            continue
+        base = {'gpu': gpu.index, 'uuid': gpu.uuid, 'parent': gpu.parent}
+        if gpu.backend == 'sriov':
+            base['backend'] = 'sriov'
+        old = {d.uuid: d for d in was[gpu.index].devices}
+        new = {d.uuid: d for d in gpu.devices}
+        for name, device in sorted(new.items()):
+            if name not in old or old[name].type_name != device.type_name:
+                removes.append(dict(base, action='remove', device=name, type=device.type_name, in_use=device.in_use, vf=device.vf))
+        for name, device in sorted(old.items()):
+            if name not in new or new[name].type_name != device.type_name:
+                creates.append(dict(base, action='create', device=name, type=device.type_name, vf=device.vf,
+                                    type_id=type_ids.get((gpu.parent, device.type_name))))
+    return removes + creates
+
+
+def _roll_back(result: dict, before: Sequence[_vgpu.GpuView], root: str, failure: str, retrier: _retry.Retrier) -> list[_vgpu.GpuView]:
+    """Undo the applied steps, each write tried again on failure (`_retry`) and the others run still; then, while that
+    makes progress, whatever still differs from `before` (a half-done step included), planned from a fresh observation."""
     rollback: dict[str, Any] = {'steps': [], 'errors': [], 'restored': False}
-    for step in _undo_steps(result['applied'], before):
-        try:
-            _run(step, root)
-            rollback['steps'].append(step)
-        except _sysfs.SysfsWriteError as exc:
-            rollback['errors'].append(explain(step, exc))
-    final = observe(root)
-    was, now = _device_sets(before), _device_sets(final)
     touched = {s['gpu'] for s in result['applied']} | ({result['failure']['step']['gpu']} if result.get('failure', {}).get('step') else set())
-    mismatches = ['GPU %s holds %s; before: %s' % (i, sorted(p[0] for p in now.get(i, ())), sorted(p[0] for p in was.get(i, ())))
+    steps = _undo_steps(result['applied'], before)
+    final = before
+    for _ in range(_PASSES):
+        progress = False
+        for step in steps:
+            try:
+                _, tries = retrier.run(lambda step=step: _run(step, root), (_sysfs.SysfsWriteError,))
+            except _retry.GaveUp as exc:
+                rollback['errors'].append(explain(step, exc.error) + (' (%d tries)' % exc.tries if exc.tries > 1 else ''))
+                continue
+            rollback['steps'].append(dict(step, tries=tries) if tries > 1 else step)
+            progress = True
+        final = observe(root)
+        steps = _redo_steps(before, final, touched)
+        if not steps or not progress:
+            break
+    was, now = _device_sets(before), _device_sets(final)
+    mismatches = ['GPU %s holds %s; before: %s%s' % (i, sorted(p[0] for p in now.get(i, ())), sorted(p[0] for p in was.get(i, ())),
+                                                     _difference(was.get(i, set()), now.get(i, set())))
                   for i in sorted(touched) if now.get(i) != was.get(i)]
     rollback['restored'] = not mismatches
     outcome = ('rolled back: GPU(s) %s hold their previous vGPUs again' % ', '.join(map(str, sorted(touched))) if not mismatches
@@ -257,7 +297,15 @@ def _roll_back(result: dict, before: Sequence[_vgpu.GpuView], root: str, failure
     return final
 
 
-def _apply(hostname: str, plan: _vgpu.HostPlan, before: Sequence[_vgpu.GpuView], root: str, result: dict) -> list[_vgpu.GpuView]:
+def _difference(was: set, now: set) -> str:
+    """' (missing: A (A40-8Q); extra: B (A40-4Q))': what a GPU lacks and what it holds beyond its previous devices."""
+    parts = [('missing', sorted(was - now)), ('extra', sorted(now - was))]
+    text = '; '.join('%s: %s' % (label, ', '.join('%s (%s)' % pair for pair in pairs)) for label, pairs in parts if pairs)
+    return ' (%s)' % text if text else ''
+
+
+def _apply(hostname: str, plan: _vgpu.HostPlan, before: Sequence[_vgpu.GpuView], root: str, result: dict,
+           retrier: _retry.Retrier) -> list[_vgpu.GpuView]:
     steps = plan.steps
     failure = None
     for number, step in enumerate(steps, 1):
@@ -276,7 +324,7 @@ def _apply(hostname: str, plan: _vgpu.HostPlan, before: Sequence[_vgpu.GpuView],
             failure = 'host %s: verify after apply found: %s' % (hostname, '; '.join(mismatches))
             result['failure'] = {'step': None, 'error': failure}
     if failure is not None:
-        after = _roll_back(result, before, root, failure)
+        after = _roll_back(result, before, root, failure, retrier)
     return after
 
 
@@ -285,7 +333,8 @@ def _start(result: dict) -> _nvml.NvmlSession | None:
 
 
 def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = False, vgpu_device_manager: Any = None,
-                      sysfs_root: str = _sysfs.SYSFS, mdevctl_dir: str | None = MDEVCTL_DIR) -> dict:
+                      sysfs_root: str = _sysfs.SYSFS, mdevctl_dir: str | None = MDEVCTL_DIR,
+                      sleep: Callable[[float], Any] | None = None) -> dict:
     """Bring this host's vGPU devices to `declaration` (gpu_vgpu; or `vgpu_device_manager`: {'config': .., 'label': ..},
     planned with vgpu-device-manager's meaning: _vgpu_manager.plan_vgpu_device_manager).
 
@@ -293,10 +342,16 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
     vGPU device at the end), persisted (mdevctl definitions written or removed; none when `mdevctl_dir` is None),
     declaration and vgpu_device_manager (the state at the end in gpu_vgpu form and as a vgpu-device-manager config
     whose label is the one applied, else 'current'), and on failure `errors` (a refused plan: nothing was written)
-    or `failure` and `rollback`.
+    or `failure` and `rollback` (steps, errors, restored). `sleep` waits between the tries of a failed rollback write
+    (default time.sleep).
     """
     label = vgpu_device_manager.get('label') if isinstance(vgpu_device_manager, Mapping) else None
     result = _new_result()
+    problems = _vgpu.input_problems(hostname, declaration, vgpu_device_manager is not None, sysfs_root, mdevctl_dir)
+    if not problems and not _sysfs.root_exists(sysfs_root):
+        problems = [_vgpu.where(hostname) + 'sysfs_root %s does not exist (where is sysfs mounted?)' % _inputs.quote(sysfs_root)]
+    if problems:
+        return _vgpu.VgpuPlanError(hostname, problems).refuse(result, hostname)
     manager = None
     if vgpu_device_manager is not None:
         try:
@@ -320,7 +375,7 @@ def apply_declaration(hostname: str, declaration: Any, *, check_mode: bool = Fal
             result.update(plan.as_dict())
             after = before
             if plan.changed and not check_mode:
-                after = _apply(hostname, plan, before, sysfs_root, result)
+                after = _apply(hostname, plan, before, sysfs_root, result, _retry.Retrier(sleep))
             else:
                 result['changed'] = plan.changed
             if mdevctl_dir and not result['failed']:

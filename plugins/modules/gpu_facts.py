@@ -249,11 +249,13 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _results
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._discovery import BACKENDS, DiscoveryError, discover
 
 
 def main():
-    module = AnsibleModule(
+    module = _results.checked(
+        AnsibleModule,
         argument_spec={'backend': {'type': 'str', 'default': 'auto', 'choices': list(BACKENDS)}},
         supports_check_mode=True,
     )

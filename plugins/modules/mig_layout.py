@@ -343,7 +343,8 @@ def _diff(result):
 
 
 def main():
-    module = AnsibleModule(
+    module = _results.checked(
+        AnsibleModule,
         argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[('config', 'mig_parted_config')],
         required_by={'mig_parted_config': 'mig_parted_label'},

@@ -25,6 +25,10 @@ description:
     all packages in one transaction, hold them, load the new modules, start the clients again. Where the modules
     cannot be reloaded (in use, or not permitted) the result says C(reboot_required=true); the module never reboots.
   - A failed install puts the previous packages, pin and holds back and fails, saying so.
+  - A loaded driver that no installed package carries (a runfile install, a read-only driver mount as cloud VMs
+    provide it) is reported with where it came from (RV(source)) and left alone unless O(adopt=true). When it is the
+    declared, whitelisted driver, the host complies but is not package-managed, the task is ok and unchanged
+    (RV(package_managed=false)); any other loaded driver is refused, naming it.
   - Check mode returns the plan without changing anything; diff mode shows the driver packages before and after.
   - Debian and Ubuntu (apt) are applied. On the RHEL family (dnf) the module returns the planned dnf module
     stream, packages and versionlock in check mode and refuses to apply them.
@@ -117,12 +121,25 @@ options:
     description: Run C(apt-get update) first (after the whitelist check).
     type: bool
     default: false
+  adopt:
+    description:
+      - Take over a loaded driver that the package manager did not install (RV(source) V(runfile), V(mount) or
+        V(unknown)), replacing it with the whitelisted packages. In check mode the result is the plan.
+      - V(false) leaves such a driver alone, a success when it is the declared driver, a refusal otherwise.
+      - The packages go in beside the runfile's files; a driver mount stays, and whatever loads the driver from it at
+        boot must be turned off for the packages to take effect (the result warns).
+    type: bool
+    default: false
+    version_added: 0.3.0
 requirements:
   - apt, dpkg and apt-mark (Debian, Ubuntu); systemctl for O(clients); modprobe for O(reload)
 notes:
   - The pin is C(/etc/apt/preferences.d/gpuvirt-nvidia-driver.pref) (priority 1001 for the driver version, so a
     downgrade is possible and C(apt-get upgrade) does not move the driver), and every installed driver package is held.
-  - The loaded version comes from C(/proc/driver/nvidia/version), the installed one from dpkg.
+  - The loaded version comes from C(/proc/driver/nvidia/version), the installed one from dpkg. Where the loaded one
+    came from is told by dpkg, the runfile installer's files (C(/usr/bin/nvidia-installer),
+    C(/usr/bin/nvidia-uninstall), C(/var/log/nvidia-installer.log)) and C(/proc/mounts) (a mount point naming nvidia
+    or cuda, such as a read-only C(/usr/local/nvidia)).
 seealso:
   - module: gpuvirt.fleet.gpu_facts
   - name: NVIDIA driver installation guide
@@ -149,6 +166,13 @@ EXAMPLES = r'''
     whitelist: "{{ driver_whitelist }}"
     nvswitch: true
     flavor: open
+
+- name: Replace a runfile-installed driver with the whitelisted packages
+  gpuvirt.fleet.nvidia_driver:
+    version: 580.159.04
+    whitelist: [580.159.04]
+    flavor: open
+    adopt: true
 
 - name: Reboot where the modules could not be reloaded
   ansible.builtin.reboot:
@@ -197,6 +221,25 @@ reboot_reason:
   returned: success
   type: str
   sample: loaded kernel module 580.95.05 (open) differs from the installed driver 580.159.04 (open)
+source:
+  description:
+    - Where the driver loaded at the start of the run came from, V(package) (dpkg holds driver packages),
+      V(runfile) (the runfile installer's files), V(mount) (a driver mount), V(unknown) (loaded, and nothing tells
+      where from) or V(none) (no driver loaded and no driver package). Debian and Ubuntu only.
+  returned: success and refusals on apt hosts
+  type: str
+  sample: mount
+package_managed:
+  description:
+    - The host's driver is installed by the package manager, after the run (in check mode, as found). V(false) with
+      a success means the loaded driver is the declared one but no package carries it.
+  returned: success and refusals on apt hosts
+  type: bool
+  sample: false
+msg:
+  description: Why nothing changed, where the loaded driver complies but is not package-managed.
+  returned: when package_managed is false on success
+  type: str
 rolled_back:
   description: A failed install was undone (the previous packages, pin and holds are back).
   returned: failure
@@ -227,12 +270,13 @@ ARGUMENT_SPEC = {
     'reload': {'type': 'bool', 'default': True},
     'clients': {'type': 'list', 'elements': 'str', 'default': []},
     'update_cache': {'type': 'bool', 'default': False},
+    'adopt': {'type': 'bool', 'default': False},
 }
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           mutually_exclusive=[('version', 'branch')], required_one_of=[('version', 'branch')])
+    module = _results.checked(AnsibleModule, argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                              mutually_exclusive=[('version', 'branch')], required_one_of=[('version', 'branch')])
     _results.finish(module, _driver_apply.apply_driver(module), _driver_apply.diff)
 
 

@@ -54,8 +54,10 @@ options:
   config:
     description:
       - The declaration (inventory variable C(gpu_vgpu) of the P(gpuvirt.fleet.vgpu#role) role), a list of entries.
-      - GPUs no entry selects are left alone. Several entries may select one GPU (one type each); where the GPU
-        allows one time-sliced type only, they must declare the same type.
+      - GPUs no entry selects are left alone. Several entries may select one GPU, each with another type, where the
+        GPU allows several time-sliced types (heterogeneous mode). Two entries of one type on one GPU are refused.
+      - A null O(config) is refused like a missing one (V([]) declares nothing). Counts above 64, relative or
+        unnormalised paths, and a O(sysfs_root) that does not exist are refused before anything is read.
       - A selector that matches no GPU is an error (a guard against typos), unlike an entry of O(vgpu_device_manager_config).
       - Mutually exclusive with O(vgpu_device_manager_config); one of them is required.
     type: list
@@ -245,7 +247,8 @@ def _diff(result):
 
 
 def main():
-    module = AnsibleModule(
+    module = _results.checked(
+        AnsibleModule,
         argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[('config', 'vgpu_device_manager_config')],
         required_one_of=[('config', 'vgpu_device_manager_config')],

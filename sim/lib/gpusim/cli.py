@@ -88,9 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     fsub = fault.add_subparsers(dest="fault_command", required=True, parser_class=_Parser)
     fset = fsub.add_parser("set")
     fset.add_argument("--gpu", default="all")
-    fset.add_argument("--call", required=True, help="NVML function name, '*' for every call, 'reset' for reboot-required resets")
-    fset.add_argument("--error", required=True, metavar="NVML_ERROR_XXX")
-    fset.add_argument("--nth", type=int, metavar="N", help="fail only the Nth call of a mutating NVML function, counted from now")
+    fset.add_argument("--call", required=True, help="NVML function name, '*' for every call, 'reset' for reboot-required resets, "
+                                                    "'sysfs:create|remove|current_vgpu_type|sriov_numvfs|*' for sysfs writes")
+    fset.add_argument("--error", required=True, metavar="NVML_ERROR_XXX|EXXX", help="an NVML error; an errno for sysfs writes")
+    fset.add_argument("--nth", metavar="N|N,M,...|N+", help="fail only the Nth call (or each listed call, or every call from the Nth on) "
+                                                              "of a mutating NVML function ('*': of any), or of a sysfs write, counted from now")
     fclear = fsub.add_parser("clear")
     fclear.add_argument("--gpu", default=None)
     fclear.add_argument("--call", default=None)
@@ -177,15 +179,19 @@ def _fault(args: argparse.Namespace) -> None:
     which = _which(args.gpu)
     if args.fault_command == "set":
         try:
-            code = parse_error(args.error)
+            code = host.parse_errno(args.error) if args.call.startswith("sysfs:") else parse_error(args.error)
         except ValueError as exc:
             raise CliError("gpusimctl: --error %s: %s" % (args.error, exc)) from exc
+        try:
+            nth, onward = host.parse_nth(args.nth) if args.nth is not None else (None, False)
+        except ValueError as exc:
+            raise CliError("gpusimctl: %s" % exc) from exc
 
         def action(state: dict[str, Any]) -> None:
             if args.call == "reset":
                 for entry in host._targets(state, which):  # pylint: disable=protected-access
                     entry["reset_requires_reboot"] = True
-            host.set_fault(state, which, args.call, code, args.nth)
+            host.set_fault(state, which, args.call, code, nth, onward)
         _mutate(args, action)
     else:
         _mutate(args, lambda state: host.clear_faults(state, which, args.call))

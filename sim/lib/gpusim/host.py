@@ -5,6 +5,7 @@ stand-in both go through here, so the CLI and the API cannot drift apart.
 """
 from __future__ import annotations
 
+import errno
 import time
 import uuid
 from typing import Any
@@ -220,15 +221,68 @@ def reload_driver(state: dict[str, Any]) -> None:
 
 
 # ---- faults --------------------------------------------------------------------------------
-def set_fault(state: dict[str, Any], which: str | int | None, call: str, code: int, nth: int | None = None) -> None:
-    """Make ``call`` fail with ``code``: every call, or (``nth``) only the nth mutating call from now on."""
-    entry: dict[str, Any] = {"call": call, "error": code, "error_name": error_name(code)}
+def parse_nth(text: str) -> tuple[list[int], bool]:
+    """``--nth``: '3' (the 3rd call), '3,4' (the 3rd and the 4th: a fault that fails twice, then clears), '3+' (the 3rd
+    and every later call: a permanent fault from then on) -> (call numbers, onward); ValueError otherwise."""
+    raw = text.strip()
+    onward = raw.endswith("+")
+    try:
+        numbers = sorted({int(part) for part in raw.rstrip("+").split(",")})
+    except ValueError:
+        raise ValueError("--nth %s: expected N, N,M,... or N+" % text) from None
+    if numbers[0] < 1 or (onward and len(numbers) > 1):
+        raise ValueError("--nth %s: %s" % (text, "must be at least 1" if numbers[0] < 1 else "N+ takes one number"))
+    return numbers, onward
+
+
+def set_fault(state: dict[str, Any], which: str | int | None, call: str, code: int, nth: int | list[int] | None = None,
+              onward: bool = False) -> None:
+    """Make ``call`` fail with ``code``: every call, or (``nth``) only the nth mutating call(s) from now on (and, with
+    ``onward``, every call after the first of them). ``call`` '*' with ``nth`` counts every mutating NVML call;
+    'sysfs:<file>' (or 'sysfs:*') is a write to the emulated sysfs, ``code`` an errno."""
+    name = errno_name(code) if call.startswith("sysfs:") else error_name(code)
+    entry: dict[str, Any] = {"call": call, "error": code, "error_name": name}
     if nth is not None:
-        if nth < 1:
-            raise ValueError("--nth %d: must be at least 1" % nth)
-        entry.update(nth=nth, calls=0)
+        numbers = nth if isinstance(nth, list) else [nth]
+        if min(numbers) < 1:
+            raise ValueError("--nth %d: must be at least 1" % min(numbers))
+        entry.update(nth=numbers[0] if len(numbers) == 1 else numbers, calls=0)
+        if onward:
+            entry["onward"] = True
     holder = state["faults"] if which in (None, "all") else gpu(state, int(which))["faults"]
     holder[:] = [f for f in holder if f["call"] != call] + [entry]
+
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
+
+
+def parse_errno(text: str) -> int:
+    """'EIO', 'eio' or '5' -> 5; ValueError otherwise."""
+    raw = text.strip()
+    if raw.isdigit():
+        return int(raw)
+    code = getattr(errno, raw.upper(), None)
+    if not isinstance(code, int):
+        raise ValueError("unknown errno %s" % text)
+    return code
+
+
+def _fires(fault: dict[str, Any]) -> bool:
+    """Count one call against an nth-call fault: does it fail?"""
+    fault["calls"] += 1
+    numbers = fault["nth"] if isinstance(fault["nth"], list) else [fault["nth"]]
+    return fault["calls"] in numbers or (bool(fault.get("onward")) and fault["calls"] >= numbers[0])
+
+
+def sysfs_fault(state: dict[str, Any], what: str) -> int | None:
+    """The errno of a sysfs write fault that fires on a write to ``what`` ('create', 'remove', 'current_vgpu_type',
+    'sriov_numvfs'), if any; nth-call faults count the writes they match."""
+    code = None
+    for fault in state.get("faults", []):
+        if fault["call"] in ("sysfs:" + what, "sysfs:*") and ("nth" not in fault or _fires(fault)) and code is None:
+            code = int(fault["error"])
+    return code
 
 
 def clear_faults(state: dict[str, Any], which: str | int | None = None, call: str | None = None) -> None:
@@ -261,10 +315,8 @@ def count_mutation(state: dict[str, Any], entry: dict[str, Any] | None, call: st
     code = None
     for holder in ([entry.get("faults", [])] if entry is not None else []) + [state.get("faults", [])]:
         for fault in holder:
-            if "nth" in fault and fault["call"] == call:
-                fault["calls"] += 1
-                if fault["calls"] == fault["nth"] and code is None:
-                    code = int(fault["error"])
+            if "nth" in fault and fault["call"] in (call, "*") and _fires(fault) and code is None:
+                code = int(fault["error"])
     return code
 
 

@@ -16,6 +16,8 @@ MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DRIVER_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 FLAVOURS = ("open", "proprietary")
+# How the loaded driver got there where no package carries it: "" (nothing tells), runfile (the .run installer's files).
+DRIVER_SOURCES = ("", "runfile")
 DEFAULT_BASE_PORT = 22200
 
 HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars", "remote_user"}
@@ -81,6 +83,8 @@ class HostSpec:
     # with passwordless sudo when remote_sudo.
     remote_user: str = "root"
     remote_sudo: bool = False
+    # runfile: the host's layer gets the .run installer's files (a driver no package carries); "": nothing.
+    driver_source: str = ""
 
     def gpu_args(self) -> list[str]:
         return [f"{m}:{c}" for m, c in self.gpus]
@@ -144,14 +148,14 @@ def _gpus(where: str, value) -> list[tuple[str, int]]:
     return out
 
 
-def _driver(where: str, value, default: tuple[str | None, str]) -> tuple[str | None, str]:
+def _driver(where: str, value, default: tuple[str | None, str, str]) -> tuple[str | None, str, str]:
     if value is None:
         return default
     if value in ("none", False):
-        return (None, default[1])
+        return (None, default[1], "")
     if not isinstance(value, dict):
         raise FleetError(f"{where}: driver must be a mapping with version and flavour (or 'none')")
-    unknown = set(value) - {"version", "flavour"}
+    unknown = set(value) - {"version", "flavour", "source"}
     if unknown:
         raise FleetError(f"{where}: unknown driver keys {sorted(unknown)}")
     version = value.get("version", default[0])
@@ -162,7 +166,12 @@ def _driver(where: str, value, default: tuple[str | None, str]) -> tuple[str | N
             raise FleetError(f"{where}: driver version {version!r} is not like 580.159.04")
     if flavour not in FLAVOURS:
         raise FleetError(f"{where}: driver flavour must be one of {FLAVOURS}, got {flavour!r}")
-    return (version, flavour)
+    source = value.get("source", default[2]) or ""
+    if source not in DRIVER_SOURCES:
+        raise FleetError(f"{where}: driver source must be runfile (or left out), got {source!r}")
+    if source and version is None:
+        raise FleetError(f"{where}: driver source {source} needs a driver version")
+    return (version, flavour, source)
 
 
 def _groups(where: str, value) -> list[str]:
@@ -194,7 +203,7 @@ def parse(data, path: Path) -> Fleet:
     unknown = set(defaults) - DEFAULT_KEYS
     if unknown:
         raise FleetError(f"{path}: unknown keys in defaults: {sorted(unknown)}")
-    d_driver = _driver(f"{path}: defaults", defaults.get("driver"), ("580.159.04", "open"))
+    d_driver = _driver(f"{path}: defaults", defaults.get("driver"), ("580.159.04", "open", ""))
     d_groups = _groups(f"{path}: defaults", defaults.get("groups"))
     d_user = _remote_user(f"{path}: defaults", defaults.get("remote_user"), ("root", False))
     d_vars = defaults.get("vars") or {}
@@ -239,6 +248,7 @@ def parse(data, path: Path) -> Fleet:
                 gpus=_gpus(hw, entry.get("gpus")),
                 driver_version=driver[0],
                 driver_flavour=driver[1],
+                driver_source=driver[2],
                 vgpu_host=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) != "none",
                 vars=hvars,
                 vgpu_sriov=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) == "sriov",

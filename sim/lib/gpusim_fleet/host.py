@@ -321,6 +321,33 @@ def gpu_reboot(gpusim_root: Path) -> str:
     return "simulated GPUs rebooted"
 
 
+RUNFILE_INSTALLER = """#!/bin/sh
+# gpuvirt-fleet stand-in for NVIDIA's .run installer of driver {v}: it tells its version and changes nothing.
+case "$1" in
+  --version|-v) echo "nvidia-installer:  version {v}"; exit 0 ;;
+esac
+echo "nvidia-installer (gpuvirt-fleet stand-in): only --version is simulated" >&2
+exit 1
+"""
+
+
+def install_runfile_traces(upper: Path, version: str) -> str:
+    """What NVIDIA's .run installer leaves on a host (its installer, uninstaller and log), once: the driver the
+    fleet file gives is then a runfile install that no package carries. Kept, as on a real host, after packages
+    replace it."""
+    if (upper / "var/log/nvidia-installer.log").exists():
+        return "runfile install traces already there"
+    write(upper, "usr/bin/nvidia-installer", RUNFILE_INSTALLER.format(v=version), 0o755)
+    link = upper / "usr/bin/nvidia-uninstall"
+    if not link.is_symlink():
+        link.symlink_to("nvidia-installer")
+    write(upper, "var/log/nvidia-installer.log",
+          f"nvidia-installer log file '/var/log/nvidia-installer.log'\ninstaller version: {version}\n"
+          "Installation of the NVIDIA Accelerated Graphics Driver for Linux-x86_64 (version: "
+          f"{version}) is now complete.\n")
+    return f"runfile install traces of driver {version}"
+
+
 def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     """Make or refresh the host's layer while it is not running. Idempotent."""
     st = paths.host_state(fleet.name, spec.name)
@@ -354,6 +381,8 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     notes.append("installed " + (", ".join(installed) if installed else "nothing (sim/ has no simulator yet)"))
     if spec.vgpu_host:
         notes.append(install_sysfs_emulation(upper, sriov=spec.vgpu_sriov))
+    if spec.driver_source == "runfile" and spec.driver_version:
+        notes.append(install_runfile_traces(upper, spec.driver_version))
     # The simulated GPUs and driver: only at the first up or when the fleet file changes them.
     digest = spec.gpu_digest()
     applied = st / "gpus.applied"

@@ -66,9 +66,12 @@ def numvfs(state: dict[str, Any], gpu: dict[str, Any]) -> int:
     return vfs.get('count', 0) if vfs.get('boot_id') == state.get('boot_id') else 0
 
 
-def count_write(state: dict[str, Any], what: str) -> None:
+def count_write(state: dict[str, Any], what: str) -> int:
+    """Count one write (failed ones too) and return the errno of an injected fault that fires on it (`gpusimctl fault
+    set --call sysfs:<file>`), else 0: a faulted write changes nothing."""
     writes = state.setdefault('sysfs_writes', {})
     writes[what] = writes.get(what, 0) + 1
+    return host.sysfs_fault(state, what) or 0
 
 
 class MdevFs(fuse.Operations):
@@ -302,8 +305,10 @@ class MdevFs(fuse.Operations):
     def _create(self, gpu: dict[str, Any], vtype: dict[str, Any], text: str) -> None:
         code = 0
         with store.transaction(self.root) as state:
-            count_write(state, 'create')
-            if not _UUID_RE.match(text):
+            code = count_write(state, 'create')
+            if code:
+                pass
+            elif not _UUID_RE.match(text):
                 code = errno.EINVAL
             elif text.lower() in self._devices(state):
                 code = errno.EEXIST
@@ -318,9 +323,11 @@ class MdevFs(fuse.Operations):
     def _remove(self, vgpu_uuid: str, text: str) -> None:
         code = 0
         with store.transaction(self.root) as state:
-            count_write(state, 'remove')
+            code = count_write(state, 'remove')
             found = self._devices(state).get(vgpu_uuid.lower())
-            if text != '1':
+            if code:
+                pass
+            elif text != '1':
                 code = errno.EINVAL
             elif found is None:
                 code = errno.ENODEV
@@ -351,10 +358,12 @@ class MdevFs(fuse.Operations):
     def _set_numvfs(self, index: int, text: str) -> None:
         code = 0
         with store.transaction(self.root) as state:
-            count_write(state, 'sriov_numvfs')
+            code = count_write(state, 'sriov_numvfs')
             gpu = host.gpu(state, index)
             now = numvfs(state, gpu)
-            if not text.isdigit():
+            if code:
+                pass
+            elif not text.isdigit():
                 code = errno.EINVAL
             elif int(text) > models.get(gpu['model'])['sriov_total_vfs']:
                 code = errno.ERANGE
@@ -370,10 +379,12 @@ class MdevFs(fuse.Operations):
     def _set_vf_type(self, index: int, number: int, text: str) -> None:
         code = 0
         with store.transaction(self.root) as state:
-            count_write(state, 'current_vgpu_type')
+            code = count_write(state, 'current_vgpu_type')
             gpu = host.gpu(state, index)
             inst = self._vf_instance(gpu, number)
-            if not text.isdigit():
+            if code:
+                pass
+            elif not text.isdigit():
                 code = errno.EINVAL
             elif int(text) == 0:
                 if inst is not None and inst.get('vm_id'):

@@ -3,7 +3,8 @@
 Needs root (the fleet). Builds the stand-in packages (sim/driver-packages/build.py), serves them on 127.0.0.1:23099,
 brings up tests/integration/driver/fleet-driver.yml (fleet 'drivertest', ports 23000+) with its own inventory, and
 tears both down in the fixture's finaliser. The tests run in file order on one host: install, rerun, refusal, upgrade,
-apt-get upgrade, failed install with rollback, downgrade. Install and upgrade times are printed (pytest -s).
+apt-get upgrade, failed install with rollback, downgrade; then on a second host whose driver is a runfile install (no
+package carries it): refused, compliant but not package-managed, adopted. Install and upgrade times are printed (pytest -s).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ FLEET_FILE = HERE / "fleet-driver.yml"
 PLAYBOOK = HERE / "driver.yml"
 FLEET = "drivertest"
 HOST = "dt-h100"
+RUNFILE_HOST = "dt-runfile"  # 580.159.04 from a runfile install: loaded, no package carries it
 HTTP_PORT = 23099
 VENV_BIN = REPO / ".venv" / "bin"
 WHITELIST = ["580.95.05", {"branch": "580", "versions": ["580.159.04", "580.105.08"]}]
@@ -38,7 +40,8 @@ pytestmark = [
 
 
 class Host:
-    def __init__(self, workdir: Path, inventory: Path):
+    def __init__(self, workdir: Path, inventory: Path, name: str = HOST):
+        self.name = name
         self.workdir = workdir
         self.inventory = inventory
         self.vars = {
@@ -51,19 +54,20 @@ class Host:
         }
 
     def sh(self, command: str, check: bool = True) -> str:
-        r = _fleet("exec", "--fleet", FLEET, HOST, "--", "sh", "-c", command, check=False, timeout=120)
+        r = _fleet("exec", "--fleet", FLEET, self.name, "--", "sh", "-c", command, check=False, timeout=120)
         if check and r.returncode != 0:
             raise AssertionError(f"{command!r} failed ({r.returncode}): {r.stdout}{r.stderr}")
         return r.stdout
 
     def play(self, **extra) -> tuple[subprocess.CompletedProcess, float]:
-        varfile = self.workdir / "vars.json"
+        varfile = self.workdir / f"vars-{self.name}.json"
         varfile.write_text(json.dumps({**self.vars, **extra}))
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build"),
                    ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="False",
                    ANSIBLE_STDOUT_CALLBACK="default", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
         started = time.monotonic()
-        r = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), "-e", f"@{varfile}", str(PLAYBOOK)],
+        r = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), "--limit", self.name, "-e", f"@{varfile}",
+                            str(PLAYBOOK)],
                            capture_output=True, text=True, timeout=600, cwd=REPO, env=env, check=False)
         return r, time.monotonic() - started
 
@@ -78,11 +82,11 @@ class Host:
         return json.loads(self.sh("gpusimctl show"))["driver"]
 
 
-def _recap(r: subprocess.CompletedProcess) -> dict[str, int]:
+def _recap(r: subprocess.CompletedProcess, name: str = HOST) -> dict[str, int]:
     for line in r.stdout.splitlines():
-        if line.startswith(HOST) and "ok=" in line:
+        if line.startswith(name + " ") and "ok=" in line:
             return {k: int(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split())}
-    raise AssertionError(f"no recap for {HOST}:\n{r.stdout}\n{r.stderr}")
+    raise AssertionError(f"no recap for {name}:\n{r.stdout}\n{r.stderr}")
 
 
 def _assert_driver(host: Host, version: str) -> None:
@@ -180,3 +184,28 @@ def test_downgrade_between_whitelisted_versions(host):
     r, _seconds = host.play(driver_branch="580")
     assert r.returncode == 0, r.stdout[-6000:]
     _assert_driver(host, "580.159.04")  # the branch resolves to its newest whitelisted version
+
+
+def test_a_runfile_driver_is_refused_reported_compliant_and_adopted(host):
+    runfile = Host(host.workdir, host.inventory, RUNFILE_HOST)
+    assert runfile.packages() == {} and "Open Kernel Module for x86_64  580.159.04 " in runfile.loaded()
+    # Another version: refused, naming what is loaded and where it came from; no package changes.
+    r, _seconds = runfile.play(driver_version="580.95.05")
+    assert r.returncode != 0
+    assert ("refused, nothing changed: the loaded driver 580.159.04 (open) was not installed by the package manager (source: runfile: "
+            "/usr/bin/nvidia-installer, /usr/bin/nvidia-uninstall, /var/log/nvidia-installer.log)") in r.stdout, r.stdout[-4000:]
+    assert runfile.packages() == {}
+    # The loaded version declared: ok, unchanged, compliant but not package-managed (and NVML agrees).
+    r, _seconds = runfile.play(driver_version="580.159.04")
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert _recap(r, RUNFILE_HOST)["changed"] == 0, r.stdout[-4000:]
+    assert "complies with the whitelist (declared 580.159.04) but was not installed by the package manager" in r.stdout
+    assert runfile.packages() == {}
+    # adopt: the whitelisted packages replace it, held and pinned, and a rerun finds a package-managed host.
+    r, seconds = runfile.play(driver_version="580.159.04", driver_adopt=True)
+    assert r.returncode == 0, r.stdout[-6000:]
+    print(f"\n[driver] adopt a runfile install of 580.159.04: {seconds:.1f} s")
+    assert "adopted a runfile install" in r.stdout + r.stderr, r.stdout[-4000:]
+    _assert_driver(runfile, "580.159.04")
+    r, _seconds = runfile.play(driver_version="580.159.04")
+    assert r.returncode == 0 and _recap(r, RUNFILE_HOST)["changed"] == 0, r.stdout[-4000:]

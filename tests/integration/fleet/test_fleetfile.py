@@ -1,6 +1,7 @@
 """Fleet files parse into the hosts, ports and inventory the fleet tool promises (no root needed)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +83,24 @@ hosts:
     assert control.inventory_data(parse("hosts: [{name: a}]"))["all"]["vars"]["ansible_user"] == "root"
     # the user is not part of the GPU state: changing it does not make the GPUs anew
     assert f.hosts[0].gpu_digest() == parse("hosts: [{name: a}]").hosts[0].gpu_digest()
+
+
+def test_driver_source_runfile_marks_a_driver_no_package_carries(tmp_path, monkeypatch):
+    from gpusim_fleet import host as hostmod  # pylint: disable=import-outside-toplevel
+    f = parse("""
+defaults: {driver: {version: "580.159.04", source: runfile}}
+hosts: [{name: a}, {name: b, driver: {source: null}}, {name: c, driver: none}]
+""")
+    assert [(h.driver_version, h.driver_source) for h in f.hosts] == [("580.159.04", "runfile"), ("580.159.04", ""), (None, "")]
+    with pytest.raises(config.FleetError, match="driver source must be runfile"):
+        parse("hosts: [{name: a, driver: {source: mount}}]")
+    monkeypatch.setattr(hostmod.paths, "BASE_DIR", tmp_path / "base")
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    assert hostmod.install_runfile_traces(upper, "580.159.04") == "runfile install traces of driver 580.159.04"
+    assert "version: 580.159.04)" in (upper / "var/log/nvidia-installer.log").read_text()
+    assert (upper / "usr/bin/nvidia-uninstall").is_symlink() and os.access(upper / "usr/bin/nvidia-installer", os.X_OK)
+    assert hostmod.install_runfile_traces(upper, "580.95.05") == "runfile install traces already there"
 
 
 def test_count_expands_a_name_template():

@@ -132,7 +132,8 @@ def test_a_mode_change_on_one_gpu_resets_no_other_gpu(host):
 
 INFEASIBLE = {
     'unknown profile': ([{'devices': [0], 'instances': [{'profile': '5g.50gb'}]}], 'not offered by this GPU'),
-    'too many of a profile': ([{'devices': [0], 'instances': [{'profile': '1g.10gb', 'count': 8}]}], 'this GPU allows 7'),
+    'too many of a profile': ([{'devices': [0], 'instances': [{'profile': '1g.10gb', 'count': 4}, {'profile': '1g.10gb', 'count': 4}]}],
+                              'this GPU allows 7'),
     'too many compute slices': ([{'devices': [0], 'instances': [{'profile': '4g.40gb'}, {'profile': '2g.20gb', 'count': 2}]}],
                                 'compute slices'),
     'illegal start': ([{'devices': [0], 'instances': [{'profile': '3g.40gb', 'start': 2}]}], 'cannot start at 2'),

@@ -153,13 +153,21 @@ def test_foreign_device_of_the_declared_type_is_adopted_not_renamed(host):
 
 
 def test_failed_create_rolls_back(host):
-    taken = str(uuid.uuid4())
-    host.ctl('vgpu', 'add', '--gpu', '1', '--type', '230', '--uuid', taken)  # the T4 holds this UUID
-    wanted = [str(uuid.uuid4()), taken]
-    result = host.apply([{'devices': [0], 'type': 'A40-8Q', 'uuids': wanted}])
+    host.ctl('fault', 'set', '--call', 'sysfs:*', '--error', 'EEXIST', '--nth', '2')  # the kernel refuses the second create
+    result = host.apply([{'devices': [0], 'type': 'A40-8Q', 'uuids': [str(uuid.uuid4()), str(uuid.uuid4())]}])
     assert result.get('failed') and 'EEXIST' in result['msg'], result
     assert result['failure']['errno'] == errno.errorcode[errno.EEXIST]
     assert result['rollback']['restored'] and host.devices() == []
+
+
+def test_a_uuid_another_gpu_holds_is_refused_before_any_write(host):
+    """Issue 15: UUIDs are unique across the host; this used to be created, refused with EEXIST and rolled back."""
+    taken = str(uuid.uuid4())
+    host.ctl('vgpu', 'add', '--gpu', '1', '--type', '230', '--uuid', taken)  # the T4 holds this UUID
+    writes = host.writes()
+    result = host.apply([{'devices': [0], 'type': 'A40-8Q', 'uuids': [str(uuid.uuid4()), taken]}])
+    assert result.get('failed') and "device '%s' would be on GPUs 0, 1" % taken in result['msg'], result
+    assert host.writes() == writes and host.devices() == [] and not result['applied']
 
 
 NVIDIA_CONFIG = Path(__file__).resolve().parents[2] / 'unit' / 'fixtures' / 'nvidia' / 'vgpu-device-manager-config.yaml'
@@ -204,3 +212,32 @@ def test_vgpu_device_manager_config(host):
     assert result['changed'] and len(host.devices()) == 3
     bad = host.apply(vgpu_device_manager_config=config, vgpu_device_manager_label='nope')
     assert bad.get('failed') and "no label 'nope' in vgpu-configs" in bad['msg']
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+@pytest.mark.parametrize('second', [[0], 'all'])
+def test_two_entries_of_one_type_on_one_gpu_are_refused_before_any_write(host, second, check_mode):
+    """Issue 15: these passed check mode with duplicate UUIDs, and a real run created devices, hit EEXIST and rolled back."""
+    writes = host.writes()
+    result = host.apply([{'name': 'a', 'devices': [0], 'type': 'A40-8Q', 'count': 2},
+                         {'name': 'b', 'devices': second, 'type': 'A40-8Q', 'count': 2}], check_mode=check_mode)
+    assert result.get('failed') and "selected by entries 'a', 'b', which all declare vGPU type A40-8Q" in result['msg'], result
+    assert 'host %s: GPU 0' % HOSTNAME in result['msg'] and not result['steps'] and not result['applied']
+    assert host.writes() == writes and host.devices() == []
+    assert not os.path.isdir(host.mdevctl) or not os.listdir(host.mdevctl)
+
+
+@pytest.mark.parametrize('extra, needle', [
+    ({'config': None}, 'config is null'),
+    ({'config': [], 'sysfs_root': 'sys'}, "sysfs_root 'sys': expected an absolute path"),
+    ({'config': [], 'mdevctl_dir': '/etc/../tmp'}, "mdevctl_dir '/etc/../tmp': expected a normalised absolute path"),
+    ({'config': [{'name': 'huge', 'type': 'A40-1Q', 'count': 10 ** 8}]}, "entry 'huge': count 100000000 exceeds what any GPU allows"),
+    ({'config': [{'name': 'x\n- forged\x1b[2J', 'devices': [9], 'type': 'A40-8Q', 'count': 1}]}, "entry 'x\\n- forged\\x1b[2J'"),
+])
+def test_hostile_options_fail_the_module_naming_the_entry_and_write_nothing(host, extra, needle):
+    writes = host.writes()
+    args = dict(hostname=HOSTNAME, sysfs_root=str(host.sysfs), mdevctl_dir=str(host.mdevctl))
+    args.update(extra)
+    result = host.module('vgpu_devices', args)
+    assert result.get('failed') and needle in result['msg'] and '\x1b' not in result['msg'], result
+    assert 'exception' not in result and host.writes() == writes and host.devices() == []

@@ -196,8 +196,8 @@ def test_mig_parted_may_be_given_as_a_pair_and_names_the_exported_label(host):
 # The boot-time service: a copied tree, no Ansible
 
 
-RUNTIME_FILES = ('_facts.py', '_mig.py', '_mig_apply.py', '_mig_declaration.py', '_mig_model.py', '_mig_parted.py', '_mig_solver.py',
-                 '_nvidia_formats.py', '_nvml.py', '_nvml_mig.py', '_selector.py', '_smi.py')
+RUNTIME_FILES = ('_facts.py', '_inputs.py', '_mig.py', '_mig_apply.py', '_mig_declaration.py', '_mig_model.py', '_mig_parted.py', '_mig_solver.py',
+                 '_nvidia_formats.py', '_nvml.py', '_nvml_mig.py', '_retry.py', '_selector.py', '_smi.py')
 
 
 def test_a_copied_tree_applies_a_declaration_without_ansible(host, tmp_path):
