@@ -405,7 +405,7 @@ class _Restorer:
         self.rollback = rollback
 
     def restore(self, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-        for _ in range(self.PASSES):
+        for _pass in range(self.PASSES):
             steps = restore_steps(before, now)
             if not steps:
                 return

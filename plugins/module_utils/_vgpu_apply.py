@@ -272,11 +272,11 @@ def _roll_back(result: dict, before: Sequence[_vgpu.GpuView], root: str, failure
     touched = {s['gpu'] for s in result['applied']} | ({result['failure']['step']['gpu']} if result.get('failure', {}).get('step') else set())
     steps = _undo_steps(result['applied'], before)
     final = before
-    for _ in range(_PASSES):
+    for _pass in range(_PASSES):
         progress = False
         for step in steps:
             try:
-                _, tries = retrier.run(lambda step=step: _run(step, root), (_sysfs.SysfsWriteError,))
+                tries = retrier.run(lambda step=step: _run(step, root), (_sysfs.SysfsWriteError,))[1]
             except _retry.GaveUp as exc:
                 rollback['errors'].append(explain(step, exc.error) + (' (%d tries)' % exc.tries if exc.tries > 1 else ''))
                 continue

@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     fset.add_argument("--call", required=True, help="NVML function name, '*' for every call, 'reset' for reboot-required resets, "
                                                     "'sysfs:create|remove|current_vgpu_type|sriov_numvfs|*' for sysfs writes")
     fset.add_argument("--error", required=True, metavar="NVML_ERROR_XXX|EXXX", help="an NVML error; an errno for sysfs writes")
-    fset.add_argument("--nth", metavar="N|N,M,...|N+", help="fail only the Nth call (or each listed call, or every call from the Nth on) "
-                                                              "of a mutating NVML function ('*': of any), or of a sysfs write, counted from now")
+    fset.add_argument("--nth", metavar="N|N,M,...|N+",
+                      help="fail only the Nth call (or each listed call, or every call from the Nth on) "
+                           "of a mutating NVML function ('*': of any), or of a sysfs write, counted from now")
     fclear = fsub.add_parser("clear")
     fclear.add_argument("--gpu", default=None)
     fclear.add_argument("--call", default=None)

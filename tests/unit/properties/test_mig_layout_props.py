@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.fleet.plugins.modules import mig_layout
 
-from prop_support import assert_clean_failure, examples, hostile_strings, hostile_values, maybe, run_module, simulated, strings_in  # pylint: disable=import-error
+from prop_support import (  # pylint: disable=import-error
+    assert_clean_failure, examples, hostile_strings, hostile_values, maybe, run_module, simulated, strings_in)
 
 H100 = 'h100-80gb-hbm3'
 PROFILES = ['1g.10gb', '1g.10gb+me', '1g.20gb', '2g.20gb', '3g.40gb', '4g.40gb', '7g.80gb']
@@ -113,8 +114,8 @@ def _mig_parted_entry():
 def _mig_parted_config():
     entries = st.lists(_mig_parted_entry(), max_size=3)
     return st.one_of(
-        st.fixed_dictionaries({'version': maybe(st.just('v1')), 'mig-configs': st.dictionaries(st.sampled_from(['a', 'b', 'all-1g']), entries,
-                                                                                                 max_size=2)}),
+        st.fixed_dictionaries({'version': maybe(st.just('v1')),
+                               'mig-configs': st.dictionaries(st.sampled_from(['a', 'b', 'all-1g']), entries, max_size=2)}),
         hostile_values())
 
 

@@ -114,7 +114,8 @@ def test_module_succeeds_installed_or_fails_cleanly(args, check_mode, installed)
 
 
 @examples(150)
-@given(whitelist=st.one_of(st.lists(st.sampled_from(VERSIONS), min_size=1), _whitelist()), version=st.one_of(st.none(), _version()), branch=st.one_of(st.none(), hostile_values(0)), policy=_policy(),
+@given(whitelist=st.one_of(st.lists(st.sampled_from(VERSIONS), min_size=1), _whitelist()), version=st.one_of(st.none(), _version()),
+       branch=st.one_of(st.none(), hostile_values(0)), policy=_policy(),
        gpus=st.one_of(st.lists(st.sampled_from(ARCHES), max_size=2), hostile_values()), flavor=maybe(st.sampled_from(['auto', 'open', 'proprietary'])))
 def test_pure_planner_answers_or_raises_driver_error(whitelist, version, branch, policy, gpus, flavor):
     try:

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.fleet.plugins.modules import vgpu_devices
 
-from prop_support import assert_clean_failure, examples, hostile_strings, hostile_values, maybe, run_module, simulated, strings_in  # pylint: disable=import-error
+from prop_support import (  # pylint: disable=import-error
+    assert_clean_failure, examples, hostile_strings, hostile_values, maybe, run_module, simulated, strings_in)
 
 TYPES = ['A40-8Q', 'A40-24Q', 'NVIDIA A40-4Q', 'nvidia-562', 'T4-8Q', 'T4-4Q', 'A40-4C']
 UUIDS = ['5a0c3d2e-9a4b-4a7e-8b1e-1c2d3e4f5a6b', '5a0c3d2e-9a4b-4a7e-8b1e-1c2d3e4f5a6c']

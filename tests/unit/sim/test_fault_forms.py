@@ -30,7 +30,7 @@ def test_an_onward_fault_fires_from_its_call_on(nvml, simhost):
     nvml.nvmlInit()
     simhost.ok("fault", "set", "--call", "nvmlDeviceSetMigMode", "--error", "NVML_ERROR_UNKNOWN", "--nth", "2+")
     _set_mig(nvml, 0, 1)
-    for _ in range(3):
+    for _attempt in range(3):
         with pytest.raises(nvml.NVMLError_Unknown):
             _set_mig(nvml, 0, 0)
 
@@ -46,5 +46,5 @@ def test_a_sysfs_fault_gives_its_errno_on_the_writes_it_names():
     state = {"faults": []}
     host.set_fault(state, None, "sysfs:create", host.parse_errno("EIO"), [2], onward=True)
     assert state["faults"][0]["error_name"] == "EIO"
-    assert [host.sysfs_fault(state, "create") for _ in range(3)] == [None, errno.EIO, errno.EIO]
+    assert [host.sysfs_fault(state, "create") for _attempt in range(3)] == [None, errno.EIO, errno.EIO]
     assert host.sysfs_fault(state, "remove") is None
