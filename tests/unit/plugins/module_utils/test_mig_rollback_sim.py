@@ -22,7 +22,7 @@ import shutil
 import pytest
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig_apply, _nvml
-from test_mig_apply_sim import host_fixture  # noqa: F401  pylint: disable=import-error,unused-import
+from test_mig_apply_sim import SMI, host_fixture  # noqa: F401  pylint: disable=import-error,unused-import
 
 PREVIOUS = [{'devices': [0], 'instances': [{'profile': '3g.40gb', 'start': 0, 'compute_instances': ['1c', '1c', '1c']},
                                            {'profile': '2g.20gb', 'start': 4}, {'profile': '1g.10gb', 'start': 6}]},
@@ -59,17 +59,24 @@ def _nvml_calls_before(steps: list[dict], position: int) -> int:
     return sum(1 for s in steps[:position] if s['action'] != 'reset_gpu')
 
 
-def _fail(host, tmp_path, steps: list[dict], position: int, nth: str) -> dict:
-    """Apply DECLARED with `nth` ('*' calls counted from now) failing; a reset step fails through a fake nvidia-smi."""
+def _fail(host, tmp_path, steps: list[dict], position: int, nth: str, declared=None, transient_reset: bool = False) -> dict:
+    """Apply `declared` (default DECLARED) with `nth` ('*' calls counted from now) failing; a reset step fails
+    through a fake nvidia-smi: every reset it is asked for, or with `transient_reset` only the first one (later ones
+    reach the simulator's nvidia-smi)."""
     kwargs = {'sleep': lambda _s: None}
     if steps[position]['action'] == 'reset_gpu':
-        fake = tmp_path / 'nvidia-smi'
-        fake.write_text('#!/bin/sh\necho "GPU $3 is currently in use by another process."\nexit 255\n')
+        fake, once = tmp_path / 'nvidia-smi', tmp_path / 'nvidia-smi.failed'
+        if once.exists():
+            once.unlink()
+        refuse = 'echo "GPU $3 is currently in use by another process."\nexit 255\n'
+        if transient_reset:
+            refuse = 'if [ ! -e %s ]; then : > %s\n%sfi\nexec %s "$@"\n' % (once, once, refuse, SMI)
+        fake.write_text('#!/bin/sh\n' + refuse)
         fake.chmod(0o755)
         kwargs['smi_path'] = str(fake)
     if nth:
         host.ctl('fault', 'set', '--call', '*', '--error', 'NVML_ERROR_UNKNOWN', '--nth', nth)
-    return host.apply(DECLARED, **kwargs)
+    return host.apply(DECLARED if declared is None else declared, **kwargs)
 
 
 def _observed(host) -> list[dict]:
@@ -77,12 +84,12 @@ def _observed(host) -> list[dict]:
         return _mig_apply.observe()
 
 
-def _rollback_calls(host, tmp_path, steps: list[dict], position: int) -> int:
+def _rollback_calls(host, tmp_path, steps: list[dict], position: int, declared=None, transient_reset: bool = False) -> int:
     """How many mutating NVML calls the rollback of a fault at `position` makes when nothing else fails."""
     first = _nvml_calls_before(steps, position) + (0 if steps[position]['action'] == 'reset_gpu' else 1)
     counts = sum(host.state().get('nvml_mutations', {}).values())
-    result = _fail(host, tmp_path, steps, position, str(first) if steps[position]['action'] != 'reset_gpu' else '')
-    assert result['rollback']['restored'] is True and result['failure']['step_number'] == position + 1
+    result = _fail(host, tmp_path, steps, position, str(first) if steps[position]['action'] != 'reset_gpu' else '', declared, transient_reset)
+    assert result['rollback']['restored'] is True and result['failure']['step_number'] == position + 1, result['msg']
     return sum(host.state().get('nvml_mutations', {}).values()) - counts - first
 
 
