@@ -45,8 +45,11 @@ def vgpu_host_fixture(tmp_path, request):
 
 
 def _held(host) -> list:
-    """What the host holds: each GPU's vGPUs (uuid, VF, type) as NVML sees them, and the mdevctl definitions."""
-    gpus = [sorted((v.get('uuid'), v.get('vf'), v['type_id']) for v in gpu['vgpu_instances']) for gpu in host.state()['gpus']]
+    """What the host holds: each GPU's vGPUs as NVML sees them, an mdev by its UUID and type, a VF's vGPU by its VF and
+    type (writing a VF's current_vgpu_type cannot choose the UUID: the driver gives each new vGPU its own), and the
+    mdevctl definitions."""
+    gpus = [sorted((None if v.get('vf') is not None else v['uuid'], v.get('vf'), v['type_id']) for v in gpu['vgpu_instances'])
+            for gpu in host.state()['gpus']]
     definitions = sorted(os.path.join(d, f) for d, _dirs, files in os.walk(host.mdevctl) for f in files) if host.mdevctl.exists() else []
     return [gpus, definitions]
 

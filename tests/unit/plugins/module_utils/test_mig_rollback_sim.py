@@ -61,16 +61,17 @@ def _nvml_calls_before(steps: list[dict], position: int) -> int:
 
 def _fail(host, tmp_path, steps: list[dict], position: int, nth: str, declared=None, transient_reset: bool = False) -> dict:
     """Apply `declared` (default DECLARED) with `nth` ('*' calls counted from now) failing; a reset step fails
-    through a fake nvidia-smi: every reset it is asked for, or with `transient_reset` only the first one (later ones
-    reach the simulator's nvidia-smi)."""
+    through a fake nvidia-smi: every reset it is asked for, or with `transient_reset` only the reset of that step
+    (the others reach the simulator's nvidia-smi)."""
     kwargs = {'sleep': lambda _s: None}
     if steps[position]['action'] == 'reset_gpu':
-        fake, once = tmp_path / 'nvidia-smi', tmp_path / 'nvidia-smi.failed'
-        if once.exists():
-            once.unlink()
+        fake, calls = tmp_path / 'nvidia-smi', tmp_path / 'nvidia-smi.calls'
+        if calls.exists():
+            calls.unlink()
         refuse = 'echo "GPU $3 is currently in use by another process."\nexit 255\n'
         if transient_reset:
-            refuse = 'if [ ! -e %s ]; then : > %s\n%sfi\nexec %s "$@"\n' % (once, once, refuse, SMI)
+            nth = sum(1 for s in steps[:position + 1] if s['action'] == 'reset_gpu')
+            refuse = 'echo >> %s\nif [ "$(wc -l < %s)" -eq %d ]; then\n%sfi\nexec %s "$@"\n' % (calls, calls, nth, refuse, SMI)
         fake.write_text('#!/bin/sh\n' + refuse)
         fake.chmod(0o755)
         kwargs['smi_path'] = str(fake)
