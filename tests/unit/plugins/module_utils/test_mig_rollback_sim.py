@@ -70,8 +70,8 @@ def _fail(host, tmp_path, steps: list[dict], position: int, nth: str, declared=N
             calls.unlink()
         refuse = 'echo "GPU $3 is currently in use by another process."\nexit 255\n'
         if transient_reset:
-            nth = sum(1 for s in steps[:position + 1] if s['action'] == 'reset_gpu')
-            refuse = 'echo >> %s\nif [ "$(wc -l < %s)" -eq %d ]; then\n%sfi\nexec %s "$@"\n' % (calls, calls, nth, refuse, SMI)
+            resets = sum(1 for s in steps[:position + 1] if s['action'] == 'reset_gpu')
+            refuse = 'echo >> %s\nif [ "$(wc -l < %s)" -eq %d ]; then\n%sfi\nexec %s "$@"\n' % (calls, calls, resets, refuse, SMI)
         fake.write_text('#!/bin/sh\n' + refuse)
         fake.chmod(0o755)
         kwargs['smi_path'] = str(fake)
