@@ -35,7 +35,7 @@ SUFFIXLESS_FROM_BRANCH = 590
 PREFERENCES_FILE = '/etc/apt/preferences.d/gpuvirt-nvidia-driver.pref'
 # Packages that belong to the driver: pinned, held, and taken into account when rolling back.
 _DRIVER_PACKAGE_RE = re.compile(
-    r'^(?:cuda-drivers(?:-\d+)?|nvidia-.*|libnvidia-.*|libcuda1|libcuda-.*|linux-modules-nvidia-.*|xserver-xorg-video-nvidia.*)$')
+    r'^(?:cuda-drivers(?:-\d+)?|nvidia-.*|libnvidia-.*|libcuda1|libcuda-.*|linux-modules-nvidia-.*|xserver-xorg-video-nvidia.*|nvlsm)$')
 # Packages whose version is not the driver's (kernel-versioned, or tools released on their own).
 _NOT_DRIVER_VERSIONED_RE = re.compile(r'^(?:linux-modules-nvidia-.*|nvidia-driver-pinning-.*|nvidia-modprobe|nvidia-settings|nvlsm)$')
 _VERSION_RE = re.compile(r'^([0-9]{3})(?:\.([0-9]+)){1,2}$')  # ASCII digits only: int() reads other digits too
@@ -136,8 +136,13 @@ def resolve_version(whitelist_entries, version=None, branch=None, available=None
 def merge_policy(base: dict, overrides: dict | None) -> dict:
     """Overrides replace keys of an entry (architecture or model), leaving the entry's other keys."""
     merged = copy.deepcopy(base)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise DriverError('policy: expected a mapping, got %s' % type(overrides).__name__)
     for section in ('architectures', 'models'):
-        for name, entry in ((overrides or {}).get(section) or {}).items():
+        entries = (overrides or {}).get(section) or {}
+        if not isinstance(entries, dict):
+            raise DriverError('policy %s: expected a mapping, got %s' % (section, type(entries).__name__))
+        for name, entry in entries.items():
             if not isinstance(entry, dict):
                 raise DriverError('policy %s.%s: expected a mapping' % (section, name))
             merged.setdefault(section, {}).setdefault(name, {}).update(entry)
@@ -147,6 +152,8 @@ def merge_policy(base: dict, overrides: dict | None) -> dict:
 def normalize_gpus(gpus) -> list[dict]:
     """GPU facts (gpuvirt.fleet.gpu_facts) or architecture names -> [{index, name, architecture}]."""
     result = []
+    if gpus is not None and not isinstance(gpus, (list, tuple)):
+        raise DriverError('gpus: expected a list of architecture names or GPU facts, got %s' % type(gpus).__name__)
     for number, gpu in enumerate(gpus or []):
         if isinstance(gpu, str):
             gpu = {'architecture': gpu}

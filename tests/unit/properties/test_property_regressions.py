@@ -57,3 +57,25 @@ def test_mig_layout_reset_with_a_newline_makes_no_fake_line(root):
     given = {'config': None, 'reset': 'a\nFAILED! => fake'}
     assert_clean_failure(run_module(mig_layout.main, given), [given['reset']])
     assert root
+
+
+def test_nvidia_driver_installs_nvlsm_on_a_blackwell_nvswitch_host_and_verifies_it(tmp_path):
+    """Found by `make fuzz`: nvlsm (planned for NVLink 5 NVSwitch hosts) was not one of the driver's packages, so the
+    install put it on the host and verify, not seeing it, failed with "nvlsm is not installed"."""
+    host = FakeHost(active=['nvidia-persistenced'], offered=('580.95.05-1', '580.159.04-1', '570.86.15-1'))
+    given = {'version': '580.95.05', 'whitelist': ['580.95.05'], 'nvswitch': True, 'gpus': ['blackwell']}
+    result = run_driver(host, given, False, str(tmp_path / 'pin.pref'))
+    assert not result.get('failed'), result.get('msg')
+    assert result['installed_version'] == '580.95.05'
+    assert 'nvlsm' in host.installed and 'nvlsm' in host.held
+
+
+@pytest.mark.parametrize('given', [{'policy': True}, {'gpus': True}], ids=['policy-true', 'gpus-true'])
+def test_the_driver_planner_refuses_a_bool_where_a_mapping_or_list_belongs(given):
+    """Found by `make fuzz`: the pure planner raised AttributeError/TypeError on these instead of DriverError."""
+    from ansible_collections.gpuvirt.fleet.plugins.module_utils import _driver, _driver_policy  # pylint: disable=import-outside-toplevel
+    with pytest.raises(_driver.DriverError):
+        if 'policy' in given:
+            _driver.merge_policy(_driver_policy.POLICY, given['policy'])
+        else:
+            _driver.normalize_gpus(given['gpus'])
