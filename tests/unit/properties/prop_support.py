@@ -24,7 +24,7 @@ import unicodedata
 from pathlib import Path
 
 from ansible.module_utils.testing import patch_module_args
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -161,3 +161,22 @@ def strings_in(value) -> list[str]:
     if isinstance(value, list):
         return [s for item in value for s in strings_in(item)]
     return []
+
+
+def run_and_check(host, main, args: dict, check_mode: bool) -> dict | None:
+    """Run `main` on `host` from its pristine state (`host.restore()`, `host.read()` give and compare its bytes): a
+    failure must be clean and leave the host unchanged, and so must check mode. Returns the result of a real run
+    that succeeded, for the caller to verify further, else None."""
+    host.restore()
+    before = host.read()
+    result = run_module(main, args, check_mode=check_mode)
+    if result.get('failed'):
+        event('failed')
+        assert_clean_failure(result, strings_in(args))
+        assert host.read() == before, 'a refused declaration changed the host: %s' % result['msg']
+        return None
+    event('succeeded')
+    if check_mode:
+        assert host.read() == before, 'check mode changed the host'
+        return None
+    return result

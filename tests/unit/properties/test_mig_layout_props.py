@@ -15,13 +15,13 @@ import shutil
 import tempfile
 
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.fleet.plugins.modules import mig_layout
 
 from prop_support import (  # pylint: disable=import-error
-    assert_clean_failure, examples, hostile_strings, hostile_values, maybe, run_module, simulated, strings_in)
+    examples, hostile_strings, hostile_values, maybe, run_and_check, run_module, simulated)
 
 H100 = 'h100-80gb-hbm3'
 PROFILES = ['1g.10gb', '1g.10gb+me', '1g.20gb', '2g.20gb', '3g.40gb', '4g.40gb', '7g.80gb']
@@ -120,17 +120,8 @@ def _mig_parted_config():
 
 
 def _check(host: Host, args: dict, check_mode: bool) -> None:
-    host.restore()
-    before = host.read()
-    result = run_module(mig_layout.main, args, check_mode=check_mode)
-    if result.get('failed'):
-        event('failed')
-        assert_clean_failure(result, strings_in(args))
-        assert host.read() == before, 'a refused declaration changed the host: %s' % result['msg']
-        return
-    event('succeeded')
-    if check_mode:
-        assert host.read() == before, 'check mode changed the host'
+    result = run_and_check(host, mig_layout.main, args, check_mode)
+    if result is None:
         return
     if result.get('deferred') or result.get('reboot_required'):
         return  # a mode change waits for a reset or reboot: nothing more to verify now

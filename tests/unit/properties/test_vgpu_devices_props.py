@@ -14,13 +14,13 @@ import shutil
 import tempfile
 
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.fleet.plugins.modules import vgpu_devices
 
 from prop_support import (  # pylint: disable=import-error
-    assert_clean_failure, examples, hostile_strings, hostile_values, maybe, run_module, simulated, strings_in)
+    examples, hostile_strings, hostile_values, maybe, run_and_check, run_module, simulated)
 
 TYPES = ['A40-8Q', 'A40-24Q', 'NVIDIA A40-4Q', 'nvidia-562', 'T4-8Q', 'T4-4Q', 'A40-4C']
 UUIDS = ['5a0c3d2e-9a4b-4a7e-8b1e-1c2d3e4f5a6b', '5a0c3d2e-9a4b-4a7e-8b1e-1c2d3e4f5a6c']
@@ -103,17 +103,8 @@ def _manager_config():
 
 
 def _check(host: Host, args: dict, check_mode: bool) -> None:
-    host.restore()
-    before = host.read()
-    result = run_module(vgpu_devices.main, args, check_mode=check_mode)
-    if result.get('failed'):
-        event('failed')
-        assert_clean_failure(result, strings_in(args))
-        assert host.read() == before, 'a refused declaration changed the host: %s' % result['msg']
-        return
-    event('succeeded')
-    if check_mode:
-        assert host.read() == before, 'check mode changed the host'
+    result = run_and_check(host, vgpu_devices.main, args, check_mode)
+    if result is None:
         return
     again = run_module(vgpu_devices.main, args, check_mode=True)
     assert not again.get('failed') and again['changed'] is False and again['steps'] == [], (args, again)
