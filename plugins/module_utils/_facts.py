@@ -134,6 +134,7 @@ def new_gpu(index: int) -> dict:
         'index': index,
         'uuid': None,
         'name': None,
+        'minor_number': None,
         'status': 'ok',
         'error': None,
         'pci': {'bus_id': None, 'vendor_id': None, 'device_id': None, 'subsystem_vendor_id': None, 'subsystem_id': None},

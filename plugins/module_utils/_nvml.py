@@ -162,6 +162,7 @@ def _read_identity(r: _GpuReader) -> None:
     gpu['name'] = _facts.text(name) if name is not None else None
     uuid = r.call('uuid', pynvml.nvmlDeviceGetUUID, h)
     gpu['uuid'] = _facts.text(uuid) if uuid is not None else None
+    gpu['minor_number'] = r.call('minor_number', pynvml.nvmlDeviceGetMinorNumber, h)
     pci = r.call('pci', pynvml.nvmlDeviceGetPciInfo_v3, h)
     if pci is not None:
         gpu['pci'] = dict(bus_id=_facts.text(pci.busId), **_facts.pci_ids(pci.pciDeviceId, pci.pciSubSystemId))

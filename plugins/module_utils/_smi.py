@@ -138,6 +138,8 @@ def _parse_gpu(index: int, elem) -> dict:
     gpu = _facts.new_gpu(index)
     gpu['name'] = _find(elem, 'product_name')
     gpu['uuid'] = _find(elem, 'uuid')
+    minor = _find(elem, 'minor_number')
+    gpu['minor_number'] = int(minor) if minor is not None and minor.isdigit() else None
     bus_id = _find(elem, 'pci/pci_bus_id') or elem.get('id')
     device_id, subsystem_id = _find(elem, 'pci/pci_device_id'), _find(elem, 'pci/pci_sub_system_id')
     gpu['pci'] = {'bus_id': bus_id, 'vendor_id': None, 'device_id': None, 'subsystem_vendor_id': None, 'subsystem_id': None}

@@ -143,6 +143,13 @@ ansible_facts:
           description: GPU UUID.
           type: str
           sample: GPU-2bbc3af3-7a90-4193-7574-41743730389f
+        minor_number:
+          description:
+            - The GPU's device minor number, so its device node is C(/dev/nvidia<minor_number>) (NVML
+              C(nvmlDeviceGetMinorNumber); C(Minor Number) in C(nvidia-smi -q)). Not the index; null where unknown.
+          type: int
+          sample: 0
+          version_added: 0.4.0
         name:
           description: Product name.
           type: str
