@@ -31,13 +31,14 @@ def _read(path: str) -> str | None:
 
 
 def gpu_minors(gpus: list[dict], proc_gpus: str = GPUS) -> tuple[dict, list[str]]:
-    """GPU index -> minor number, from 'Device Minor:' of <proc_gpus>/<pci bus id>/information; where the driver has
-    no such file, the index (with a warning: the minor equals the index on hosts whose GPUs probe in PCI order)."""
+    """GPU index -> minor number: NVML's (gpu_facts' minor_number), else 'Device Minor:' of
+    <proc_gpus>/<pci bus id>/information, else the index (with a warning: the minor equals the index on hosts whose
+    GPUs probe in PCI order)."""
     minors, warnings = {}, []
     for gpu in gpus:
         bus = (gpu.get('pci') or {}).get('bus_id')
-        minor = None
-        if bus:
+        minor = gpu.get('minor_number')
+        if minor is None and bus:
             domain, _sep, rest = bus.lower().partition(':')
             for name in ('%04x:%s' % (int(domain, 16), rest) if domain else bus.lower(), bus.lower()):
                 minor = _slurm.parse_device_minor(_read(os.path.join(proc_gpus, name, 'information')))
