@@ -32,12 +32,13 @@ whether the rollback restored every GPU, or exactly what each GPU holds now: nev
 
 from __future__ import annotations
 
+import os
 import shutil
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_declaration, _mig_parted, _nvml, _retry, _smi
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _holders, _mig, _mig_declaration, _mig_parted, _nvml, _retry, _smi, _sysfs
 
 RESET_CHOICES = ('auto', 'never')
 DEFAULT_LABEL = 'current'
@@ -288,6 +289,7 @@ def _export(gpus: Sequence[Mapping[str, Any]], label: str, result: dict) -> None
 
 def _new_result() -> dict:
     return {'changed': False, 'failed': False, 'msg': '', 'steps': [], 'applied': [], 'reboot_required': [], 'deferred': [],
+            'disruptive': False, 'holders': [],
             'before': [], 'after': [], 'declaration': None, 'mig_parted': None}
 
 
@@ -295,19 +297,21 @@ class _Run:
     """observe, plan, apply, verify (and roll back) for one host."""
 
     def __init__(self, hostname: str, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None, reset: str, label: str,
-                 retrier: _retry.Retrier | None = None):
+                 retrier: _retry.Retrier | None = None, proc_root: str = _sysfs.PROCFS):
         self.hostname = hostname
         self.nvml = nvml
         self.executor = _Executor(nvml, smi)
         self.retrier = retrier or _retry.Retrier()
         self.reset = reset
+        self.proc_root = proc_root
+        self.drm = _holders.drm_loaded(_sysfs.read_loaded_modules(self.proc_root)) if reset == 'auto' else False
         self.label = label
         self.result = _new_result()
 
     def plan(self, declaration: Any, gpus: Sequence[Mapping[str, Any]],
              parted: Sequence[_mig_parted.PartedEntry] | None = None) -> _mig.HostPlan | None:
         """Plan the declaration, or the parsed mig-parted label `parted` with mig-parted's meaning."""
-        reset_possible = {gpu['index']: self.reset == 'auto' for gpu in gpus}
+        reset_possible = {gpu['index']: self.reset == 'auto' and not self.drm for gpu in gpus}
         try:
             if parted is not None:
                 plan = _mig_parted.plan_mig_parted(self.hostname, gpus, parted, reset_possible)
@@ -317,7 +321,18 @@ class _Run:
             self.result.update(failed=True, msg='%s; nothing was changed' % exc, errors=exc.errors)
             return None
         self.result.update({key: value for key, value in plan.as_dict().items() if key != 'desired'})
+        if self.drm and self.reset == 'auto':
+            for entry in self.result['reboot_required']:
+                entry['reason'] = _holders.DRM_REASON
         return plan
+
+    def holders(self, plan: _mig.HostPlan, gpus: Sequence[Mapping[str, Any]]) -> str | None:
+        """Who holds the GPUs the plan resets (in the result's `holders`); the refusal when any does."""
+        resets = {step['gpu'] for step in plan.steps if step['action'] == 'reset_gpu'}
+        self.result['disruptive'] = any(step['action'] in ('set_mig_mode', 'reset_gpu') for step in plan.steps)
+        found = _holders.blocking(gpus, resets, _sysfs.read_device_holders(self.proc_root) if resets else [], [os.getpid()])
+        self.result['holders'] = found
+        return _holders.refusal(self.hostname, found) if found else None
 
     def apply(self, plan: _mig.HostPlan, before: Sequence[Mapping[str, Any]]) -> None:
         entries = {want['gpu']: want['entry'] for want in plan.desired}
@@ -483,12 +498,12 @@ def _start(result: dict) -> _nvml.NvmlSession | None:
 
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
                       mig_parted: Any = None, label: str | None = None, smi_path: str | None = None,
-                      sleep: Callable[[float], Any] | None = None) -> dict:
+                      sleep: Callable[[float], Any] | None = None, proc_root: str = _sysfs.PROCFS) -> dict:
     """Bring this host's GPUs to `declaration` (gpu_mig; or `mig_parted`: a mig-parted v1 config and a label, as
     {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig_parted.plan_mig_parted).
     `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`, default from PATH) for resets;
     `reset='never'` leaves mode changes pending until a reboot; `sleep` waits between the tries of a failed rollback
-    step (default time.sleep).
+    step (default time.sleep). `proc_root` is where the processes and kernel modules are read (the GPUs' holders).
 
     Returns a dict: changed, failed, msg, steps (the ordered plan), applied (the steps run, with the ids they
     created), reboot_required, deferred, before/after (per selected GPU, for diff), declaration and mig_parted (the
@@ -515,12 +530,16 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
     if nvml is None:
         return result
     path = smi_path or shutil.which('nvidia-smi')
-    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL, _retry.Retrier(sleep))
+    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL, _retry.Retrier(sleep), proc_root)
     with nvml:
         try:
             before = observe()
             plan = run.plan(declaration, before, parted)
-            if plan is not None and plan.changed and not check_mode:
+            refusal = run.holders(plan, before) if plan is not None and plan.changed else None
+            if refusal is not None and not check_mode:
+                run.result.update(failed=True, changed=False, msg=refusal)
+                _export(before, run.label, run.result)
+            elif plan is not None and plan.changed and not check_mode:
                 run.apply(plan, before)
             else:
                 run.result['changed'] = plan is not None and plan.changed

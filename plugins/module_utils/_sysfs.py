@@ -41,6 +41,45 @@ def read_loaded_modules(root: str = PROCFS) -> set | None:
     return None if text is None else {line.split(None, 1)[0] for line in text.splitlines() if line.strip()}
 
 
+_NVIDIA_NODE = re.compile(r'^/dev/nvidia(\d+)$')
+_UNIT = re.compile(r'/([^/]+\.(?:service|scope))(?:/|$)')
+
+
+def _proc_text(path: str, limit: int = 4096) -> str | None:
+    try:
+        with open(path, 'rb') as f:
+            return f.read(limit).decode('utf-8', 'replace')
+    except OSError:  # the process ended, or is not ours to read
+        return None
+
+
+def read_device_holders(root: str = PROCFS) -> list[dict]:
+    """Every process with a GPU device node (/dev/nvidia<minor>) open, as fuser/lsof find them: [{pid, comm, command,
+    unit, minors}] from <root>/<pid>/fd, comm, cmdline and cgroup (unit: the systemd unit it runs in, or None). A process
+    that ends while it is read is left out."""
+    holders = []
+    for name in _listdir(root):
+        if not name.isdigit():
+            continue
+        base = os.path.join(root, name)
+        minors = set()
+        for fd in _listdir(os.path.join(base, 'fd')):
+            try:
+                match = _NVIDIA_NODE.match(os.readlink(os.path.join(base, 'fd', fd)))
+            except OSError:
+                continue
+            if match:
+                minors.add(int(match.group(1)))
+        if not minors:
+            continue
+        comm = (_proc_text(os.path.join(base, 'comm')) or '').strip()
+        command = ' '.join(part for part in (_proc_text(os.path.join(base, 'cmdline')) or '').split('\0') if part)
+        units = _UNIT.findall(_proc_text(os.path.join(base, 'cgroup')) or '')
+        holders.append({'pid': int(name), 'comm': comm, 'command': command[:200] or comm,
+                        'unit': units[0] if units else None, 'minors': sorted(minors)})
+    return sorted(holders, key=lambda h: h['pid'])
+
+
 def read_mounts(root: str = PROCFS) -> list[dict]:
     """The mounts <root>/mounts lists, each {source, target, fstype, options} (octal escapes such as \\040 decoded)."""
     text = _read(os.path.join(root, 'mounts')) or ''

@@ -25,6 +25,13 @@ description:
   - GPUs with running processes, and instances in use, are not touched unless the entry sets O(config[].allow_disruption).
     The processes are not killed. With O(config[].allow_disruption=true) NVML still refuses to destroy an instance
     a process uses, and the change is rolled back; stop the GPU clients first (the role does).
+  - A GPU that must be reset is first checked for holders, as C(fuser) finds them (every process with its
+    C(/dev/nvidia<minor>) open: exporters, C(nvidia-persistenced), DCGM, the fabric manager, CUDA processes) and the
+    compute processes NVML reports. If any holds it, the change is refused before anything is touched, naming each
+    process (pid, command, systemd unit); in check mode they are returned in RV(holders). Processes are never
+    stopped or killed by this module; the P(gpuvirt.fleet.mig#role) role stops the GPU services it knows first.
+    Where C(nvidia_drm) is loaded it holds every GPU: no reset is tried, the mode change stays pending and the GPU is
+    listed in RV(reboot_required) with that reason.
   - A failing step, or a verify mismatch, rolls back every GPU a step touched to its previous layout, including
     its MIG mode and every instance at its placement. The result then says which step failed, why, and whether the
     rollback restored every GPU (RV(rollback)).
@@ -248,6 +255,20 @@ reboot_required:
   type: list
   elements: dict
   sample: [{gpu: 1, uuid: GPU-5b6e5f65-8f3f-4bd3-1d4e-2c3f2f0c1e11, reason: "Resetting GPU 00000000:2A:00.0 is not supported."}]
+disruptive:
+  description: Whether the plan changes a MIG mode or resets a GPU (what makes its holders stop first).
+  returned: always
+  type: bool
+  version_added: 0.4.0
+holders:
+  description:
+    - The processes that hold a GPU the plan must reset (C(pid), C(comm), C(command), C(unit) (the systemd unit, or
+      null) and C(gpus), the indexes they hold). Not empty means the change was refused (check mode only reports it).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{pid: 812, comm: nvidia-persistenc, command: /usr/bin/nvidia-persistenced --verbose, unit: nvidia-persistenced.service, gpus: [0, 1]}]
+  version_added: 0.4.0
 deferred:
   description: Per GPU in RV(reboot_required), the instance steps that run once MIG mode is current (C(gpu), C(uuid), C(reason), C(steps)).
   returned: always

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig, _mig_apply, _nvml, _smi
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _holders, _mig, _mig_apply, _nvml, _smi
 
 REPO = Path(__file__).resolve().parents[4]
 SIM_LIB = REPO / 'sim' / 'lib'
@@ -197,7 +197,7 @@ def test_mig_parted_may_be_given_as_a_pair_and_names_the_exported_label(host):
 
 
 RUNTIME_FILES = ('_facts.py', '_inputs.py', '_mig.py', '_mig_apply.py', '_mig_declaration.py', '_mig_model.py', '_mig_parted.py', '_mig_solver.py',
-                 '_nvidia_formats.py', '_nvml.py', '_nvml_mig.py', '_retry.py', '_selector.py', '_smi.py')
+                 '_nvidia_formats.py', '_nvml.py', '_nvml_mig.py', '_retry.py', '_selector.py', '_smi.py', '_holders.py', '_sysfs.py')
 
 
 def test_a_copied_tree_applies_a_declaration_without_ansible(host, tmp_path):
@@ -224,3 +224,62 @@ print(sorted(name for name in sys.modules if name == 'ansible' or name.startswit
     summary, modules = proc.stdout.splitlines()
     assert json.loads(summary) == {'failed': False, 'msg': '', 'changed': True} and modules == '[]'
     assert [len(g['gpu_instances']) for g in host.state()['gpus']] == [7, 7]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Holders: a GPU that must be reset is checked first (processes read from a /proc tree made here)
+
+
+def _proc_tree(tmp_path, modules=('nvidia',), holders=()):
+    proc = tmp_path / 'proc'
+    proc.mkdir(parents=True)
+    (proc / 'modules').write_text(''.join('%s 1 0 - Live 0x0\n' % name for name in modules))
+    for pid, minor, command, unit in holders:
+        (proc / str(pid) / 'fd').mkdir(parents=True)
+        os.symlink('/dev/nvidia%d' % minor, proc / str(pid) / 'fd' / '4')
+        (proc / str(pid) / 'cmdline').write_bytes(command.replace(' ', '\0').encode())
+        (proc / str(pid) / 'comm').write_text(command.split()[0].rsplit('/', 1)[-1][:15])
+        (proc / str(pid) / 'cgroup').write_text('1:name=systemd:/system.slice/%s\n' % unit)
+    return str(proc)
+
+
+def _mutations(host):
+    return [(g.get('nvml_mutations'), g.get('resets')) for g in host.state()['gpus']] + [host.state().get('nvml_mutations')]
+
+
+def test_a_held_gpu_is_not_touched_and_the_holder_is_named(host, tmp_path):
+    minor = host.state()['gpus'][0]['minor']
+    proc = _proc_tree(tmp_path, holders=[(812, minor, '/usr/bin/nvidia-persistenced --verbose', 'nvidia-persistenced.service')])
+    declaration = [{'devices': [0], 'instances': [{'profile': '1g.10gb', 'count': 7}]}]
+    before, counts = host.layouts(), _mutations(host)
+    plan = host.apply(declaration, check_mode=True, proc_root=proc)
+    assert not plan['failed'] and plan['disruptive'] and [h['pid'] for h in plan['holders']] == [812]
+    result = host.apply(declaration, proc_root=proc)
+    assert result['failed'] and not result['changed'] and result['applied'] == []
+    assert ('GPU 0 is held by pid 812 (/usr/bin/nvidia-persistenced --verbose; unit nvidia-persistenced.service); '
+            'nothing was changed') in result['msg']
+    assert result['holders'] == [{'pid': 812, 'comm': 'nvidia-persiste', 'command': '/usr/bin/nvidia-persistenced --verbose',
+                                  'unit': 'nvidia-persistenced.service', 'gpus': [0]}]
+    assert host.layouts() == before and _mutations(host) == counts
+
+
+def test_a_holder_of_another_gpu_or_a_change_without_reset_is_no_obstacle(host, tmp_path):
+    other = host.state()['gpus'][1]['minor']
+    proc = _proc_tree(tmp_path, holders=[(900, other, 'python3 /usr/local/bin/gpuvirt-exporter', 'gpuvirt-exporter.service')])
+    result = host.apply([{'devices': [0], 'instances': [{'profile': '7g.80gb'}]}], proc_root=proc)
+    assert not result['failed'] and result['changed'] and result['holders'] == []
+    # GPU 0 is in MIG mode now: a new layout needs no reset, so its holders do not matter
+    mine = _proc_tree(tmp_path / 'again', holders=[(901, host.state()['gpus'][0]['minor'], 'dcgm-exporter', 'dcgm-exporter.service')])
+    result = host.apply([{'devices': [0], 'instances': [{'profile': '3g.40gb', 'count': 2}]}], proc_root=mine)
+    assert not result['failed'] and result['changed'] and not result['disruptive'] and result['holders'] == []
+
+
+def test_a_loaded_nvidia_drm_leaves_the_mode_change_pending_for_a_reboot(host, tmp_path):
+    proc = _proc_tree(tmp_path, modules=('nvidia', 'nvidia_modeset', 'nvidia_drm'))
+    result = host.apply([{'devices': [0], 'instances': [{'profile': '7g.80gb'}]}], proc_root=proc)
+    assert not result['failed'], result['msg']
+    assert [s['action'] for s in result['applied']] == ['set_mig_mode']
+    assert result['reboot_required'] == [{'gpu': 0, 'uuid': host.state()['gpus'][0]['uuid'], 'reason': _holders.DRM_REASON}]
+    assert [s['action'] for s in result['deferred'][0]['steps']] == ['create_gpu_instance', 'create_compute_instance']
+    gpu = host.state()['gpus'][0]
+    assert gpu['mig'] == {'current': 0, 'pending': 1} and 'resets' not in gpu
