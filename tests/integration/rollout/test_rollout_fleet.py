@@ -121,6 +121,8 @@ def test_a_failing_host_in_a_later_batch_under_the_limit_lets_the_rollout_go_on(
     assert done['rt-03']['gates']['xid'] in ('passed', 'not checked: the exporter cannot watch XID events here (NVML event sets unsupported)')
     assert done['rt-04']['gates'] == {'declaration': 'not checked: nothing declared',
                                       'exporter': 'not checked: no exporter on this host (gpuvirt_exporter: false)',
+                                      'scheduler': 'not checked: Slurm is not managed on this host (slurm_manage: false)',
+                                      'devices': 'not checked: no NVIDIA container toolkit (nvidia-ctk) on this host',
                                       'xid': 'not checked: no exporter on this host (gpuvirt_exporter: false)', 'burn_in': 'passed'}
     state = json.loads(fleet.sh('rt-02', 'gpusimctl show').stdout)
     assert state['gpus'][0]['mig']['current'] and len(state['gpus'][0]['gpu_instances']) == 2
