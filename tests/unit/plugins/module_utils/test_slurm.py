@@ -260,3 +260,24 @@ def test_wait_fails_when_the_gres_differs():
     fake = FakeSlurm([('gpu:h100:2', 'IDLE')])
     result = _slurm_apply.node_action(Module(), _commands.Runner(fake), params('wait', expected_gres='gpu:1g.10gb:2', timeout=0))
     assert result['failed'] and result['msg'] == 'node n1 reports Gres=gpu:h100:2, the GPUs give Gres=gpu:1g.10gb:2'
+
+
+# ---- the /proc reads of the seam ------------------------------------------------------------------------------------
+
+def test_cap_minors_and_gpu_minors_are_read_from_the_driver_tree(tmp_path):
+    from ansible_collections.gpuvirt.fleet.plugins.module_utils import _slurm_host
+    caps_root = tmp_path / 'capabilities'
+    (caps_root / 'gpu2' / 'mig' / 'gi1' / 'ci0').mkdir(parents=True)
+    (caps_root / 'mig').mkdir()
+    (caps_root / 'mig' / 'config').write_text('DeviceFileMinor: 1\n')
+    (caps_root / 'gpu2' / 'mig' / 'gi1' / 'access').write_text('DeviceFileMinor: 282\nDeviceFileMode: 292\nDeviceFileModify: 1\n')
+    (caps_root / 'gpu2' / 'mig' / 'gi1' / 'ci0' / 'access').write_text('DeviceFileMinor: 283\nDeviceFileMode: 292\nDeviceFileModify: 1\n')
+    assert _slurm_host.cap_minors(str(caps_root)) == {'gpu2/mig/gi1/access': 282, 'gpu2/mig/gi1/ci0/access': 283}
+    gpus = [whole(0), whole(1), whole(2)]
+    gpus[0]['minor_number'] = 5
+    gpus[1]['pci']['bus_id'] = '00000000:1B:00.0'
+    (tmp_path / 'gpus' / '0000:1b:00.0').mkdir(parents=True)
+    (tmp_path / 'gpus' / '0000:1b:00.0' / 'information').write_text('Model: \t\t NVIDIA H100\nDevice Minor: \t 3\n')
+    minors, warnings = _slurm_host.gpu_minors(gpus, str(tmp_path / 'gpus'))
+    assert minors == {0: 5, 1: 3, 2: 2}
+    assert len(warnings) == 1 and warnings[0].startswith('GPU 2: no Device Minor')
