@@ -22,7 +22,7 @@ description:
     MIG devices by their parent's node and the C(/dev/nvidia-caps) nodes of their GPU and compute instance, whose
     minors the driver lists under C(/proc/driver/nvidia/capabilities). A device NVML reports that the spec lacks is
     listed in RV(missing), a device the spec names that is gone or changed in RV(stale), and the task fails.
-  - Where C(nvidia-ctk) is not installed there is nothing to do: the result says so (RV(toolkit_installed=false))
+  - Where C(nvidia-ctk) is not installed there is nothing to do; the result says so (RV(toolkit_installed=false))
     and does not fail.
   - A spec that does not parse, or is not a CDI spec, fails the task naming the file.
 author:

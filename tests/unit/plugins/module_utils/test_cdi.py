@@ -89,8 +89,8 @@ def test_mig_disabled_makes_every_mig_device_stale_and_a_new_gpu_missing():
     now = [gpu(0, GPU0, mig=False), gpu(1, GPU1, mig=False), gpu(2, 'GPU-new')]
     result = _cdi.compare(_cdi.parse(SPEC_TEXT, 'x'), observed(now, {}))
     assert result['missing'] == ['GPU 2 (GPU-new)']
-    assert [s.split()[0] for s in result['stale']] == ['0:0', 'MIG-dc34bd17-17d4-56ec-8cae-40aae1e4214c', '0:1',
-                                                      'MIG-98ebc00f-d261-5384-a2f8-1559d5917735']
+    assert [s.split()[0] for s in result['stale']] == [
+        '0:0', 'MIG-dc34bd17-17d4-56ec-8cae-40aae1e4214c', '0:1', 'MIG-98ebc00f-d261-5384-a2f8-1559d5917735']
 
 
 def test_a_gpu_in_another_slot_and_a_spec_without_all():
