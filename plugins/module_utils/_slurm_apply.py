@@ -58,7 +58,9 @@ def node_action(module, runner: _commands.Runner, params: dict) -> dict:
         result['jobs'] = ctl.jobs()
         return result
     if action == 'drain':
-        result['drained_before'] = 'DRAIN' in node['flags'] and not _invalid(node)
+        # A drain with our own reason is ours (left by an earlier run that failed), not somebody else's.
+        ours = (node['reason'] or '').startswith(params['reason'])
+        result['drained_before'] = 'DRAIN' in node['flags'] and not _invalid(node) and not ours
         if 'DRAIN' not in node['flags']:
             result['changed'] = True
             if not module.check_mode:

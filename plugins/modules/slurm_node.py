@@ -14,7 +14,8 @@ description:
   - Runs where C(scontrol) has operator rights (the controller or the node itself).
   - V(show) returns the node's state and its running jobs.
   - V(drain) drains the node with O(reason) (unless it is drained already; RV(drained_before) says so, and such a
-    node should never be resumed by the caller), then waits up to O(timeout) seconds until no job runs on it. On
+    node should never be resumed by the caller; a drain with the same O(reason), left by an earlier run, or one
+    Slurm set for an INVAL registration, does not count), then waits up to O(timeout) seconds until no job runs on it. On
     timeout it fails naming the node, the timeout and the job ids still running (the node stays drained; the caller
     decides whether to resume it).
   - V(resume) waits up to O(timeout) until slurmd has registered with a valid configuration (Slurm refuses a resume

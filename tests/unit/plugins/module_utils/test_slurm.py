@@ -229,6 +229,8 @@ def test_drain_waits_for_the_jobs_then_reports_whether_drained_before():
     assert fake.updates == [['nodename=n1', 'state=drain', 'reason=r']]
     again = _slurm_apply.node_action(Module(), _commands.Runner(FakeSlurm([('gpu:h100:2', 'IDLE+DRAIN')])), params('drain'))
     assert again['drained_before'] is True and not again['changed']
+    ours = _slurm_apply.node_action(Module(), _commands.Runner(FakeSlurm([('gpu:h100:2', 'IDLE+DRAIN')])), params('drain', reason='x'))
+    assert ours['drained_before'] is False, 'a drain with our own reason (an earlier failed run) is ours to resume'
 
 
 def test_drain_timeout_fails_naming_node_timeout_and_jobs():
