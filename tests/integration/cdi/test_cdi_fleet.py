@@ -187,3 +187,31 @@ def test_a_rollout_labels_the_nodes_pending_success_and_failed_with_kubectl(host
     assert calls == ([label('cdi-01', 'pending')] + drain_calls('cdi-01') + [label('cdi-01', 'success'), ['uncordon', 'cdi-01']]
                      + [label('cdi-02', 'pending')] + drain_calls('cdi-02') + [label('cdi-02', 'failed')]), \
         (calls, proc.stdout[-4000:])
+
+
+def _module(host: Host, target: str, args: str, check: bool = False) -> tuple[int, dict]:
+    """gpuvirt.fleet.gpu_cdi run ad hoc on `target`: (rc, result)."""
+    argv = [str(VENV_BIN / 'ansible'), '-i', str(host.inventory), target, '-m', 'gpuvirt.fleet.gpu_cdi', '-a', args, '-o']
+    proc = subprocess.run(argv + (['--check'] if check else []), capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=ansible_env(), check=False)
+    return proc.returncode, json.loads(proc.stdout.split('=>', 1)[1])
+
+
+def test_gpu_cdi_without_toolkit_broken_spec_failed_generation_and_check_mode(host):
+    # a host without the container toolkit: nothing to do, and no failure
+    rc, result = _module(host, 'cdi-02', 'spec_path=/etc/cdi/nvidia.yaml')
+    assert rc == 0 and result['toolkit_installed'] is False and result['changed'] is False, result
+    assert 'not installed' in result['msg']
+    # a spec that does not parse: the error names the file
+    host.sh("printf 'cdiVersion: 0.5.0\\nkind: [nvidia.com/gpu\\n' > /var/tmp/broken.yaml")
+    rc, result = _module(host, 'cdi-01', 'spec_path=/var/tmp/broken.yaml generate=false')
+    assert rc != 0 and result['msg'].startswith('/var/tmp/broken.yaml '), result
+    # a failing nvidia-ctk leaves the old file as it was
+    host.sh('cp /etc/cdi/nvidia.yaml /var/tmp/keep.yaml && cp /var/tmp/keep.yaml /var/tmp/keep.orig')
+    rc, result = _module(host, 'cdi-01', 'spec_path=/var/tmp/keep.yaml nvidia_ctk=/bin/false verify=false')
+    assert rc != 0 and 'nvidia-ctk cdi generate failed' in result['msg'] and 'left as it was' in result['msg'], result
+    host.sh('cmp /var/tmp/keep.yaml /var/tmp/keep.orig')
+    # check mode: the change is predicted and verified, nothing is written
+    rc, result = _module(host, 'cdi-01', 'spec_path=/var/tmp/new/nvidia.yaml capabilities_root=%s' % host.caps_root, check=True)
+    assert rc == 0 and result['changed'] is True and result['matches'] is True, result
+    host.sh('test ! -e /var/tmp/new')
