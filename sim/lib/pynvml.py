@@ -35,6 +35,7 @@ if _HERE not in sys.path:
 from gpusim import host as _host  # noqa: E402
 from gpusim import mig as _mig  # noqa: E402
 from gpusim import models as _models  # noqa: E402
+from gpusim import sessions as _sessions  # noqa: E402
 from gpusim import store as _store  # noqa: E402
 from gpusim.errors import ERROR_STRINGS as _LIB_ERROR_STRINGS  # noqa: E402
 from gpusim.errors import SimError as _SimError  # noqa: E402
@@ -700,6 +701,7 @@ class c_nvmlDeviceAttributes(Structure):
 _lock = threading.RLock()
 _refcount = 0
 _lib_loaded = False  # the real bindings keep libnvidia-ml loaded after the first nvmlInit
+_session = None  # this process's NVML session (gpusim.sessions.Session) while _refcount > 0
 
 # Opaque handles carry (kind, GPU state index, GI uid, CI uid) in the pointer value; they are
 # never dereferenced.  uids are unique per GPU, so a handle to a destroyed instance stays invalid.
@@ -905,6 +907,8 @@ def _mutate_locked(state, handle, index, names, kinds, action):
             return exc
         error = NVMLError(exc.code)
         error.__cause__ = exc
+        if getattr(exc, "holders", None):
+            error.holders = exc.holders  # a stand-in extra: what holds the GPU ("pid 123 (nvidia-persiste)", ...)
         return error
 
 
@@ -1004,8 +1008,14 @@ def nvmlInitWithFlags(flags):
     if state["gpus"] and not _visible(state) and not flags & NVML_INIT_FLAG_NO_GPUS:
         # e.g. open kernel modules on a host with only pre-Turing GPUs: nvidia.ko does not load
         _raise(NVML_ERROR_DRIVER_NOT_LOADED)
+    global _session  # pylint: disable=global-statement
     with _lock:
         _refcount += 1
+        if _refcount == 1:
+            # the first init opens the session: the process holds the GPUs (device nodes open, as libnvidia-ml
+            # keeps them) until the matching last nvmlShutdown; NO_ATTACH opens only the control node
+            minors = [] if flags & NVML_INIT_FLAG_NO_ATTACH else [int(g.get("minor", g["index"])) for g in _visible(state)]
+            _session = _sessions.Session(_store.root_dir(), minors, attach=bool(minors))
 
 
 def nvmlInit():
@@ -1020,6 +1030,15 @@ def nvmlShutdown():
         if _refcount <= 0:
             _raise(NVML_ERROR_UNINITIALIZED)
         _refcount -= 1
+        if _refcount == 0:
+            _end_session()
+
+
+def _end_session():
+    global _session  # pylint: disable=global-statement
+    if _session is not None:
+        _session.close()
+        _session = None
 
 
 def nvmlErrorString(result):
@@ -1367,7 +1386,9 @@ def nvmlDeviceGetMigMode(device):
 
 
 def nvmlDeviceSetMigMode(device, mode):
-    return _mutate(device, "nvmlDeviceSetMigMode", (_KIND_DEVICE,), lambda dev: _host.set_mig_mode(dev.gpu, mode))
+    # every other process's NVML session holds the GPU (read only here: the warm path never looks at sessions)
+    return _mutate(device, "nvmlDeviceSetMigMode", (_KIND_DEVICE,),
+                   lambda dev: _host.set_mig_mode(dev.gpu, mode, dev.state, _sessions.others(_store.root_dir())))
 
 
 def nvmlDeviceGetMaxMigDeviceCount(device):

@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Any, Sequence
 
-from . import host, models, store
+from . import host, models, sessions, store
 from .errors import SimError, parse_error
 
 
@@ -137,8 +137,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="modprobe -r + modprobe: load the installed version; refused while processes use a GPU")
 
     sub.add_parser("reboot", help="reboot the host: pending modes apply, instances and processes are gone")
-    reset = sub.add_parser("reset", help="reset one GPU like nvidia-smi -r")
+    reset = sub.add_parser("reset", help="reset one GPU like nvidia-smi -r (refused while anything holds it)")
     reset.add_argument("--gpu", required=True)
+    reset.add_argument("--force", action="store_true",
+                       help="test set-up only: reset even while held (its registered processes and vGPUs are dropped)")
+
+    held = sub.add_parser("holders", help="what holds each GPU (NVML sessions, processes, vGPUs, nvidia_drm) as JSON")
+    held.add_argument("--gpu", default=None)
+
+    drm = sub.add_parser("nvidia-drm", help="load or unload nvidia_drm (it holds every GPU while loaded)")
+    drm.add_argument("--loaded", choices=("yes", "no"), help="load or unload it now")
+    drm.add_argument("--at-boot", choices=("yes", "no"), help="whether a boot loads it")
+    drm.add_argument("--as-booted", action="store_true",
+                     help="loaded now as a boot would leave it (with --at-boot; the fleet, while the host is down)")
     return parser
 
 
@@ -241,7 +252,43 @@ def _reset(args: argparse.Namespace) -> None:
     index = _which(args.gpu)
     if not isinstance(index, int):
         raise CliError("gpusimctl: --gpu %s: reset takes one GPU index" % args.gpu)
-    _mutate(args, lambda state: host.reset(state, index))
+    root = store.root_dir(args.root)
+    _mutate(args, lambda state: host.reset(state, index, sessions.others(root), force=args.force))
+
+
+def _holders(args: argparse.Namespace) -> dict[str, list[str]]:
+    try:
+        state = store.load(args.root)
+    except store.StateMissing as exc:
+        raise CliError("gpusimctl: no simulator state at %s" % exc, 1) from exc
+    which = _which(args.gpu)
+    try:
+        targets = host._targets(state, which)  # pylint: disable=protected-access
+    except ValueError as exc:
+        raise CliError("gpusimctl: %s" % exc) from exc
+    others = sessions.others(store.root_dir(args.root))
+    return {str(entry["index"]): host.holders(state, entry, others) for entry in targets}
+
+
+def _nvidia_drm(args: argparse.Namespace) -> None:
+    if args.loaded is None and args.at_boot is None:
+        raise CliError("gpusimctl: nvidia-drm: give --loaded and/or --at-boot")
+    if args.as_booted and (args.at_boot is None or args.loaded is not None):
+        raise CliError("gpusimctl: nvidia-drm: --as-booted goes with --at-boot and without --loaded")
+    loaded = None if args.loaded is None else args.loaded == "yes"
+    at_boot = None if args.at_boot is None else args.at_boot == "yes"
+
+    def action(state: dict[str, Any]) -> None:
+        now = loaded
+        if args.as_booted:
+            now = bool(at_boot) and bool(state["driver"].get("loaded"))
+        host.set_nvidia_drm(state, now, at_boot)
+    _mutate(args, action)
+
+
+def _reboot(args: argparse.Namespace) -> None:
+    _mutate(args, host.reboot)
+    sessions.clear(store.root_dir(args.root))  # every process is gone: so are their NVML sessions
 
 
 def _proc(args: argparse.Namespace) -> None:
@@ -299,7 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "driver":
             _driver(args)
         elif args.command == "reboot":
-            _mutate(args, host.reboot)
+            _reboot(args)
+        elif args.command == "holders":
+            print(json.dumps(_holders(args), indent=1, sort_keys=True))
+        elif args.command == "nvidia-drm":
+            _nvidia_drm(args)
         elif args.command == "reset":
             _reset(args)
     except CliError as exc:

@@ -348,9 +348,49 @@ def lose(state: dict[str, Any], index: int) -> None:
     gpu(state, index)["lost"] = True
 
 
+# ---- holders: what keeps a GPU from a reset or a MIG mode change ---------------------------
+def drm_loaded(state: dict[str, Any]) -> bool:
+    """nvidia_drm is loaded (it holds every GPU); it needs the NVIDIA kernel module."""
+    return bool((state.get("nvidia_drm") or {}).get("loaded")) and bool(state.get("driver", {}).get("loaded"))
+
+
+def set_nvidia_drm(state: dict[str, Any], loaded: bool | None = None, at_boot: bool | None = None) -> None:
+    """Load or unload nvidia_drm now (``loaded``), and whether a boot loads it (``at_boot``)."""
+    drm = state.setdefault("nvidia_drm", {"loaded": False, "at_boot": False})
+    if at_boot is not None:
+        drm["at_boot"] = at_boot
+    if loaded is not None:
+        if loaded and not state["driver"].get("loaded"):
+            raise ValueError("nvidia_drm: the NVIDIA kernel module is not loaded")
+        drm["loaded"] = loaded
+
+
+def holders(state: dict[str, Any], entry: dict[str, Any], others: list[dict[str, Any]] | None = None) -> list[str]:
+    """What holds this GPU, one phrase each: NVML sessions of other processes (``others``, from
+    ``sessions.others``: they attach every GPU), registered processes, vGPU instances and a loaded nvidia_drm."""
+    held = ["pid %d (%s)" % (s["pid"], s.get("comm") or "?") for s in others or []]
+    seen = {s["pid"] for s in others or []}
+    for proc in entry.get("processes", []):
+        if proc["pid"] not in seen:
+            seen.add(proc["pid"])
+            held.append("pid %d (%s)" % (proc["pid"], proc.get("name") or "?"))
+    held += ["vGPU %s" % v["uuid"] for v in entry.get("vgpu_instances", [])]
+    if drm_loaded(state):
+        held.append("nvidia_drm (kernel module)")
+    return held
+
+
+def in_use(entry: dict[str, Any], held: list[str]) -> SimError:
+    error = SimError(NVML_ERROR_IN_USE, "GPU %d is in use by another client: %s" % (entry["index"], ", ".join(held)))
+    error.holders = held  # type: ignore[attr-defined]
+    return error
+
+
 # ---- MIG mode, reset, reboot ---------------------------------------------------------------
-def set_mig_mode(entry: dict[str, Any], mode: int) -> int:
-    """nvmlDeviceSetMigMode: record the pending mode; returns the activation status.
+def set_mig_mode(entry: dict[str, Any], mode: int, state: dict[str, Any] | None = None,
+                 others: list[dict[str, Any]] | None = None) -> int:
+    """nvmlDeviceSetMigMode: record the pending mode; returns the activation status. Refused (IN_USE, naming the
+    holders) while anything holds the GPU (see ``holders``: ``others`` are the live NVML sessions of other processes).
 
     The mode becomes current on GPU reset or reboot, so the activation status is
     NVML_ERROR_RESET_REQUIRED whenever pending differs from current (as in pass-through VMs).
@@ -360,22 +400,26 @@ def set_mig_mode(entry: dict[str, Any], mode: int) -> int:
         raise SimError(NVML_ERROR_NOT_SUPPORTED, "GPU does not support MIG")
     if mode not in (0, 1):
         raise SimError(NVML_ERROR_INVALID_ARGUMENT, "MIG mode must be 0 or 1")
-    if entry["processes"] or entry.get("vgpu_instances"):
-        raise SimError(NVML_ERROR_IN_USE, "GPU is in use by processes")
+    held = holders(state or {}, entry, others)
+    if held:
+        raise in_use(entry, held)
     if mode == 0 and entry["gpu_instances"]:
         raise SimError(NVML_ERROR_IN_USE, "GPU instances exist")
     entry["mig"]["pending"] = mode
     return NVML_ERROR_RESET_REQUIRED if entry["mig"]["pending"] != entry["mig"]["current"] else 0
 
 
-def reset(state: dict[str, Any], index: int) -> None:
-    """nvidia-smi -r: pending MIG mode becomes current; instances are gone."""
+def reset(state: dict[str, Any], index: int, others: list[dict[str, Any]] | None = None, force: bool = False) -> None:
+    """nvidia-smi -r: pending MIG mode becomes current; instances are gone. Refused (IN_USE, naming the holders)
+    while anything holds the GPU (``others``: live NVML sessions of other processes); ``force`` (test set-up only,
+    ``gpusimctl reset --force``) resets a held GPU, dropping its registered processes."""
     entry = gpu(state, index)
-    if entry["processes"]:
-        pids = ", ".join(str(p["pid"]) for p in entry["processes"])
-        raise SimError(NVML_ERROR_IN_USE, "GPU %d is in use by process(es) %s" % (index, pids))
-    if entry.get("vgpu_instances"):
-        raise SimError(NVML_ERROR_IN_USE, "GPU %d has active vGPU instances" % index)
+    held = holders(state, entry, others)
+    if held and not force:
+        raise in_use(entry, held)
+    if force:
+        entry["processes"] = []
+        entry["vgpu_instances"] = []
     if entry.get("reset_requires_reboot"):
         raise SimError(NVML_ERROR_RESET_REQUIRED, "GPU %d cannot be reset: a reboot is required" % index)
     entry["mig"]["current"] = entry["mig"]["pending"]
@@ -389,6 +433,9 @@ def reboot(state: dict[str, Any]) -> None:
     """Pending modes take effect; instances, vGPUs and processes are gone; lost GPUs are back; the kernel module
     of the installed driver is loaded (none when no driver is installed)."""
     load_installed_driver(state)
+    drm = state.get("nvidia_drm")
+    if drm is not None:
+        drm["loaded"] = bool(drm.get("at_boot")) and state["driver"].get("loaded", False)
     for entry in state["gpus"]:
         entry["mig"]["current"] = entry["mig"]["pending"]
         entry["ecc"]["current"] = entry["ecc"]["pending"]

@@ -141,6 +141,16 @@ def transaction(root: str | None = None, create: bool = False) -> Iterator[dict[
             data = {}
         yield data
         _write(root, path, data)
+        _after_write(root, data)
+
+
+def _after_write(root: str, data: dict[str, Any]) -> None:
+    """Keep the driver's /proc files (``procfs``) in step with the state, still under the lock."""
+    from . import procfs  # pylint: disable=import-outside-toplevel  # procfs reads the state through host
+    try:
+        procfs.sync(root, data)
+    except OSError:
+        pass  # a root whose proc tree this writer may not change: the state itself is saved
 
 
 def replace(data: dict[str, Any], root: str | None = None) -> None:

@@ -20,8 +20,11 @@ FLAVOURS = ("open", "proprietary")
 DRIVER_SOURCES = ("", "runfile")
 DEFAULT_BASE_PORT = 22200
 
-HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars", "remote_user"}
-DEFAULT_KEYS = {"groups", "driver", "vars", "vgpu_host", "remote_user"}
+HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars", "remote_user", "services",
+             "nvidia_drm"}
+DEFAULT_KEYS = {"groups", "driver", "vars", "vgpu_host", "remote_user", "services", "nvidia_drm"}
+# Stand-in NVIDIA services a host may run (installed enabled: they start at boot and hold the GPUs through NVML).
+SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager")
 TOP_KEYS = {"fleet", "base_port", "defaults", "vars", "hosts"}
 
 
@@ -38,6 +41,24 @@ def _vgpu_host(where: str, value: object) -> str:
     if value == "sriov":
         return "sriov"
     raise FleetError(f"{where}: vgpu_host must be true, false, mdev or sriov, not {value!r}")
+
+
+def _services(where: str, value: object) -> list[str]:
+    """services: a list of SERVICES (none by default)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FleetError(f"{where}: services must be a list of names ({', '.join(SERVICES)})")
+    for name in value:
+        if name not in SERVICES:
+            raise FleetError(f"{where}: services: unknown service {name!r} (known: {', '.join(SERVICES)})")
+    return list(dict.fromkeys(value))
+
+
+def _flag(where: str, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise FleetError(f"{where}: {key} must be true or false, not {value!r}")
+    return value
 
 
 def _remote_user(where: str, value: object, default: tuple[str, bool]) -> tuple[str, bool]:
@@ -85,6 +106,9 @@ class HostSpec:
     remote_sudo: bool = False
     # runfile: the host's layer gets the .run installer's files (a driver no package carries); "": nothing.
     driver_source: str = ""
+    # Stand-in NVIDIA services installed enabled (SERVICES), and whether nvidia_drm is loaded at boot.
+    services: list[str] = field(default_factory=list)
+    nvidia_drm: bool = False
 
     def gpu_args(self) -> list[str]:
         return [f"{m}:{c}" for m, c in self.gpus]
@@ -207,6 +231,8 @@ def parse(data, path: Path) -> Fleet:
     d_groups = _groups(f"{path}: defaults", defaults.get("groups"))
     d_user = _remote_user(f"{path}: defaults", defaults.get("remote_user"), ("root", False))
     d_vars = defaults.get("vars") or {}
+    d_services = _services(f"{path}: defaults", defaults.get("services"))
+    d_drm = _flag(f"{path}: defaults", "nvidia_drm", defaults.get("nvidia_drm", False))
     fleet_vars = data.get("vars") or {}
     if not isinstance(fleet_vars, dict) or not isinstance(d_vars, dict):
         raise FleetError(f"{path}: vars must be a mapping")
@@ -254,6 +280,8 @@ def parse(data, path: Path) -> Fleet:
                 vgpu_sriov=_vgpu_host(hw, entry.get("vgpu_host", defaults.get("vgpu_host", False))) == "sriov",
                 remote_user=user,
                 remote_sudo=sudo,
+                services=_services(hw, entry["services"]) if "services" in entry else list(d_services),
+                nvidia_drm=_flag(hw, "nvidia_drm", entry.get("nvidia_drm", d_drm)),
             ))
 
     seen: dict[str, int] = {}

@@ -174,7 +174,101 @@ def install_sim(root: Path) -> list[str]:
         shutil.copy2(src, dst)
         os.chmod(dst, 0o755)
         done.append(f"/usr/bin/{src.name}")
+    # the NVIDIA tool stand-ins a host has (nvidia-modprobe, the services' daemons) are refreshed where present
+    for name in STANDIN_TOOLS:
+        src, dst = paths.REPO / "sim" / "bin" / name, bindir / name
+        if src.is_file() and _is_standin(dst):
+            shutil.copy2(src, dst)
+            os.chmod(dst, 0o755)
+            done.append(f"/usr/bin/{name}")
     return done
+
+
+# ---- NVIDIA tools and services of a host (stand-ins) ----------------------------------------------
+STANDIN_TOOLS = ("nvidia-modprobe", "nvidia-persistenced", "nv-fabricmanager")
+# service name -> (its daemon in /usr/bin, unit text)
+SERVICE_UNITS = {
+    "nvidia-persistenced": ("nvidia-persistenced", """# gpusim stand-in
+[Unit]
+Description=NVIDIA Persistence Daemon (gpusim stand-in: holds the GPUs through NVML)
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/nvidia-persistenced --verbose
+KillSignal=SIGTERM
+
+[Install]
+WantedBy=multi-user.target
+"""),
+    "nvidia-fabricmanager": ("nv-fabricmanager", """# gpusim stand-in
+[Unit]
+Description=NVIDIA fabric manager service (gpusim stand-in: holds the GPUs through NVML)
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.cfg
+KillSignal=SIGTERM
+
+[Install]
+WantedBy=multi-user.target
+"""),
+}
+
+
+def _is_standin(path: Path) -> bool:
+    try:
+        return path.is_file() and b"gpusim stand-in" in path.read_bytes()[:400]
+    except OSError:
+        return False
+
+
+def install_nvidia_tools(upper: Path, spec: HostSpec) -> list[str]:
+    """nvidia-modprobe where the host has a driver; the services the fleet file names, installed enabled (the others
+    this tool installed before are removed). Idempotent; only our own stand-ins are ever removed."""
+    notes = []
+    bindir = paths.REPO / "sim" / "bin"
+    wanted = {"nvidia-modprobe"} if spec.driver_version else set()
+    wanted |= {SERVICE_UNITS[s][0] for s in spec.services}
+    for name in STANDIN_TOOLS:
+        dst = upper / "usr/bin" / name
+        if name in wanted:
+            mkdirs_like(upper, "usr/bin")
+            shutil.copy2(bindir / name, dst)
+            os.chmod(dst, 0o755)
+            notes.append(f"/usr/bin/{name}")
+        elif _is_standin(dst):
+            dst.unlink()
+    for service, (_daemon, unit) in SERVICE_UNITS.items():
+        rel = f"etc/systemd/system/{service}.service"
+        wants = upper / f"etc/systemd/system/multi-user.target.wants/{service}.service"
+        if service in spec.services:
+            write(upper, rel, unit)
+            mkdirs_like(upper, "etc/systemd/system/multi-user.target.wants")
+            if not wants.is_symlink():
+                os.symlink(f"/etc/systemd/system/{service}.service", wants)
+            notes.append(f"{service}.service (enabled)")
+        elif _is_standin(upper / rel):
+            (upper / rel).unlink()
+            if wants.is_symlink():
+                wants.unlink()
+    return notes
+
+
+def gpu_minors(upper: Path) -> list[int]:
+    """Minor numbers of the GPUs the loaded driver drives (what /dev/nvidia<minor> a boot makes)."""
+    try:
+        state = json.loads((upper / "var/lib/gpusim/state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not (state.get("driver") or {}).get("loaded"):
+        return []
+    try:
+        from gpusim.host import visible_gpus  # pylint: disable=import-outside-toplevel  # sim/lib is on the path
+        gpus = visible_gpus(state)
+    except Exception:  # pylint: disable=broad-exception-caught  # an older state or model set: every GPU
+        gpus = state.get("gpus", [])
+    return sorted(int(g.get("minor", g.get("index", 0))) for g in gpus)
 
 
 SYSFS_UNIT = """[Unit]
@@ -310,6 +404,21 @@ def init_gpus(spec: HostSpec, gpusim_root: Path) -> str:
     return "GPU state initialised: " + " ".join(spec.gpu_args())
 
 
+def boot_settings(spec: HostSpec, gpusim_root: Path) -> str:
+    """What the next boot loads besides the driver (nvidia_drm, from the fleet file); no process survives a stopped
+    host, so no NVML session does either."""
+    cmd = gpusimctl_cmd()
+    if cmd is None or not (gpusim_root / "state.json").exists():
+        return "no simulated GPU state: no boot settings"
+    shutil.rmtree(gpusim_root / "sessions", ignore_errors=True)
+    flag = "yes" if spec.nvidia_drm else "no"
+    r = subprocess.run([*cmd, "--root", str(gpusim_root), "nvidia-drm", "--at-boot", flag, "--as-booted"],
+                       capture_output=True, text=True, check=False, env=gpusimctl_env(), timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"{spec.name}: gpusimctl nvidia-drm failed ({r.returncode}): {r.stderr.strip()}")
+    return f"nvidia_drm {'loaded' if spec.nvidia_drm else 'not loaded'} at boot"
+
+
 def gpu_reboot(gpusim_root: Path) -> str:
     cmd = gpusimctl_cmd()
     if cmd is None or not gpusim_root.exists():
@@ -381,6 +490,9 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     notes.append("installed " + (", ".join(installed) if installed else "nothing (sim/ has no simulator yet)"))
     if spec.vgpu_host:
         notes.append(install_sysfs_emulation(upper, sriov=spec.vgpu_sriov))
+    tools = install_nvidia_tools(upper, spec)
+    if tools:
+        notes.append("NVIDIA stand-ins: " + ", ".join(tools))
     if spec.driver_source == "runfile" and spec.driver_version:
         notes.append(install_runfile_traces(upper, spec.driver_version))
     # The simulated GPUs and driver: only at the first up or when the fleet file changes them.
@@ -390,6 +502,7 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
         notes.append(init_gpus(spec, upper / "var/lib/gpusim"))
         if gpusimctl_cmd() is not None:
             applied.write_text(digest + "\n")
+    notes.append(boot_settings(spec, upper / "var/lib/gpusim"))
     cfg = {
         "fleet": fleet.name, "name": spec.name, "port": spec.port, "repo": str(paths.REPO),
         "base": str(paths.BASE_DIR), "upper": str(upper), "work": str(work), "merged": str(merged),

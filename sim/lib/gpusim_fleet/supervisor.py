@@ -70,6 +70,8 @@ class Supervisor:
             nv.write_text(hostmod.nvrm_version_text(*kmod))
         elif nv.exists():
             nv.unlink()
+        # the GPUs whose device nodes the loaded driver makes (none without a loaded driver)
+        (boot / "nvidia-minors").write_text(json.dumps(hostmod.gpu_minors(Path(self.cfg["upper"])) if kmod else []) + "\n")
         console = self.run / "console.log"
         if console.exists() and console.stat().st_size > 4 << 20:
             console.rename(self.run / "console.log.old")
@@ -204,6 +206,34 @@ def _mknod(path: str, major: int, minor: int, mode: int = 0o666) -> None:
     os.chmod(path, mode)
 
 
+def _bind_ro(src: str, dst: str) -> None:
+    ns.mount(src, dst, None, ns.MS_BIND)
+    ns.mount(None, dst, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+
+
+NVIDIA_MAJOR, CAPS_MAJOR, UVM_MAJOR = 195, 508, 510  # the caps and uvm majors are fixed stand-ins (gpusim.modprobe)
+CAP_MINORS_PER_GPU = 135  # 15 GPU instances x (1 + 8 compute instances) per GPU minor, after config 1 and monitor 2
+
+
+def _nvidia_nodes(r, minors: list[int]) -> None:
+    """What the driver and nvidia-modprobe make when the module loads: /dev/nvidiactl, /dev/nvidia<minor>,
+    /dev/nvidia-uvm(-tools). The nvidia-caps nodes are made later by nvidia-modprobe -f; with CAP_MKNOD dropped it
+    links them from /dev/.gpusim-nodes/nvidia-caps, made here for every cap minor of these GPUs (mode 0, root only)."""
+    if not minors:
+        return
+    _mknod(r("/dev/nvidiactl"), NVIDIA_MAJOR, 255)
+    for minor in minors:
+        _mknod(r("/dev/nvidia%d" % minor), NVIDIA_MAJOR, minor)
+    _mknod(r("/dev/nvidia-uvm"), UVM_MAJOR, 0)
+    _mknod(r("/dev/nvidia-uvm-tools"), UVM_MAJOR, 1)
+    stash = r("/dev/.gpusim-nodes/nvidia-caps")
+    os.makedirs(stash, 0o700)
+    os.chmod(r("/dev/.gpusim-nodes"), 0o700)
+    caps = [1, 2] + [3 + CAP_MINORS_PER_GPU * g + k for g in minors for k in range(CAP_MINORS_PER_GPU)]
+    for cap in caps:
+        _mknod("%s/nvidia-cap%d" % (stash, cap), CAPS_MAJOR, cap, 0)
+
+
 def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
     """PID 1 of a fresh PID namespace (and own mount/UTS/IPC namespaces): build the host's root
     filesystem, then exec systemd. Every mount made here lives only in this mount namespace."""
@@ -242,6 +272,17 @@ def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
         with open(r("/proc/driver/nvidia/version"), "w") as f:
             f.write(nv.read_text())
         os.chmod(r("/proc/driver/nvidia/version"), 0o444)
+        # The driver's files that follow the GPU state (MIG capability files, mig-minors), which the simulator keeps
+        # in step under its state lock in /var/lib/gpusim/proc (gpusim/procfs.py): bound read-only.
+        for src, dst in (("/var/lib/gpusim/proc/driver/nvidia/capabilities", "/proc/driver/nvidia/capabilities"),
+                         ("/var/lib/gpusim/proc/driver/nvidia-caps", "/proc/driver/nvidia-caps")):
+            if os.path.isdir(r(src)):
+                os.makedirs(r(dst), 0o555, exist_ok=True)
+                _bind_ro(r(src), r(dst))
+    # /proc/modules: the simulator's list of the loaded NVIDIA modules, where the kernel has the file to bind over
+    # (a kernel without module support has none, and procfs takes no new file).
+    if os.path.exists(r("/proc/modules")) and os.path.isfile(r("/var/lib/gpusim/proc/modules")):
+        _bind_ro(r("/var/lib/gpusim/proc/modules"), r("/proc/modules"))
     # Read-only, as the kernel's file is (root ignores file modes on a tmpfs).
     ns.mount(None, r("/proc/driver"), None, ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
              "mode=0555,size=1m")
@@ -269,6 +310,7 @@ def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
     for name, (ma, mi) in {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
                            "urandom": (1, 9), "tty": (5, 0), "fuse": (10, 229)}.items():
         _mknod(r("/dev/" + name), ma, mi)
+    _nvidia_nodes(r, json.loads((run / "boot/nvidia-minors").read_text() or "[]"))
     for name, target in {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
                          "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx", "core": "/proc/kcore"}.items():
         os.symlink(target, r("/dev/" + name))

@@ -2,14 +2,18 @@
 
 NVML has no public reset call, so this is the one thing the stand-in does outside the ``pynvml`` API: it
 changes the simulated host's state directly, exactly as ``gpusimctl reset`` does (pending MIG mode becomes
-current, instances are gone). It is refused, with the real tool's words and exit code, while processes or
-vGPUs use the GPU (255) and where a reset needs a reboot (``gpusimctl fault set --call reset``, 3).
+current, instances are gone). It is refused, with the real tool's words and exit code (255), while anything else
+holds the GPU: another process's NVML session, a registered compute process, a vGPU, a loaded nvidia_drm (this
+nvidia-smi's own session does not count); and where a reset needs a reboot (``gpusimctl fault set --call reset``, 3).
+The real tool does not name the processes, so neither does this one (``gpusimctl holders`` does).
 """
 
 from __future__ import annotations
 
+# What nvidia-smi of the 535..580 drivers prints when a GPU is held (see sim/README.md for the evidence).
 IN_USE = (
-    "GPU {bus} is currently in use by another process.\n\n"
+    "The following GPUs could not be reset:\n"
+    "  GPU {bus}: In use by another client\n\n"
     "1 device is currently being used by one or more other processes (e.g., Fabric Manager, CUDA application, "
     "graphics application such as an X server, or a monitoring application such as another instance of nvidia-smi). "
     "Please first kill all processes using this device and all compute applications running in the system.\n"
@@ -24,7 +28,7 @@ def reset_gpu(uuid: str, bus: str) -> tuple[str, int]:
     """Reset the GPU with this UUID; returns (what nvidia-smi prints on stdout, its exit code)."""
     try:
         # pylint: disable=import-outside-toplevel  # only a simulated host has the state to reset
-        from gpusim import host, store
+        from gpusim import host, sessions, store
         from gpusim.errors import NVML_ERROR_IN_USE, SimError
     except ImportError:
         return NOT_SUPPORTED.format(bus=bus), EXIT_NOT_SUPPORTED
@@ -33,7 +37,7 @@ def reset_gpu(uuid: str, bus: str) -> tuple[str, int]:
             entry = next((g for g in state["gpus"] if g["uuid"] == uuid), None)
             if entry is None:
                 return NOT_SUPPORTED.format(bus=bus), EXIT_NOT_SUPPORTED
-            host.reset(state, entry["index"])
+            host.reset(state, entry["index"], sessions.others(store.root_dir()))
     except store.StateMissing:
         return NOT_SUPPORTED.format(bus=bus), EXIT_NOT_SUPPORTED
     except SimError as exc:

@@ -81,6 +81,7 @@ def test_nvidia_smi_r_resets_one_gpu_making_the_pending_mode_current(nvml, simho
     simhost.init("h100-80gb-hbm3:2")
     nvml.nvmlInit()
     nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(1), 1)
+    nvml.nvmlShutdown()  # this process's open NVML session would hold the GPUs, as on a real host
     proc = _smi("-r", "-i", "1")
     assert (proc.returncode, proc.stdout) == (0, "GPU 00000000:2A:00.0 was successfully reset.\n")
     state = simhost.state()
@@ -96,7 +97,8 @@ def test_nvidia_smi_r_is_refused_while_processes_use_the_gpu(nvml, simhost):
     simhost.init("h100-80gb-hbm3:1")
     simhost.ok("proc", "add", "--gpu", "0", "--pid", "4242", "--mem-mib", "100")
     proc = _smi("-r", "-i", "0")
-    assert proc.returncode == 255 and proc.stdout.startswith("GPU 00000000:18:00.0 is currently in use by another process.\n")
+    assert proc.returncode == 255 and proc.stdout.startswith(
+        "The following GPUs could not be reset:\n  GPU 00000000:18:00.0: In use by another client\n\n1 device is currently")
     assert "Please first kill all processes" in proc.stdout and "resets" not in simhost.state()["gpus"][0]
 
 

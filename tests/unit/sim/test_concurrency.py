@@ -124,12 +124,18 @@ def test_readers_see_changes_made_by_other_processes(nvml, simhost):
     nvml.nvmlInit()
     handle = nvml.nvmlDeviceGetHandleByIndex(0)
     assert nvml.nvmlDeviceGetMigMode(handle) == [0, 0]
+    # an open NVML session holds the GPU (as on a real host): this reader closes its own before another process
+    # changes the MIG mode and resets; its cached state must still follow those changes
+    nvml.nvmlShutdown()
     child = multiprocessing.get_context("fork").Process(target=_set_mig_pending, args=(str(simhost.root),))
     child.start()
     child.join(30)
     assert child.exitcode == 0
+    nvml.nvmlInit()
     assert nvml.nvmlDeviceGetMigMode(handle) == [0, 1]
+    nvml.nvmlShutdown()
     assert simhost.run("reset", "--gpu", "0").returncode == 0
+    nvml.nvmlInit()
     assert nvml.nvmlDeviceGetMigMode(handle) == [1, 1]
 
 

@@ -144,8 +144,10 @@ def test_reset_that_needs_a_reboot(nvml, simhost):
     h = nvml.nvmlDeviceGetHandleByIndex(0)
     nvml.nvmlDeviceSetMigMode(h, 1)
     simhost.ok("fault", "set", "--gpu", "0", "--call", "reset", "--error", "NVML_ERROR_RESET_REQUIRED")
+    nvml.nvmlShutdown()  # an open session of this process would hold the GPU (IN_USE) before the fault is reached
     result = simhost.run("reset", "--gpu", "0")
     assert result.returncode == 1 and "reboot is required" in result.stderr
+    nvml.nvmlInit()
     assert nvml.nvmlDeviceGetMigMode(h) == [0, 1]
     simhost.ok("reboot")
     assert nvml.nvmlDeviceGetMigMode(h) == [1, 1]
