@@ -54,7 +54,7 @@ print(json.dumps(out))
 
 
 class Host(FleetHost):
-    caps_root = ''
+    caps_root = '/proc/driver/nvidia/capabilities'
 
     def run(self, **variables) -> subprocess.CompletedProcess:
         return self.play(HERE / 'cdi.yml', caps_root=self.caps_root, **variables)
@@ -80,10 +80,8 @@ def host_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('cdi')
     with fleet_up(FLEET, HERE / 'fleet-cdi.yml', workdir) as inventory:
         host = Host(FLEET, 'cdi-01', workdir, inventory, HERE / 'cdi.yml')
-        real_caps = subprocess.run([str(REPO / 'sim' / 'fleet'), 'exec', '--fleet', FLEET, 'cdi-01', '--', 'test', '-d',
-                                    '/proc/driver/nvidia/capabilities'], check=False).returncode == 0
-        host.caps_root = '/proc/driver/nvidia/capabilities' if real_caps else '/run/gpuvirt-caps/driver/nvidia/capabilities'
-        proc = host.play(HERE / 'toolkit.yml', repo=str(REPO), real_caps=real_caps)
+        host.caps_root = '/proc/driver/nvidia/capabilities'
+        proc = host.play(HERE / 'toolkit.yml', repo=str(REPO))
         assert proc.returncode == 0, proc.stdout[-4000:]
         host.sh("python3 -c 'import pynvml; pynvml.nvmlInit(); pynvml.nvmlDeviceSetMigMode("
                 "pynvml.nvmlDeviceGetHandleByIndex(0), 1)' && gpusimctl reset --gpu 0 --force >/dev/null")
@@ -163,8 +161,7 @@ def test_a_rollout_labels_the_nodes_pending_success_and_failed_with_kubectl(host
                  'gpuvirt_rollout_failed_tasks': str(drain / 'kubernetes-mig-label-failed.yml'),
                  'gpuvirt_rollout_canaries': ['cdi-01'], 'gpuvirt_rollout_max_fail_percentage': 100,
                  'gpuvirt_k8s_mig_config': 'cdi-test', 'gpuvirt_rollout_summary_path': str(tmp_path / 'summary.json'),
-                 # the devices gate (container_runtime verify) reads the capabilities where the toolkit's wrapper wrote them
-                 'container_runtime_cdi_capabilities_root': host.caps_root}
+                 }
     varfile = tmp_path / 'vars.json'
     varfile.write_text(json.dumps(variables))
     env = ansible_env()
