@@ -129,3 +129,23 @@ def test_count_expands_a_name_template():
 def test_bad_fleet_files_are_refused_naming_the_entry(text, message):
     with pytest.raises(config.FleetError, match=message):
         parse(text)
+
+
+def test_services_and_nvidia_drm_default_to_none_and_are_checked():
+    f = parse("""
+defaults: {services: [nvidia-persistenced], nvidia_drm: true}
+hosts:
+  - {name: a, gpus: {h100-80gb-hbm3: 1}}
+  - {name: b, gpus: {h100-80gb-hbm3: 1}, services: [nvidia-fabricmanager, nvidia-persistenced], nvidia_drm: false}
+""")
+    by = {h.name: h for h in f.hosts}
+    assert (by["a"].services, by["a"].nvidia_drm) == (["nvidia-persistenced"], True)
+    assert (by["b"].services, by["b"].nvidia_drm) == (["nvidia-fabricmanager", "nvidia-persistenced"], False)
+    plain = parse("hosts: [{name: c, gpus: {a30: 1}}]").hosts[0]
+    assert (plain.services, plain.nvidia_drm) == ([], False)
+    with pytest.raises(config.FleetError, match=r"hosts\[0\] \(d\): services: unknown service 'dcgm'"):
+        parse("hosts: [{name: d, gpus: {a30: 1}, services: [dcgm]}]")
+    with pytest.raises(config.FleetError, match=r"defaults: services must be a list"):
+        parse("defaults: {services: nvidia-persistenced}\nhosts: [{name: e, gpus: {a30: 1}}]")
+    with pytest.raises(config.FleetError, match=r"nvidia_drm must be true or false"):
+        parse("hosts: [{name: f, gpus: {a30: 1}, nvidia_drm: yes please}]")
