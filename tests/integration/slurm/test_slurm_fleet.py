@@ -85,11 +85,13 @@ def test_slurm_sees_the_new_mig_devices_and_runs_a_job_on_one(host):
     index = next(i for i, line in enumerate(gres_conf) if 'Type=1g.10gb ' in line)
     files = gres_conf[index].split('MultipleFiles=')[1].split(',')
     assert files[0] == '/dev/nvidia0' and all(host.sh('test -c %s && echo yes' % f).strip() == 'yes' for f in files)
-    out = host.sh('srun --gres=gpu:1g.10gb:1 sh -c \'echo "$SLURM_JOB_ID $CUDA_VISIBLE_DEVICES"\'').split()
-    job, visible = out[0], out[1]
-    # Without device cgroups Slurm 22.05 gives the node-global GRES index, i.e. the line of gres.conf.
-    assert visible == str(index)
-    assert 'GRES=gpu:1g.10gb:1(IDX:%d)' % index in host.sh('scontrol show job -d %s' % job)
+    out = host.sh('srun --gres=gpu:1g.10gb:1 sh -c \'echo "$SLURM_JOB_ID $CUDA_VISIBLE_DEVICES"; scontrol show job -d $SLURM_JOB_ID\'')
+    job, visible = out.split()[:2]
+    # Without device cgroups Slurm 22.05 gives the node-global GRES index, i.e. the line of gres.conf; the running
+    # job's detail names the same index of the 1g.10gb device.
+    assert visible == str(index), out
+    assert 'GRES=gpu:1g.10gb:1(IDX:%d)' % index in out, out
+    assert job.isdigit()
     # Nothing changed since: a second sync (no drain) changes nothing.
     again = host.play(slurm_test_drain=False, slurm_test_change=False, **FAST)
     assert again.returncode == 0 and host.changed(again) == 0, again.stdout[-4000:]
