@@ -186,6 +186,7 @@ bench: venv collection .build/exporter-wheels/.stamp
 	$(BIN)/python bench/bench_capacity.py
 	$(BIN)/python bench/bench_fleet_facts.py
 	$(BIN)/python bench/bench_site.py --hosts 4,16,32
+	$(BIN)/python bench/bench_mig_slurm.py
 
 clean:
 	-sim/fleet down

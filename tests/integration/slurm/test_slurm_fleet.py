@@ -1,7 +1,7 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """gpuvirt.fleet.slurm on the fleet with Debian's real Slurm 22.05 (slurmctld, slurmd, munge on one host): a MIG
-change between the role's drain and sync entry points (slurm.yml), as the mig role runs them.
+change through the mig role, which runs the slurm role's drain and sync entry points around it (slurm.yml).
 
 - Slurm sees the new MIG devices and runs a job on one (srun --gres=gpu:<profile>:1);
 - a running job holds the change back until it has ended;
