@@ -23,9 +23,10 @@ DRM_REASON = ('the nvidia_drm kernel module is loaded and holds every GPU, so no
               'stays pending until the next reboot (or unload nvidia_drm and apply again)')
 
 
-def drm_loaded(modules: Iterable[str] | None) -> bool:
-    """Whether nvidia_drm is among the loaded kernel modules (None: unknown, taken as not loaded)."""
-    return modules is not None and DRM_MODULE in modules
+def drm_loaded(modules: Iterable[str] | None, live: bool = False) -> bool:
+    """Whether nvidia_drm is loaded: among the loaded kernel modules (/proc/modules; None: unreadable) or `live` (its
+    /sys/module entry says so)."""
+    return live or (modules is not None and DRM_MODULE in modules)
 
 
 def holders_of(gpu: Mapping[str, Any], holders: Sequence[Mapping[str, Any]], exclude: Iterable[int] = ()) -> list[dict]:

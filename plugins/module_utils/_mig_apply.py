@@ -297,14 +297,14 @@ class _Run:
     """observe, plan, apply, verify (and roll back) for one host."""
 
     def __init__(self, hostname: str, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None, reset: str, label: str,
-                 retrier: _retry.Retrier | None = None, proc_root: str = _sysfs.PROCFS):
+                 retrier: _retry.Retrier | None = None, proc_root: str = _sysfs.PROCFS, sys_root: str = _sysfs.SYSFS):
         self.hostname = hostname
         self.nvml = nvml
         self.executor = _Executor(nvml, smi)
         self.retrier = retrier or _retry.Retrier()
         self.reset = reset
         self.proc_root = proc_root
-        self.drm = _holders.drm_loaded(_sysfs.read_loaded_modules(self.proc_root)) if reset == 'auto' else False
+        self.drm = reset == 'auto' and _holders.drm_loaded(_sysfs.read_loaded_modules(proc_root), _sysfs.module_live(_holders.DRM_MODULE, sys_root))
         self.label = label
         self.result = _new_result()
 
@@ -498,12 +498,14 @@ def _start(result: dict) -> _nvml.NvmlSession | None:
 
 def apply_declaration(hostname: str, declaration: Any, *, run_command: RunCommand, reset: str = 'auto', check_mode: bool = False,
                       mig_parted: Any = None, label: str | None = None, smi_path: str | None = None,
-                      sleep: Callable[[float], Any] | None = None, proc_root: str = _sysfs.PROCFS) -> dict:
+                      sleep: Callable[[float], Any] | None = None, proc_root: str = _sysfs.PROCFS,
+                      sys_root: str = _sysfs.SYSFS) -> dict:
     """Bring this host's GPUs to `declaration` (gpu_mig; or `mig_parted`: a mig-parted v1 config and a label, as
     {'config': .., 'label': ..} or a pair, planned with mig-parted's meaning: _mig_parted.plan_mig_parted).
     `run_command(argv) -> (rc, out, err)` runs nvidia-smi (`smi_path`, default from PATH) for resets;
     `reset='never'` leaves mode changes pending until a reboot; `sleep` waits between the tries of a failed rollback
-    step (default time.sleep). `proc_root` is where the processes and kernel modules are read (the GPUs' holders).
+    step (default time.sleep). `proc_root` and `sys_root` are where the processes and kernel modules are read (the
+    GPUs' holders).
 
     Returns a dict: changed, failed, msg, steps (the ordered plan), applied (the steps run, with the ids they
     created), reboot_required, deferred, before/after (per selected GPU, for diff), declaration and mig_parted (the
@@ -530,7 +532,7 @@ def apply_declaration(hostname: str, declaration: Any, *, run_command: RunComman
     if nvml is None:
         return result
     path = smi_path or shutil.which('nvidia-smi')
-    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL, _retry.Retrier(sleep), proc_root)
+    run = _Run(hostname, nvml, _smi.SmiRunner(run_command, path) if path else None, reset, label or DEFAULT_LABEL, _retry.Retrier(sleep), proc_root, sys_root)
     with nvml:
         try:
             before = observe()

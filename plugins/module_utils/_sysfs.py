@@ -42,7 +42,7 @@ def read_loaded_modules(root: str = PROCFS) -> set | None:
 
 
 _NVIDIA_NODE = re.compile(r'^/dev/nvidia(\d+)$')
-_UNIT = re.compile(r'/([^/]+\.(?:service|scope))(?:/|$)')
+_UNIT = re.compile(r'/([^/\n]+\.(?:service|scope))(?:/|$)', re.MULTILINE)
 
 
 def _proc_text(path: str, limit: int = 4096) -> str | None:
@@ -78,6 +78,11 @@ def read_device_holders(root: str = PROCFS) -> list[dict]:
         holders.append({'pid': int(name), 'comm': comm, 'command': command[:200] or comm,
                         'unit': units[0] if units else None, 'minors': sorted(minors)})
     return sorted(holders, key=lambda h: h['pid'])
+
+
+def module_live(name: str, root: str = SYSFS) -> bool:
+    """Whether the kernel module `name` is loaded: <root>/module/<name>/initstate reads "live"."""
+    return (_read(os.path.join(root, 'module', name, 'initstate')) or '').strip() == 'live'
 
 
 def read_mounts(root: str = PROCFS) -> list[dict]:

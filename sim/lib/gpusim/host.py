@@ -389,8 +389,8 @@ def in_use(entry: dict[str, Any], held: list[str]) -> SimError:
 # ---- MIG mode, reset, reboot ---------------------------------------------------------------
 def set_mig_mode(entry: dict[str, Any], mode: int, state: dict[str, Any] | None = None,
                  others: list[dict[str, Any]] | None = None) -> int:
-    """nvmlDeviceSetMigMode: record the pending mode; returns the activation status. Refused (IN_USE, naming the
-    holders) while anything holds the GPU (see ``holders``: ``others`` are the live NVML sessions of other processes).
+    """nvmlDeviceSetMigMode: record the pending mode; returns the activation status: IN_USE while anything holds the
+    GPU (see ``holders``: ``others`` are the live NVML sessions of other processes), the mode then stays pending.
 
     The mode becomes current on GPU reset or reboot, so the activation status is
     NVML_ERROR_RESET_REQUIRED whenever pending differs from current (as in pass-through VMs).
@@ -400,13 +400,16 @@ def set_mig_mode(entry: dict[str, Any], mode: int, state: dict[str, Any] | None 
         raise SimError(NVML_ERROR_NOT_SUPPORTED, "GPU does not support MIG")
     if mode not in (0, 1):
         raise SimError(NVML_ERROR_INVALID_ARGUMENT, "MIG mode must be 0 or 1")
-    held = holders(state or {}, entry, others)
-    if held:
-        raise in_use(entry, held)
     if mode == 0 and entry["gpu_instances"]:
         raise SimError(NVML_ERROR_IN_USE, "GPU instances exist")
     entry["mig"]["pending"] = mode
-    return NVML_ERROR_RESET_REQUIRED if entry["mig"]["pending"] != entry["mig"]["current"] else 0
+    if entry["mig"]["pending"] == entry["mig"]["current"]:
+        return 0
+    # While anything holds the GPU the new mode is recorded (pending) but cannot take effect: the call succeeds with
+    # the activation status IN_USE, as on bare metal ("Warning: MIG mode is in pending enable state for GPU ...: In use
+    # by another client", NVIDIA's MIG user guide); the reset that would make it current is refused until the
+    # holders are gone, and a reboot makes it current.
+    return NVML_ERROR_IN_USE if holders(state or {}, entry, others) else NVML_ERROR_RESET_REQUIRED
 
 
 def reset(state: dict[str, Any], index: int, others: list[dict[str, Any]] | None = None, force: bool = False) -> None:

@@ -8,7 +8,8 @@
 * ``proc/driver/nvidia-caps/mig-minors``: ``config 1``, ``monitor 2``, then ``gpu<g>/gi<i>/access <M>`` and
   ``gpu<g>/gi<i>/ci<c>/access <M>`` for every possible instance of GPU minors 0..31 (GI minor = 3 + 135*g + 9*i,
   CI minor = GI minor + 1 + c), a static table.
-* ``proc/modules``: the NVIDIA kernel modules that are loaded, in the kernel's format (nvidia_drm when loaded).
+* ``proc/modules``: the NVIDIA kernel modules that are loaded, in the kernel's format (nvidia_drm when loaded);
+  ``sys/module/<name>/initstate`` ("live") of the same modules, as sysfs shows a loaded module.
 
 The whole tree describes the loaded kernel module: with no module loaded the capability tree is empty and there is
 no mig-minors. A fleet host binds ``capabilities`` and ``nvidia-caps`` read-only into its /proc/driver at boot
@@ -98,6 +99,12 @@ def modules_text(state: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def module_dirs(state: dict[str, Any]) -> dict[str, str]:
+    """/sys/module/<name>/initstate of the loaded NVIDIA modules ("live"), as the kernel shows a loaded module."""
+    names = [line.split()[0] for line in modules_text(state).splitlines()]
+    return {name + "/initstate": "live\n" for name in names}
+
+
 def _write_if_changed(path: str, text: str) -> None:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -153,3 +160,5 @@ def sync(root: str, state: dict[str, Any]) -> None:
     elif os.path.exists(minors):
         os.unlink(minors)
     _write_if_changed(os.path.join(base, "modules"), modules_text(state))
+    files = module_dirs(state)
+    _sync_tree(os.path.join(root, "sys", "module"), files, {name.split("/")[0] for name in files})

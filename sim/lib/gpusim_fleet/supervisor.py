@@ -293,6 +293,9 @@ def container_init(cfg: dict, run: Path, cgroup: Path) -> None:
     for d in ("fs/cgroup", "bus/pci/devices", "bus/pci/drivers", "bus/mdev/devices", "class/mdev_bus",
               "devices/pci0000:00", "devices/virtual", "kernel", "module"):
         os.makedirs(r("/sys/" + d), exist_ok=True)
+    # /sys/module: the loaded NVIDIA modules (nvidia_drm when loaded), kept in step by the simulator (procfs.py).
+    os.makedirs(r("/var/lib/gpusim/sys/module"), exist_ok=True)
+    _bind_ro(r("/var/lib/gpusim/sys/module"), r("/sys/module"))
     if cfg.get("cgroup_mode", "v1") == "v2":
         # The host's own subtree, as the cgroup namespace's root.
         ns.mount("cgroup2", r("/sys/fs/cgroup"), "cgroup2", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)

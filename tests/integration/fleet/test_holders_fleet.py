@@ -112,11 +112,11 @@ def test_persistenced_holds_the_gpus_until_it_is_stopped(hosts):
     assert smi.stdout.startswith("The following GPUs could not be reset:\n  GPU 00000000:18:00.0: In use by another client\n")
     ctl = run(host, "gpusimctl reset --gpu 0")
     assert ctl.returncode == 1 and "pid %d (nvidia-persiste)" % pid in ctl.stderr
-    # a MIG mode change through NVML: IN_USE, naming the holder; nothing changed
-    assert json.loads(python(host, NVML_SET_MIG % 1)) == {
-        "error": 19, "text": "In use by another client", "holders": ["pid %d (nvidia-persiste)" % pid]}
+    # a MIG mode change through NVML: recorded as pending, activation status IN_USE (bare metal); not current
+    assert json.loads(python(host, NVML_SET_MIG % 1)) == {"status": 19}
     state = json.loads(sh(host, "gpusimctl show"))
-    assert state["gpus"][0]["mig"] == {"current": 0, "pending": 0} and "resets" not in state["gpus"][0]
+    assert state["gpus"][0]["mig"] == {"current": 0, "pending": 1} and "resets" not in state["gpus"][0]
+    assert json.loads(python(host, NVML_SET_MIG % 0)) == {"status": 0}  # back to where it was
 
     sh(host, "systemctl stop nvidia-persistenced")
     assert sh(host, SCAN).strip() == ""
@@ -141,7 +141,8 @@ def test_nvidia_drm_holds_every_gpu(hosts):
         assert "nvidia_drm " in sh(host, "cat /proc/modules")
     smi = run(host, "nvidia-smi -r -i 0")
     assert smi.returncode == 255 and "In use by another client" in smi.stdout
-    assert json.loads(python(host, NVML_SET_MIG % 1))["holders"] == ["nvidia_drm (kernel module)"]
+    assert json.loads(python(host, NVML_SET_MIG % 1)) == {"status": 19}  # pending, cannot take effect
+    assert json.loads(python(host, NVML_SET_MIG % 0)) == {"status": 0}
     sh(host, "gpusimctl nvidia-drm --loaded no")
     assert run(host, "nvidia-smi -r -i 0").returncode == 0
     assert "nvidia_drm" not in sh(host, "cat /var/lib/gpusim/proc/modules")

@@ -56,11 +56,13 @@ def test_an_nvml_session_holds_the_gpus_until_the_last_shutdown(nvml, simhost, d
         result = simhost.run("reset", "--gpu", "1")
         assert "in use by another client: %s" % expected in result.stderr
         nvml.nvmlInit()
-        with pytest.raises(nvml.NVMLError_InUse) as caught:
-            nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(0), 1)
-        assert str(caught.value) == "In use by another client" and caught.value.holders == [expected]
-        assert simhost.state()["gpus"][0]["mig"] == {"current": 0, "pending": 0}
+        # bare metal: the mode is recorded but cannot take effect while held (activation status IN_USE)
+        assert nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(0), 1) == nvml.NVML_ERROR_IN_USE
+        assert simhost.state()["gpus"][0]["mig"] == {"current": 0, "pending": 1}
         nvml.nvmlShutdown()
+        result = simhost.run("reset", "--gpu", "0")
+        assert result.returncode == 1 and "in use by another client: %s" % expected in result.stderr
+        assert simhost.state()["gpus"][0]["mig"] == {"current": 0, "pending": 1}
         client.stdin.write("\n")
         client.stdin.flush()
         assert client.stdout.readline().strip() == "closed"
@@ -129,9 +131,11 @@ def test_nvidia_drm_holds_every_gpu_and_shows_in_proc_modules(nvml, simhost):
     assert json.loads(simhost.run("holders").stdout) == {"0": ["nvidia_drm (kernel module)"], "1": ["nvidia_drm (kernel module)"]}
     assert "nvidia_drm 139264 1 - Live" in modules.read_text()
     nvml.nvmlInit()
-    with pytest.raises(nvml.NVMLError_InUse):
-        nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(1), 1)
-    assert simhost.ctl("reboot") == 0  # not loaded at boot: a reboot unloads it
+    assert nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(1), 1) == nvml.NVML_ERROR_IN_USE  # pending, held
+    nvml.nvmlShutdown()
+    assert simhost.run("reset", "--gpu", "1").returncode == 1
+    assert simhost.ctl("reboot") == 0  # not loaded at boot: a reboot unloads it, and the pending mode is current
+    assert simhost.state()["gpus"][1]["mig"] == {"current": 1, "pending": 1}
     assert json.loads(simhost.run("holders").stdout) == {"0": [], "1": []}
     simhost.ok("nvidia-drm", "--at-boot", "yes")
     assert simhost.ctl("reboot") == 0

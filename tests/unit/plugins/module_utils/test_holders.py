@@ -24,7 +24,7 @@ def test_the_scan_finds_processes_with_a_gpu_node_open_and_their_units(tmp_path)
     make_process(proc, 812, ['/dev/null', '/dev/nvidiactl', '/dev/nvidia0', '/dev/nvidia1'], '/usr/bin/nvidia-persistenced --verbose',
                  'nvidia-persiste', '12:pids:/system.slice/nvidia-persistenced.service\n1:name=systemd:/system.slice/nvidia-persistenced.service\n')
     make_process(proc, 900, ['/dev/nvidia1', 'socket:[1234]'], 'python3 /usr/local/bin/gpuvirt-exporter', 'python3',
-                 '0::/system.slice/gpuvirt-exporter.service\n')
+                 '9:name=systemd:/system.slice/gpuvirt-exporter.service\n8:pids:/\n0::/\n')
     make_process(proc, 950, ['/dev/nvidia3'], 'python3 train.py', 'python3', '0::/user.slice/user-0.slice/session-4.scope\n')
     make_process(proc, 1000, ['/dev/nvidiactl'], 'nvidia-smi -q', 'nvidia-smi')  # the control node alone holds no GPU
     make_process(proc, 1001, ['/dev/nvidia-caps/nvidia-cap21', '/dev/nvidia10x'], 'odd')

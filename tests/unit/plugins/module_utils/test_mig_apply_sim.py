@@ -274,9 +274,13 @@ def test_a_holder_of_another_gpu_or_a_change_without_reset_is_no_obstacle(host, 
     assert not result['failed'] and result['changed'] and not result['disruptive'] and result['holders'] == []
 
 
-def test_a_loaded_nvidia_drm_leaves_the_mode_change_pending_for_a_reboot(host, tmp_path):
-    proc = _proc_tree(tmp_path, modules=('nvidia', 'nvidia_modeset', 'nvidia_drm'))
-    result = host.apply([{'devices': [0], 'instances': [{'profile': '7g.80gb'}]}], proc_root=proc)
+@pytest.mark.parametrize('where', ['proc', 'sys'])
+def test_a_loaded_nvidia_drm_leaves_the_mode_change_pending_for_a_reboot(host, tmp_path, where):
+    sys_root = tmp_path / 'sys'
+    (sys_root / 'module' / 'nvidia_drm').mkdir(parents=True)
+    (sys_root / 'module' / 'nvidia_drm' / 'initstate').write_text('live\n' if where == 'sys' else 'going\n')
+    proc = _proc_tree(tmp_path, modules=('nvidia', 'nvidia_modeset') + (('nvidia_drm',) if where == 'proc' else ()))
+    result = host.apply([{'devices': [0], 'instances': [{'profile': '7g.80gb'}]}], proc_root=proc, sys_root=str(sys_root))
     assert not result['failed'], result['msg']
     assert [s['action'] for s in result['applied']] == ['set_mig_mode']
     assert result['reboot_required'] == [{'gpu': 0, 'uuid': host.state()['gpus'][0]['uuid'], 'reason': _holders.DRM_REASON}]
