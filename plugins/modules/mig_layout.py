@@ -26,11 +26,11 @@ description:
     The processes are not killed. With O(config[].allow_disruption=true) NVML still refuses to destroy an instance
     a process uses, and the change is rolled back; stop the GPU clients first (the role does).
   - A GPU that must be reset is first checked for holders, as C(fuser) finds them (every process with its
-    C(/dev/nvidia<minor>) open: exporters, C(nvidia-persistenced), DCGM, the fabric manager, CUDA processes) and the
+    C(/dev/nvidia<minor>) open, such as exporters, C(nvidia-persistenced), DCGM, the fabric manager, CUDA processes) and the
     compute processes NVML reports. If any holds it, the change is refused before anything is touched, naming each
     process (pid, command, systemd unit); in check mode they are returned in RV(holders). Processes are never
     stopped or killed by this module; the P(gpuvirt.fleet.mig#role) role stops the GPU services it knows first.
-    Where C(nvidia_drm) is loaded it holds every GPU: no reset is tried, the mode change stays pending and the GPU is
+    Where C(nvidia_drm) is loaded it holds every GPU, so no reset is tried, the mode change stays pending and the GPU is
     listed in RV(reboot_required) with that reason.
   - A failing step, or a verify mismatch, rolls back every GPU a step touched to its previous layout, including
     its MIG mode and every instance at its placement. The result then says which step failed, why, and whether the

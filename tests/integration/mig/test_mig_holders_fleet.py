@@ -86,7 +86,7 @@ def test_a_change_without_a_reset_leaves_the_gpu_services_running(host):
 def test_an_unknown_holder_fails_the_change_before_any_gpu_is_touched_naming_it(host):
     host.sh('systemd-run --unit=mystery-cuda --property=Type=simple python3 -c "%s"' % MYSTERY)
     mystery = int(host.sh('systemctl show -p MainPID --value mystery-cuda.service').strip())
-    for _ in range(50):
+    for _attempt in range(50):
         if mystery in host.holder_pids():
             break
         host.sh('sleep 0.1')
