@@ -31,7 +31,6 @@ _CAP_NODE = re.compile(r'^/dev/nvidia-caps/nvidia-cap(\d+)$')
 _INDEX_MIG = re.compile(r'^(?:mig)?(\d+):(\d+)$')
 _INDEX_GPU = re.compile(r'^(?:gpu)?(\d+)$')
 _EDIT_KEYS = {'env', 'deviceNodes', 'hooks', 'mounts', 'intelRdt', 'additionalGids', 'netDevices'}
-_MINOR_LINE = re.compile(r'^DeviceFileMinor:\s*(\d+)\s*$', re.MULTILINE)
 
 
 class CdiError(Exception):
@@ -240,12 +239,6 @@ def _edit_problems(edits, where: str, required: bool) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Comparison
-
-def cap_minor(text: str):
-    """The DeviceFileMinor of a /proc/driver/nvidia/capabilities/.../access file, or None."""
-    match = _MINOR_LINE.search(text or '')
-    return int(match.group(1)) if match else None
-
 
 def _nodes(device: dict) -> list[str]:
     return [n.get('path') for n in (device.get('containerEdits') or {}).get('deviceNodes') or [] if isinstance(n, dict)]

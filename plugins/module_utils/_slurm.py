@@ -25,7 +25,6 @@ MARK_END = '# END gpuvirt.fleet slurm_gres %s'
 TYPE_RE = re.compile(r'^[A-Za-z0-9_.+-]{1,64}$')
 NODE_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
 _KEY_RE = re.compile(r'^([A-Za-z]+)=(.*)$')
-_MINOR_RE = re.compile(r'^\s*DeviceFileMinor:\s*(\d+)\s*$', re.M)
 _DEVICE_MINOR_RE = re.compile(r'^\s*Device Minor:\s*(\d+)\s*$', re.M)
 # Node flags that make a node unusable for new jobs (scontrol shows them after the base state, joined with '+').
 BAD_FLAGS = ('DRAIN', 'INVALID_REG', 'INVAL', 'NOT_RESPONDING', 'FAIL', 'POWERED_DOWN', 'POWER_DOWN', 'REBOOT_ISSUED')
@@ -53,12 +52,6 @@ def validate_types(gpu_types) -> list[str]:
         return ['gpu_types: expected a mapping of GPU name to Slurm type, got %s' % type(gpu_types).__name__]
     return ['gpu_types[%r] = %r: expected a Slurm type (letters, digits, ".", "_", "+", "-"; at most 64)' % (k, v)
             for k, v in gpu_types.items() if not isinstance(v, str) or not TYPE_RE.match(v)]
-
-
-def parse_cap_minor(text: str | None) -> int | None:
-    """DeviceFileMinor of a /proc/driver/nvidia/capabilities/.../access file (None where absent)."""
-    match = _MINOR_RE.search(text or '')
-    return int(match.group(1)) if match else None
 
 
 def parse_device_minor(text: str | None) -> int | None:

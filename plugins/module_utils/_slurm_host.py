@@ -10,11 +10,10 @@ GPUs themselves are observed through _discovery (NVML), as gpu_facts observes th
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _slurm
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _slurm, _sysfs
 
 ENV = {'LC_ALL': 'C'}
 CAPS = '/proc/driver/nvidia/capabilities'
@@ -54,13 +53,7 @@ def gpu_minors(gpus: list[dict], proc_gpus: str = GPUS) -> tuple[dict, list[str]
 
 def cap_minors(caps_root: str = CAPS) -> dict:
     """cap_path -> DeviceFileMinor of every GI and CI capability file the driver lists now."""
-    found = {}
-    for pattern in ('gpu*/mig/gi*/access', 'gpu*/mig/gi*/ci*/access'):
-        for path in glob.glob(os.path.join(caps_root, pattern)):
-            minor = _slurm.parse_cap_minor(_read(path))
-            if minor is not None:
-                found[os.path.relpath(path, caps_root)] = minor
-    return found
+    return _sysfs.read_mig_capabilities(caps_root)
 
 
 def missing_cap_nodes(devs: list[dict]) -> list[str]:

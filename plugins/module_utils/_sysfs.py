@@ -85,6 +85,25 @@ def module_live(name: str, root: str = SYSFS) -> bool:
     return (_read(os.path.join(root, 'module', name, 'initstate')) or '').strip() == 'live'
 
 
+MIG_CAPABILITIES = '/proc/driver/nvidia/capabilities'
+_CAP_MINOR = re.compile(r'^DeviceFileMinor:\s*(\d+)\s*$', re.MULTILINE)
+
+
+def read_mig_capabilities(root: str = MIG_CAPABILITIES) -> dict:
+    """The /dev/nvidia-caps minor of every GPU and compute instance capability the driver lists now, by path under
+    `root` ('gpu<minor>/mig/gi<g>/access', 'gpu<minor>/mig/gi<g>/ci<c>/access'), from each file's DeviceFileMinor."""
+    found = {}
+    for gpu in _listdir(root):
+        base = os.path.join(gpu, 'mig')
+        for gi in _listdir(os.path.join(root, base)):
+            for rel in [os.path.join(base, gi, 'access')] + [os.path.join(base, gi, ci, 'access')
+                                                             for ci in _listdir(os.path.join(root, base, gi)) if ci.startswith('ci')]:
+                match = _CAP_MINOR.search(_read(os.path.join(root, rel)) or '') if gpu.startswith('gpu') and gi.startswith('gi') else None
+                if match:
+                    found[rel] = int(match.group(1))
+    return found
+
+
 def read_mounts(root: str = PROCFS) -> list[dict]:
     """The mounts <root>/mounts lists, each {source, target, fstype, options} (octal escapes such as \\040 decoded)."""
     text = _read(os.path.join(root, 'mounts')) or ''

@@ -141,14 +141,13 @@ stale:
   sample: ["0:2 (no such MIG device now)"]
 '''
 
-import glob
 import os
 import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _nvml, _results
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _nvml, _results, _sysfs
 
 try:
     import yaml
@@ -168,14 +167,7 @@ def _read(path: str):
 
 def read_capabilities(root: str) -> dict:
     """'gpu<minor>/gi<g>[/ci<c>]' -> /dev/nvidia-caps minor, from the driver's capability files."""
-    caps = {}
-    for path in glob.glob(os.path.join(root, 'gpu*', 'mig', 'gi*', 'access')) + \
-            glob.glob(os.path.join(root, 'gpu*', 'mig', 'gi*', 'ci*', 'access')):
-        minor = _cdi.cap_minor(_read(path) or '')
-        if minor is not None:
-            key = os.path.relpath(os.path.dirname(path), root).replace('/mig/', '/', 1)
-            caps[key] = minor
-    return caps
+    return {os.path.dirname(path).replace('/mig/', '/', 1): minor for path, minor in _sysfs.read_mig_capabilities(root).items()}
 
 
 def observe(module: AnsibleModule, capabilities_root: str) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _sysfs
 
 FIXTURES = Path(__file__).resolve().parents[2] / 'fixtures' / 'cdi'
 SPEC_TEXT = (FIXTURES / 'h100x2-mig.yaml').read_text()
@@ -111,6 +111,11 @@ def test_a_gpu_whose_node_changed_is_stale_and_a_lost_gpu_is_not_compared():
     assert _cdi.compare(_cdi.parse(SPEC_TEXT, 'x'), observed(now))['stale'] == ['1 (no such GPU now)', GPU1 + ' (no such GPU now)']
 
 
-def test_cap_minor_reads_the_driver_file():
-    assert _cdi.cap_minor('DeviceFileMinor: 30\nDeviceFileMode: 292\nDeviceFileModify: 1\n') == 30
-    assert _cdi.cap_minor('garbage') is None
+def test_cap_minors_are_read_from_the_driver_tree(tmp_path):
+    access = tmp_path / 'gpu0' / 'mig' / 'gi3' / 'ci0'
+    access.mkdir(parents=True)
+    (access / 'access').write_text('DeviceFileMinor: 31\nDeviceFileMode: 292\nDeviceFileModify: 1\n')
+    (access.parent / 'access').write_text('DeviceFileMinor: 30\nDeviceFileMode: 292\nDeviceFileModify: 1\n')
+    (tmp_path / 'gpu0' / 'mig' / 'gi4').mkdir()
+    (tmp_path / 'gpu0' / 'mig' / 'gi4' / 'access').write_text('garbage')
+    assert _sysfs.read_mig_capabilities(str(tmp_path)) == {'gpu0/mig/gi3/access': 30, 'gpu0/mig/gi3/ci0/access': 31}

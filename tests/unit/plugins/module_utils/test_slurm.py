@@ -96,9 +96,7 @@ def test_whole_gpu_types_follow_the_rule_or_the_mapping():
     assert _slurm.validate_types(['h100'])
 
 
-def test_cap_and_device_minor_files_parse():
-    assert _slurm.parse_cap_minor('DeviceFileMinor: 12\nDeviceFileMode: 292\nDeviceFileModify: 1\n') == 12
-    assert _slurm.parse_cap_minor('') is None
+def test_device_minor_files_parse():
     assert _slurm.parse_device_minor('Model: \t\t NVIDIA H100\nIRQ:   \t\t 42\nDevice Minor: \t 3\n') == 3
 
 
