@@ -1971,6 +1971,125 @@ def nvmlDeviceGetRemappedRows(device):
 
 
 # ------------------------------------------------------------------------------------------------
+# Field values and GRID licensing (read-only getters)
+# ------------------------------------------------------------------------------------------------
+NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION = 83
+NVML_FI_DEV_REMAPPED_COR = 142
+NVML_FI_DEV_REMAPPED_UNC = 143
+NVML_FI_DEV_REMAPPED_PENDING = 144
+NVML_FI_DEV_REMAPPED_FAILURE = 145
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG = 2
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
+NVML_VALUE_TYPE_SIGNED_INT = 5
+NVML_GRID_LICENSE_FEATURE_CODE_VGPU = 1
+NVML_GRID_LICENSE_FEATURE_MAX_COUNT = 3
+
+# Memory (HBM) temperature, NVML field 82, read on the real GPUs (nvidia-smi -q "Memory Current Temp" of
+# fixtures/real/h100-80gb-hbm3 and fixtures/real/h200-141gb; the field answered 40 on a live H200, driver 580.159.04).
+# Models without a capture answer NotSupported, as GDDR boards do.
+_MEMORY_TEMP_C = {"h100-80gb-hbm3": 43, "h200-141gb": 38}
+
+
+class c_nvmlValue_t(Union):
+    _fields_ = [
+        ('dVal', c_double),
+        ('uiVal', c_uint),
+        ('ulVal', c_ulong),
+        ('ullVal', c_ulonglong),
+        ('sllVal', c_longlong),
+        ('siVal', c_int),
+        ('usVal', c_ushort),
+    ]
+
+
+class c_nvmlFieldValue_t(_PrintableStructure):
+    _fields_ = [
+        ('fieldId', c_uint),
+        ('scopeId', c_uint),
+        ('timestamp', c_longlong),
+        ('latencyUsec', c_longlong),
+        ('valueType', c_uint),
+        ('nvmlReturn', c_uint),
+        ('value', c_nvmlValue_t),
+    ]
+
+
+def _field(dev, field_id):
+    """(return code, value type, value) of one field; NotSupported for fields the simulator does not model."""
+    if field_id == NVML_FI_DEV_MEMORY_TEMP and dev.gpu["model"] in _MEMORY_TEMP_C:
+        return NVML_SUCCESS, NVML_VALUE_TYPE_UNSIGNED_INT, int(_metric(dev, "memory_temperature_c", _MEMORY_TEMP_C[dev.gpu["model"]]))
+    if field_id == NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+        return NVML_SUCCESS, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, nvmlDeviceGetTotalEnergyConsumption(_device_handle(dev.gpu))
+    rows = dev.model.get("remapped_rows")
+    remap = {NVML_FI_DEV_REMAPPED_COR: 0, NVML_FI_DEV_REMAPPED_UNC: 1, NVML_FI_DEV_REMAPPED_PENDING: 2, NVML_FI_DEV_REMAPPED_FAILURE: 3}
+    if field_id in remap and rows is not None:
+        return NVML_SUCCESS, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, int(_metric(dev, "remapped_rows", rows)[remap[field_id]])
+    return NVML_ERROR_NOT_SUPPORTED, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, 0
+
+
+def nvmlDeviceGetFieldValues(handle, fieldIds):
+    dev = _dev(handle, "nvmlDeviceGetFieldValues")
+    values = (c_nvmlFieldValue_t * len(fieldIds))()
+    stamp = int(time.time() * 1e6)
+    for index, field_id in enumerate(fieldIds):
+        field_id, scope = field_id if isinstance(field_id, tuple) else (field_id, 0)
+        code, value_type, value = _field(dev, int(field_id))
+        entry = values[index]
+        entry.fieldId, entry.scopeId, entry.timestamp, entry.valueType, entry.nvmlReturn = int(field_id), int(scope), stamp, value_type, code
+        if value_type == NVML_VALUE_TYPE_UNSIGNED_INT:
+            entry.value.uiVal = value
+        else:
+            entry.value.ullVal = value
+    return values
+
+
+class c_nvmlGridLicenseExpiry_t(_PrintableStructure):
+    _fields_ = [
+        ('year', c_uint),
+        ('month', c_ushort),
+        ('day', c_ushort),
+        ('hour', c_ushort),
+        ('min', c_ushort),
+        ('sec', c_ushort),
+        ('status', c_uint8),
+    ]
+
+
+class c_nvmlGridLicensableFeature_v4_t(_PrintableStructure):
+    _fields_ = [
+        ('featureCode', c_uint),
+        ('featureState', c_uint),
+        ('licenseInfo', c_char * NVML_GRID_LICENSE_BUFFER_SIZE),
+        ('productName', c_char * NVML_GRID_LICENSE_BUFFER_SIZE),
+        ('featureEnabled', c_uint),
+        ('licenseExpiry', c_nvmlGridLicenseExpiry_t),
+    ]
+
+
+class c_nvmlGridLicensableFeatures_v4_t(_PrintableStructure):
+    _fields_ = [
+        ('isGridLicenseSupported', c_int),
+        ('licensableFeaturesCount', c_uint),
+        ('gridLicensableFeatures', c_nvmlGridLicensableFeature_v4_t * NVML_GRID_LICENSE_FEATURE_MAX_COUNT),
+    ]
+
+
+def nvmlDeviceGetGridLicensableFeatures_v4(handle):
+    """No GRID licensing on a bare-metal or passthrough GPU: a live H200 (driver 580.159.04) answered
+    isGridLicenseSupported 0 with no features (tests/unit/exporter/fixtures/real-h200-nvml-dcgm-probe.json)."""
+    _dev(handle, "nvmlDeviceGetGridLicensableFeatures_v4")
+    return c_nvmlGridLicensableFeatures_v4_t()
+
+
+def nvmlDeviceGetGridLicensableFeatures(handle):
+    return nvmlDeviceGetGridLicensableFeatures_v4(handle)
+
+
+# ------------------------------------------------------------------------------------------------
 # Helpers of the real module that callers sometimes use
 # ------------------------------------------------------------------------------------------------
 def convertStrBytes(func):

@@ -32,7 +32,16 @@ def exposed_names() -> set[str]:
     # names built with a format string in the collector
     names |= {'gpuvirt_gpu_encoder_utilization_percent', 'gpuvirt_gpu_decoder_utilization_percent',
               'gpuvirt_gpu_memory_used_bytes', 'gpuvirt_gpu_memory_free_bytes', 'gpuvirt_gpu_memory_total_bytes'}
+    # dcgm-exporter's names (exporter_metric_names: dcgm or both), bare, counters included, as dcgm.py declares them
+    with open(os.path.join(os.path.dirname(COLLECTOR), 'dcgm.py'), encoding='utf-8') as handle:
+        names |= set(re.findall(r"^    '(DCGM_FI_[A-Z_]+)': '", handle.read(), re.M))
     return names
+
+
+def scraped_names(text: str) -> set[str]:
+    """Metric names of an exposition (prometheus_client's parser adds _total to dcgm's bare counter names: dropped)."""
+    return {name[:-len('_total')] if name.startswith('DCGM_') and name.endswith('_total') else name
+            for name, _labels, _value in samples(text)}
 
 
 def queried_names(expr: str) -> set[str]:
@@ -88,8 +97,9 @@ def test_a_scrape_exposes_only_names_the_collector_declares(tmp_path):
         _status, text = host.get()
     finally:
         host.stop()
-    names = {name for name, _labels, _value in samples(text)}
+    names = scraped_names(text)
     assert names <= exposed_names(), names - exposed_names()
+    assert 'DCGM_FI_DEV_FB_USED' in names and 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION' in names
     assert 'gpuvirt_mig_memory_used_bytes' in names
 
 

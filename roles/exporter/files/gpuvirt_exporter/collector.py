@@ -11,6 +11,7 @@ process, and a failing call or a lost GPU drops only the series it feeds (and is
 from __future__ import annotations
 
 import ctypes
+import json
 import socket
 import threading
 import time
@@ -19,7 +20,9 @@ import pynvml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gpuvirt_exporter import __version__, nvml_mig
+from gpuvirt_exporter.dcgm import NAME_MODES, DcgmSeries, Reading
 from gpuvirt_exporter.nvml import GpuLost, Nvml, text
+from gpuvirt_exporter.samplers import DcgmSampler
 
 GPU_LABELS = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName', 'Hostname']
 MIG_LABELS = GPU_LABELS + ['GPU_I_ID', 'GPU_I_PROFILE']
@@ -32,6 +35,11 @@ CLOCK_EVENT_REASONS = {
     'display_clock_setting': 0x100,
 }
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+NVML_FI_DEV_MEMORY_TEMP = 82
+DRIFT_KINDS = ('mig', 'vgpu')
+# the gpuvirt_* series kept when only dcgm names are asked for: the exporter's own, the GPU's NVML answer, the health
+# gates' XID baseline (tasks/scrape.yml) and the declaration drift
+KEPT_IN_DCGM_MODE = ('gpuvirt_exporter_', 'gpuvirt_gpu_up', 'gpuvirt_gpu_xid_events', 'gpuvirt_declaration_')
 
 
 class Gpu:
@@ -78,6 +86,7 @@ class XidWatcher(threading.Thread):
         super().__init__(name='xid-watcher', daemon=True)
         self.nvml = nvml
         self.counts: dict[tuple[int, int], int] = {}
+        self.last: dict[int, int] = {}  # GPU index -> the last XID seen (dcgm's DCGM_FI_DEV_XID_ERRORS)
         self.watched: set[int] = set()
         self.supported = False
         self.stopping = threading.Event()
@@ -112,15 +121,20 @@ class XidWatcher(threading.Thread):
             key = ctypes.cast(data.device, ctypes.c_void_p).value
             if key not in by_handle:
                 by_handle[key] = self.nvml.call('system', 'nvmlDeviceGetIndex', data.device, default=-1)
-            index = (by_handle[key], int(data.eventData))
-            self.counts[index] = self.counts.get(index, 0) + 1
+            self.record(by_handle[key], int(data.eventData))
+
+    def record(self, index: int, xid: int) -> None:
+        """One XID event on the GPU of that index."""
+        self.counts[(index, xid)] = self.counts.get((index, xid), 0) + 1
+        self.last[index] = xid
 
 
 class Families:
     """Metric families of one scrape, made on first use."""
 
-    def __init__(self):
+    def __init__(self, gpuvirt: bool = True):
         self.items: dict[str, object] = {}
+        self.gpuvirt = gpuvirt  # False: only the gpuvirt_* series of KEPT_IN_DCGM_MODE
 
     def gauge(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
         self._add(GaugeMetricFamily, name, doc, labels, values, value)
@@ -129,7 +143,7 @@ class Families:
         self._add(CounterMetricFamily, name, doc, labels, values, value)
 
     def _add(self, kind, name, doc, labels, values, value) -> None:
-        if value is None:
+        if value is None or not (self.gpuvirt or name.startswith(KEPT_IN_DCGM_MODE)):
             return
         family = self.items.get(name)
         if family is None:
@@ -140,13 +154,22 @@ class Families:
 class GpuCollector:
     """A prometheus_client custom collector over NVML (register it with a CollectorRegistry)."""
 
-    def __init__(self, hostname: str | None = None, pcie_interval: float = 10.0, events: bool = True):
+    def __init__(self, hostname: str | None = None, pcie_interval: float = 10.0, events: bool = True,  # pylint: disable=too-many-arguments
+                 metric_names: str = 'both', host_label: str = 'Hostname', drift_file: str | None = None,
+                 gpm_interval: float = 30.0):
+        if metric_names not in NAME_MODES:
+            raise ValueError('metric names %r: expected one of %s' % (metric_names, ', '.join(NAME_MODES)))
+        self.gpuvirt_names = metric_names in ('gpuvirt', 'both')
+        self.dcgm = DcgmSeries(host_label) if metric_names in ('dcgm', 'both') else None
+        self.drift_file = drift_file
+        self.drift_errors = 0
         self.nvml = Nvml()
         self.hostname = hostname or socket.gethostname()
         self.gpus: list[Gpu] = []
         self.system: dict[str, str] = {}
         self.vgpu_types: dict[int, tuple[str, int]] = {}
         self.pcie = PcieSampler(self.nvml, pcie_interval) if pcie_interval > 0 else None
+        self.sampler = DcgmSampler(self.nvml, gpm_interval) if self.dcgm is not None and gpm_interval > 0 else None
         self.events = events
         self.xid: XidWatcher | None = None
         self._lock = threading.Lock()
@@ -164,6 +187,10 @@ class GpuCollector:
             self.pcie.gpus = self.gpus
             if not self.pcie.is_alive():
                 self.pcie.start()
+        if self.sampler is not None:
+            self.sampler.gpus = self.gpus
+            if not self.sampler.is_alive():
+                self.sampler.start()
         if self.events and self.xid is None:
             self.xid = XidWatcher(self.nvml)
             self.xid.setup(self.gpus)
@@ -172,6 +199,8 @@ class GpuCollector:
     def stop(self) -> None:
         if self.pcie is not None:
             self.pcie.stopping.set()
+        if self.sampler is not None:
+            self.sampler.stopping.set()
         if self.xid is not None:
             self.xid.stopping.set()
 
@@ -229,7 +258,7 @@ class GpuCollector:
 
     def collect(self):
         started = time.perf_counter()
-        fam = Families()
+        fam = Families(self.gpuvirt_names)
         with self._lock:
             if not self.nvml.initialized and time.monotonic() >= self._next_init:
                 self.start()
@@ -241,6 +270,7 @@ class GpuCollector:
                            self.hostname], 1)
                 for gpu in self.gpus:
                     lost += not self._collect_gpu(fam, gpu)
+            self._drift(fam)
             self._self_metrics(fam, lost, time.perf_counter() - started)
         return list(fam.items.values())
 
@@ -248,44 +278,54 @@ class GpuCollector:
     def _collect_gpu(self, fam: Families, gpu: Gpu) -> bool:
         labels = gpu.labels
         fam.gauge('gpuvirt_gpu_info', 'GPU identity (value 1).', GPU_LABELS, labels, 1)
+        reading = Reading()
         try:
-            self._gpu_telemetry(fam, gpu)
-            self._gpu_health(fam, gpu)
-            self._mig(fam, gpu)
+            self._gpu_telemetry(fam, gpu, reading)
+            self._gpu_health(fam, gpu, reading)
+            self._mig(fam, gpu, reading)
             self._vgpus(fam, gpu)
+            if self.dcgm is not None:
+                self._dcgm_only(gpu, reading)
         except GpuLost:
             fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost (fell off the bus).', GPU_LABELS, labels, 0)
             return False
         fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost (fell off the bus).', GPU_LABELS, labels, 1)
-        self._background(fam, gpu)
+        self._background(fam, gpu, reading)
+        if self.dcgm is not None:
+            self.dcgm.add(fam.items, labels, self.system['driver_version'], reading)
         return True
 
-    def _gpu_telemetry(self, fam: Families, gpu: Gpu) -> None:
+    def _gpu_telemetry(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
         util = n.call(s, 'nvmlDeviceGetUtilizationRates', h)
         if util is not None:
+            rd.util_gpu, rd.util_memory = util.gpu, util.memory
             fam.gauge('gpuvirt_gpu_utilization_percent', 'GPU (SM) utilization over the last sample period.', GPU_LABELS, lab, util.gpu)
             fam.gauge('gpuvirt_gpu_memory_utilization_percent', 'Memory controller utilization over the last sample period.',
                       GPU_LABELS, lab, util.memory)
         for engine in ('Encoder', 'Decoder'):
             value = n.call(s, 'nvmlDeviceGet%sUtilization' % engine, h)
             if value is not None:
+                setattr(rd, engine.lower(), value[0])
                 fam.gauge('gpuvirt_gpu_%s_utilization_percent' % engine.lower(), '%s utilization.' % engine, GPU_LABELS, lab, value[0])
         mem = n.call(s, 'nvmlDeviceGetMemoryInfo', h)
         if mem is not None:
+            rd.fb = (mem.free, mem.used, None)
             for key in ('used', 'free', 'total'):
                 fam.gauge('gpuvirt_gpu_memory_%s_bytes' % key, 'Framebuffer memory %s.' % key, GPU_LABELS, lab, getattr(mem, key))
-        fam.gauge('gpuvirt_gpu_temperature_celsius', 'GPU core temperature.', GPU_LABELS, lab,
-                  n.call(s, 'nvmlDeviceGetTemperature', h, 0))
-        power = n.call(s, 'nvmlDeviceGetPowerUsage', h)
+        rd.gpu_temp_c = n.call(s, 'nvmlDeviceGetTemperature', h, 0)
+        fam.gauge('gpuvirt_gpu_temperature_celsius', 'GPU core temperature.', GPU_LABELS, lab, rd.gpu_temp_c)
+        power = rd.power_mw = n.call(s, 'nvmlDeviceGetPowerUsage', h)
         fam.gauge('gpuvirt_gpu_power_watts', 'Power draw.', GPU_LABELS, lab, None if power is None else power / 1000)
         limit = n.call(s, 'nvmlDeviceGetEnforcedPowerLimit', h)
         fam.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit.', GPU_LABELS, lab, None if limit is None else limit / 1000)
-        energy = n.call(s, 'nvmlDeviceGetTotalEnergyConsumption', h)
+        energy = rd.energy_mj = n.call(s, 'nvmlDeviceGetTotalEnergyConsumption', h)
         fam.counter('gpuvirt_gpu_energy_joules', 'Energy consumed since the driver was loaded.', GPU_LABELS, lab,
                     None if energy is None else energy / 1000)
         for clock, kind in CLOCKS.items():
             value = n.call(s, 'nvmlDeviceGetClockInfo', h, kind)
+            if clock in ('sm', 'mem'):
+                setattr(rd, '%s_clock_mhz' % clock, value)
             fam.gauge('gpuvirt_gpu_clock_hz', 'Current clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
                       None if value is None else value * 1e6)
             if clock in gpu.max_clocks:
@@ -303,9 +343,23 @@ class GpuCollector:
                   n.call(s, 'nvmlDeviceGetCurrPcieLinkGeneration', h))
         fam.gauge('gpuvirt_gpu_pcie_link_width', 'Current PCIe link width (lanes).', GPU_LABELS, lab,
                   n.call(s, 'nvmlDeviceGetCurrPcieLinkWidth', h))
-        fam.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', GPU_LABELS, lab, n.call(s, 'nvmlDeviceGetPcieReplayCounter', h))
+        rd.replays = n.call(s, 'nvmlDeviceGetPcieReplayCounter', h)
+        fam.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', GPU_LABELS, lab, rd.replays)
 
-    def _gpu_health(self, fam: Families, gpu: Gpu) -> None:
+    def _dcgm_only(self, gpu: Gpu, rd: Reading) -> None:
+        """NVML reads only the dcgm names need: memory v2 (reserved), memory temperature, the vGPU license."""
+        n, s, h = self.nvml, gpu.scope, gpu.handle
+        mem = n.run(s, 'nvmlDeviceGetMemoryInfo_v2', lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2))
+        if mem is not None:
+            rd.fb = (mem.free, mem.used, mem.reserved)
+        values = n.call(s, 'nvmlDeviceGetFieldValues', h, [NVML_FI_DEV_MEMORY_TEMP])
+        if values:
+            rd.memory_temp_c = field_value(values[0])
+        features = n.call(s, 'nvmlDeviceGetGridLicensableFeatures_v4', h)
+        if features is not None:
+            rd.vgpu_licensed = vgpu_licensed(features)
+
+    def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
         for kind, error_type in (('corrected', 0), ('uncorrected', 1)):
             # aggregate (lifetime) counters, NVML_AGGREGATE_ECC = 1
@@ -315,7 +369,7 @@ class GpuCollector:
             pages = n.call(s, 'nvmlDeviceGetRetiredPages', h, source)
             fam.gauge('gpuvirt_gpu_retired_pages', 'Retired framebuffer pages (pre-Ampere GPUs; Hopper remaps rows instead).',
                       GPU_LABELS + ['cause'], lab + [cause], None if pages is None else len(pages))
-        rows = n.call(s, 'nvmlDeviceGetRemappedRows', h)
+        rows = rd.rows = n.call(s, 'nvmlDeviceGetRemappedRows', h)
         if rows is not None:
             corr, unc, pending, failure = rows
             fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
@@ -325,8 +379,13 @@ class GpuCollector:
             fam.gauge('gpuvirt_gpu_row_remap_pending', '1 when a row remap waits for a GPU reset.', GPU_LABELS, lab, 1 if pending else 0)
             fam.gauge('gpuvirt_gpu_row_remap_failure', '1 when a row remap failed.', GPU_LABELS, lab, 1 if failure else 0)
 
-    def _background(self, fam: Families, gpu: Gpu) -> None:
+    def _background(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         lab = gpu.labels
+        if self.sampler is not None:
+            rd.nvlink_mbps = self.sampler.nvlink.get(gpu.index)
+            rd.gpm = self.sampler.gpm.get(gpu.index, {})
+        if self.xid is not None:
+            rd.last_xid = self.xid.last.get(gpu.index)
         sample = self.pcie.samples.get(gpu.index) if self.pcie is not None else None
         if sample is not None:
             tx, rx, when = sample
@@ -344,7 +403,7 @@ class GpuCollector:
                             GPU_LABELS + ['xid'], lab + [str(xid)], count)
 
     # -- MIG ----------------------------------------------------------------------------------------------------
-    def _mig(self, fam: Families, gpu: Gpu) -> None:
+    def _mig(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
         mode = n.call(s, 'nvmlDeviceGetMigMode', h)
         if mode is None:
@@ -367,6 +426,7 @@ class GpuCollector:
             fam.gauge('gpuvirt_mig_memory_total_bytes', 'Memory of the GPU instance.', MIG_LABELS, mlab, total)
             fam.gauge('gpuvirt_mig_memory_used_bytes', 'Memory used in the GPU instance (from its MIG devices).', MIG_LABELS, mlab,
                       used.get(gi_id, (0, memory))[0])
+            rd.instances.append((gi_id, profile, (total - used[gi_id][0], used[gi_id][0]) if gi_id in used else None, {}))
             if gi_id in used and used[gi_id][2] is not None:
                 fam.gauge('gpuvirt_mig_utilization_percent', 'GPU instance utilization, where NVML offers it.', MIG_LABELS, mlab,
                           used[gi_id][2])
@@ -437,6 +497,35 @@ class GpuCollector:
                                             'encoder': sample.encUtil.uiVal, 'decoder': sample.decUtil.uiVal})
         return {instance: values for instance, (_stamp, values) in latest.items()}
 
+    # -- declared versus actual (written by the roles) -------------------------------------------------------------
+    def _drift(self, fam: Families) -> None:
+        """gpuvirt_declaration_drift{kind} and its check time from the roles' drift file; an unreadable file counts an error."""
+        if not self.drift_file:
+            return
+        try:
+            with open(self.drift_file, encoding='utf-8') as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            self.drift_errors += 1
+            return
+        if not isinstance(data, dict):
+            self.drift_errors += 1
+            return
+        for kind in DRIFT_KINDS:
+            entry = data.get(kind)
+            if entry is None:
+                continue
+            if (not isinstance(entry, dict) or not isinstance(entry.get('drift'), bool)
+                    or not isinstance(entry.get('checked'), (int, float)) or isinstance(entry.get('checked'), bool)):
+                self.drift_errors += 1
+                continue
+            fam.gauge('gpuvirt_declaration_drift', '1 when the GPUs differ from the declared MIG/vGPU layout, 0 when they match.',
+                      ['kind'], [kind], 1 if entry['drift'] else 0)
+            fam.gauge('gpuvirt_declaration_checked_timestamp_seconds', 'When the roles last compared the GPUs with the declaration.',
+                      ['kind'], [kind], float(entry['checked']))
+
     # -- self ---------------------------------------------------------------------------------------------------
     def _self_metrics(self, fam: Families, lost: int, duration: float) -> None:
         fam.gauge('gpuvirt_exporter_build_info', 'Exporter version (value 1).', ['version'], [__version__], 1)
@@ -450,8 +539,30 @@ class GpuCollector:
         for call, count in sorted(self.nvml.errors.items()):
             fam.counter('gpuvirt_exporter_nvml_errors', 'Failed NVML calls (other than not supported), by function.', ['call'], [call],
                         count)
+        if self.drift_file:
+            fam.counter('gpuvirt_exporter_drift_file_errors', 'Reads of the drift file that failed (unreadable, not JSON, bad entry).',
+                        [], [], self.drift_errors)
 
 
 def _cuda_version(value) -> str:
     value = int(value or 0)
     return '%d.%d' % (value // 1000, value % 1000 // 10) if value else ''
+
+
+def field_value(value):
+    """The value of one nvmlFieldValue_t, None unless NVML answered it (nvmlReturn 0)."""
+    if int(value.nvmlReturn) != 0:
+        return None
+    member = {0: 'dVal', 1: 'uiVal', 2: 'ulVal', 3: 'ullVal', 4: 'sllVal', 5: 'siVal'}.get(int(value.valueType))
+    return None if member is None else getattr(value.value, member)
+
+
+def vgpu_licensed(features) -> int:
+    """DCGM's vGPU license status: 1 when the vGPU licensable feature's state is above 0, else (or no GRID licensing) 0."""
+    if not features.isGridLicenseSupported:
+        return 0
+    for index in range(min(int(features.licensableFeaturesCount), len(features.gridLicensableFeatures))):
+        feature = features.gridLicensableFeatures[index]
+        if int(feature.featureCode) == 1 and int(feature.featureState) > 0:  # NVML_GRID_LICENSE_FEATURE_CODE_VGPU
+            return 1
+    return 0

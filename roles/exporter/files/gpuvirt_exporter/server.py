@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gpuvirt_exporter import DEFAULT_PORT, __version__
 from gpuvirt_exporter.collector import GpuCollector
+from gpuvirt_exporter.dcgm import HOST_LABEL_CHOICES, NAME_MODES, render_verbatim
 
 LANDING = b'<html><head><title>gpuvirt exporter</title></head><body><h1>gpuvirt exporter</h1><a href="/metrics">Metrics</a></body></html>\n'
 
@@ -116,8 +117,29 @@ class SharedScrape:
             if self._started >= arrived:
                 return self._body
             self._started = time.monotonic()
-            self._body = generate_latest(self.registry)
+            self._body = render(self.registry)
             return self._body
+
+
+class _One:
+    """A collector of one family, so that prometheus_client renders each gpuvirt family exactly as before."""
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def collect(self):
+        return [self.metric]
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition: prometheus_client's for the gpuvirt families, names as is for dcgm's (no _total on counters)."""
+    parts = []
+    for metric in registry.collect():
+        if getattr(metric, 'verbatim', False):
+            parts.append(render_verbatim(metric).encode('utf-8'))
+        else:
+            parts.append(generate_latest(_One(metric)))
+    return b''.join(parts)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -199,9 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--pcie-interval', type=float, default=10.0, help='seconds between PCIe throughput samples (0: off)')
     parser.add_argument('--no-xid-events', dest='events', action='store_false', help='do not watch XID events')
     parser.add_argument('--hostname', default=None, help='value of the Hostname label (default: the host name)')
+    parser.add_argument('--metric-names', choices=NAME_MODES, default='both',
+                        help="gpuvirt_* names, dcgm-exporter's DCGM_FI_* names, or both (default %(default)s)")
+    parser.add_argument('--dcgm-hostname-label', choices=HOST_LABEL_CHOICES, default='Hostname',
+                        help="host label of the dcgm series: released dcgm-exporter's Hostname (default), its newer hostname, or both")
+    parser.add_argument('--gpm-interval', type=float, default=30.0,
+                        help='seconds between GPM and NVLink samples for the dcgm names (0: off; default %(default)s)')
+    parser.add_argument('--drift-file', default='/var/lib/gpuvirt/drift.json',
+                        help='the roles\' declared-versus-actual file (default %(default)s; empty: none)')
     parser.add_argument('--version', action='version', version=__version__)
     args = parser.parse_args(argv)
-    collector = GpuCollector(hostname=args.hostname, pcie_interval=args.pcie_interval, events=args.events)
+    collector = GpuCollector(hostname=args.hostname, pcie_interval=args.pcie_interval, events=args.events,
+                             metric_names=args.metric_names, host_label=args.dcgm_hostname_label, drift_file=args.drift_file or None,
+                             gpm_interval=args.gpm_interval)
     try:
         server = build_server(args.listen, args.web_config, collector)
     except (ConfigError, OSError, ssl.SSLError, KeyError) as exc:

@@ -1,0 +1,174 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""dcgm-exporter's default counters under dcgm-exporter's own names, types, units and labels.
+
+The collector reads NVML once per scrape into a Reading per GPU; this module turns a Reading into DCGM_FI_* series the way
+dcgm-exporter 4.5.3 renders them: units as DCGM delivers them (clocks MHz, framebuffer MiB, energy mJ, power W, GPM
+ratios 0-1 and bytes/s), the driver version as the label DCGM_FI_DRIVER_VERSION on every series, the last XID as a gauge
+with err_code/err_msg, one entity per MIG GPU instance (labels GPU_I_PROFILE, GPU_I_ID) on a GPU with MIG instances,
+and bare counter names (no _total). Values DCGM would report blank (not supported, failed) give no series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from gpuvirt_exporter.xid_text import xid_text
+
+MIB = 1024 * 1024
+HOST_LABEL_CHOICES = ('Hostname', 'hostname', 'both')
+NAME_MODES = ('gpuvirt', 'dcgm', 'both')
+# GPM metric ids (NVML_GPM_METRIC_*) -> (dcgm name, factor): GPM utilizations are 0-100 %, DCGM's ratios 0-1; GPM PCIe
+# rates are MiB/s, DCGM's bytes/s.
+GPM_METRICS = {
+    1: ('DCGM_FI_PROF_GR_ENGINE_ACTIVE', 0.01),
+    5: ('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE', 0.01),
+    10: ('DCGM_FI_PROF_DRAM_ACTIVE', 0.01),
+    20: ('DCGM_FI_PROF_PCIE_TX_BYTES', MIB),
+    21: ('DCGM_FI_PROF_PCIE_RX_BYTES', MIB),
+}
+HELP = {
+    'DCGM_FI_DEV_SM_CLOCK': 'SM clock frequency (in MHz).',
+    'DCGM_FI_DEV_MEM_CLOCK': 'Memory clock frequency (in MHz).',
+    'DCGM_FI_DEV_MEMORY_TEMP': 'Memory temperature (in C).',
+    'DCGM_FI_DEV_GPU_TEMP': 'GPU temperature (in C).',
+    'DCGM_FI_DEV_POWER_USAGE': 'Power draw (in W).',
+    'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION': 'Total energy consumption since the driver was loaded (in mJ).',
+    'DCGM_FI_DEV_PCIE_REPLAY_COUNTER': 'Total number of PCIe retries.',
+    'DCGM_FI_DEV_GPU_UTIL': 'GPU utilization (in %).',
+    'DCGM_FI_DEV_MEM_COPY_UTIL': 'Memory utilization (in %).',
+    'DCGM_FI_DEV_ENC_UTIL': 'Encoder utilization (in %).',
+    'DCGM_FI_DEV_DEC_UTIL': 'Decoder utilization (in %).',
+    'DCGM_FI_DEV_XID_ERRORS': 'Value of the last XID error encountered.',
+    'DCGM_FI_DEV_FB_FREE': 'Frame buffer memory free (in MiB).',
+    'DCGM_FI_DEV_FB_USED': 'Frame buffer memory used (in MiB).',
+    'DCGM_FI_DEV_FB_RESERVED': 'Frame buffer memory reserved (in MiB).',
+    'DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL': 'NVLink throughput, all links, both directions (in MB/s).',
+    'DCGM_FI_DEV_VGPU_LICENSE_STATUS': 'vGPU License status',
+    'DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS': 'Number of remapped rows for uncorrectable errors',
+    'DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS': 'Number of remapped rows for correctable errors',
+    'DCGM_FI_DEV_ROW_REMAP_FAILURE': 'Whether remapping of rows has failed',
+    'DCGM_FI_PROF_GR_ENGINE_ACTIVE': 'Ratio of time the graphics engine is active (NVML GPM).',
+    'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE': 'Ratio of cycles the tensor (HMMA) pipe is active (NVML GPM).',
+    'DCGM_FI_PROF_DRAM_ACTIVE': 'Ratio of cycles the device memory interface is active sending or receiving data (NVML GPM).',
+    'DCGM_FI_PROF_PCIE_TX_BYTES': 'The rate of data transmitted over the PCIe bus, headers included, in bytes per second (NVML GPM).',
+    'DCGM_FI_PROF_PCIE_RX_BYTES': 'The rate of data received over the PCIe bus, headers included, in bytes per second (NVML GPM).',
+}
+COUNTERS = {'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', 'DCGM_FI_DEV_PCIE_REPLAY_COUNTER', 'DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL',
+            'DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS', 'DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS'}
+
+
+class VerbatimMetric(Metric):
+    """A family rendered with its name as is: dcgm-exporter's counters have no _total (see render_verbatim)."""
+
+    verbatim = True
+
+
+def render_verbatim(metric: Metric) -> str:
+    """The text exposition of one family, names untouched, label and help escaping as prometheus_client does it."""
+    doc = metric.documentation.replace('\\', r'\\').replace('\n', r'\n')
+    lines = ['# HELP %s %s\n' % (metric.name, doc), '# TYPE %s %s\n' % (metric.name, metric.type)]
+    for sample in metric.samples:
+        labels = ','.join('%s="%s"' % (k, v.replace('\\', r'\\').replace('\n', r'\n').replace('"', r'\"'))
+                          for k, v in sorted(sample.labels.items()))
+        lines.append('%s%s %s\n' % (sample.name, '{%s}' % labels if labels else '', floatToGoString(sample.value)))
+    return ''.join(lines)
+
+
+@dataclass
+class Reading:
+    """What one scrape read of one GPU, in NVML's units (None: not read, not supported or failed)."""
+
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    gpu_temp_c: int | None = None
+    memory_temp_c: int | None = None
+    power_mw: int | None = None
+    energy_mj: int | None = None
+    replays: int | None = None
+    util_gpu: int | None = None
+    util_memory: int | None = None
+    encoder: int | None = None
+    decoder: int | None = None
+    fb: tuple | None = None  # (free, used, reserved or None) in bytes
+    vgpu_licensed: int | None = None
+    rows: tuple | None = None  # nvmlDeviceGetRemappedRows: (corrected, uncorrected, pending, failure)
+    last_xid: int | None = None
+    nvlink_mbps: float | None = None
+    gpm: dict = field(default_factory=dict)  # GPM metric id -> value in GPM's unit
+    instances: list = field(default_factory=list)  # [(GPU_I_ID, GPU_I_PROFILE, (free, used) bytes or None, gpm dict)]
+
+
+class DcgmSeries:
+    """Adds a GPU's dcgm-exporter series to a scrape's families."""
+
+    def __init__(self, host_label: str = 'Hostname'):
+        if host_label not in HOST_LABEL_CHOICES:
+            raise ValueError('host label %r: expected one of %s' % (host_label, ', '.join(HOST_LABEL_CHOICES)))
+        self.host_keys = ['Hostname', 'hostname'] if host_label == 'both' else [host_label]
+
+    def gpu_labels(self, gpu_labels: list[str], driver_version: str) -> tuple[list[str], list[str]]:
+        """gpu, UUID, pci_bus_id, device, modelName, the host label(s), DCGM_FI_DRIVER_VERSION (from the gpuvirt labels)."""
+        base, host = gpu_labels[:5], gpu_labels[5]
+        keys = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName'] + self.host_keys + ['DCGM_FI_DRIVER_VERSION']
+        return keys, base + [host] * len(self.host_keys) + [driver_version]
+
+    def add(self, families: dict, gpu_labels: list[str], driver_version: str, reading: Reading) -> None:
+        keys, values = self.gpu_labels(gpu_labels, driver_version)
+        if not reading.instances:
+            self._entity(families, keys, values, reading, reading.fb, reading.gpm, whole=True)
+            return
+        for gi_id, profile, memory, gpm in reading.instances:
+            fb = None if memory is None else (memory[0], memory[1], None)
+            self._entity(families, keys + ['GPU_I_PROFILE', 'GPU_I_ID'], values + [profile, str(gi_id)], reading, fb, gpm,
+                         whole=False)
+
+    def _entity(self, families, keys, values, r: Reading, fb, gpm, whole: bool) -> None:
+        def put(name, value):
+            if value is None:
+                return
+            family = families.get(name)
+            if family is None:
+                family = families[name] = VerbatimMetric(name, HELP[name], 'counter' if name in COUNTERS else 'gauge')
+            family.add_sample(name, dict(zip(keys, values)), float(value))
+
+        put('DCGM_FI_DEV_SM_CLOCK', r.sm_clock_mhz)
+        put('DCGM_FI_DEV_MEM_CLOCK', r.mem_clock_mhz)
+        put('DCGM_FI_DEV_MEMORY_TEMP', _temperature(r.memory_temp_c))
+        put('DCGM_FI_DEV_GPU_TEMP', _temperature(r.gpu_temp_c))
+        put('DCGM_FI_DEV_POWER_USAGE', None if r.power_mw is None else r.power_mw / 1000)
+        put('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', r.energy_mj)
+        put('DCGM_FI_DEV_PCIE_REPLAY_COUNTER', r.replays)
+        put('DCGM_FI_DEV_GPU_UTIL', r.util_gpu)
+        put('DCGM_FI_DEV_MEM_COPY_UTIL', r.util_memory)
+        put('DCGM_FI_DEV_ENC_UTIL', r.encoder)
+        put('DCGM_FI_DEV_DEC_UTIL', r.decoder)
+        if fb is not None:
+            put('DCGM_FI_DEV_FB_FREE', fb[0] // MIB)
+            put('DCGM_FI_DEV_FB_USED', fb[1] // MIB)
+            if whole and fb[2] is not None:
+                put('DCGM_FI_DEV_FB_RESERVED', fb[2] // MIB)
+        put('DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL', r.nvlink_mbps)
+        put('DCGM_FI_DEV_VGPU_LICENSE_STATUS', r.vgpu_licensed)
+        if r.rows is not None:
+            put('DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS', r.rows[1])
+            put('DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS', r.rows[0])
+            put('DCGM_FI_DEV_ROW_REMAP_FAILURE', 1 if r.rows[3] else 0)
+        for metric_id, (name, factor) in GPM_METRICS.items():
+            if metric_id in gpm:
+                put(name, gpm[metric_id] * factor)
+        if r.last_xid is not None:
+            xid = r.last_xid
+            name = 'DCGM_FI_DEV_XID_ERRORS'
+            family = families.get(name)
+            if family is None:
+                family = families[name] = VerbatimMetric(name, HELP[name], 'gauge')
+            family.add_sample(name, dict(zip(keys + ['err_code', 'err_msg'], values + [str(xid), xid_text(xid)])), float(xid))
+
+
+def _temperature(value):
+    # DCGM drops temperature readings above 200 C as errors
+    return None if value is None or value > 200 else value
