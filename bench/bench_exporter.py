@@ -105,6 +105,35 @@ def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, 
     print(_line(label, fig))
 
 
+def _count(text: str) -> dict:
+    lines = [line for line in text.splitlines() if line and not line.startswith('#')]
+    return {'all': len(lines), 'gpuvirt': sum(line.startswith('gpuvirt_') for line in lines),
+            'dcgm': sum(line.startswith('DCGM_') for line in lines)}
+
+
+def series_counts() -> None:
+    """Series per scrape in each naming mode on one simulated GPU: whole H100, H100 with 7 MIG instances, A40 with vGPUs."""
+    hosts = (('whole GPU H100', ['h100-80gb-hbm3:1'], False, None, []),
+             ('MIG H100, 7 x 1g.10gb', ['h100-80gb-hbm3:1'], False, [0], []),
+             ('vGPU A40, 8 x A40-2Q', ['a40:1'], True, None, [(0, '558')] * 8))
+    print('%-26s %-8s %8s %8s %8s' % ('host (1 GPU)', 'mode', 'series', 'gpuvirt', 'dcgm'))
+    for label, gpus, vgpu_host, mig, vgpus in hosts:
+        with tempfile.TemporaryDirectory() as root:
+            host = SimExporter(root, gpus, vgpu_host=vgpu_host)
+            if mig:
+                host.mig_sevenths(mig)
+            for gpu, vgpu_type in vgpus:
+                host.ctl('vgpu', 'add', '--gpu', str(gpu), '--type', vgpu_type)
+            for mode in ('gpuvirt', 'dcgm', 'both'):
+                host.start('--metric-names', mode)
+                try:
+                    time.sleep(1.2)  # the PCIe sampler's first sample
+                    counts = _count(host.get()[1])
+                finally:
+                    host.stop()
+                print('%-26s %-8s %8d %8d %8d' % (label, mode, counts['all'], counts['gpuvirt'], counts['dcgm']))
+
+
 def real(count: int, save: str | None) -> None:
     env = dict(os.environ, PYTHONPATH=EXPORTER_LIB)
     port = free_port()
@@ -138,7 +167,11 @@ def main() -> None:
     parser.add_argument('--real', action='store_true')
     parser.add_argument('--save', default=None)
     parser.add_argument('--count', type=int, default=200)
+    parser.add_argument('--series', action='store_true', help='print the series count of each naming mode (simulator) and stop')
     args = parser.parse_args()
+    if args.series:
+        series_counts()
+        return
     if args.real:
         real(args.count, args.save)
         return
