@@ -465,3 +465,75 @@ class Prometheus:
         end = self.at if self.at is not None else time.time()
         return self._get('/api/v1/query_range', [('query', expr), ('start', '%.3f' % (end - seconds)), ('end', '%.3f' % end),
                                                  ('step', '%g' % step)])['result']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation: every panel query of a dashboard, and whether its data exists
+# ---------------------------------------------------------------------------------------------------------------
+def render_selector(metric: str | None, matchers: Iterable[Matcher]) -> str:
+    body = ', '.join('%s%s%s' % (m.label, m.op, json.dumps(m.value)) for m in matchers)
+    return '%s{%s}' % (metric or '', body) if body or not metric else metric
+
+
+def data_selector(selector: Selector, scope: dict[str, str] | None = None) -> str:
+    """The series a selector means to show, whatever the dashboard's variables say: its matchers without those that
+    reference a variable, plus `scope` (label -> regex, e.g. the selected host's instance)."""
+    kept = [m for m in selector.matchers if '$' not in m.value and not m.value.startswith('[[')]
+    kept += [Matcher(label, '=~', regex) for label, regex in sorted((scope or {}).items())]
+    if selector.metric and not any(m.label == '__name__' for m in kept):
+        return render_selector(selector.metric, kept)
+    return render_selector(None, kept)
+
+
+@dataclass
+class Evaluation:
+    target: Target
+    expr: str  # as sent, variables substituted
+    series: int  # series the query returned
+    data: list[str]  # selectors (scoped as the selection means) that have series
+    selectors: list[str]
+
+    @property
+    def empty_with_data(self) -> bool:
+        return self.series == 0 and bool(self.data)
+
+    @property
+    def no_data(self) -> bool:
+        return not self.data
+
+
+def selection_scope(dashboard: Dashboard, api: PrometheusLike, selection: dict[str, Any], scope_label: str = 'instance') -> dict[str, str]:
+    """What a selection of single values means, as the scrape targets (`instance`) whose series carry them: for
+    each selected variable, the instances of the series its own query lists with that value."""
+    scope: dict[str, str] = {}
+    for name, chosen in selection.items():
+        if chosen is ALL:
+            continue
+        var = dashboard.variable(name)
+        query = parse_variable_query(var.query, name)
+        if query.kind != 'label_values':
+            raise DashboardError('variable %r: only label_values() selections can be scoped' % name)
+        instances = set()
+        for value in chosen:
+            base = vector_selectors(query.match)[0] if query.match else Selector(None, (), '')
+            match = data_selector(base, {query.label: re.escape(value)})
+            instances.update(api.label_values(scope_label, match))
+        scope[scope_label] = '|'.join(re.escape(i) for i in sorted(instances)) or '^$'
+    return scope
+
+
+def evaluate(dashboard: Dashboard, api: Any, selection: dict[str, Any] | None = None, builtins: dict[str, str] | None = None,
+             range_s: float = 60, step_s: float = 1) -> list[Evaluation]:
+    """Every target of `dashboard` as Grafana would query it under `selection`, and which of its selectors have data
+    for what the selection means (every host for "All"; the selected hosts' series otherwise)."""
+    selection = selection or {}
+    values, _ = resolve_variables(dashboard, api, selection)
+    scope = selection_scope(dashboard, api, selection)
+    out = []
+    for target in dashboard.targets:
+        expr = interpolate(target.expr, values, dashboard.variables, builtins)
+        result = api.instant(expr) if target.instant else api.range(expr, range_s, step_s)
+        selectors = [data_selector(s, scope) for s in vector_selectors(target.expr)]
+        data = [s for s in selectors if api.instant('count(%s)' % s)]
+        out.append(Evaluation(target, expr, len(result), data, selectors))
+    return out
