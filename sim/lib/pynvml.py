@@ -2039,7 +2039,8 @@ def nvmlDeviceGetFieldValues(handle, fieldIds):
         field_id, scope = field_id if isinstance(field_id, tuple) else (field_id, 0)
         code, value_type, value = _field(dev, int(field_id))
         entry = values[index]
-        entry.fieldId, entry.scopeId, entry.timestamp, entry.valueType, entry.nvmlReturn = int(field_id), int(scope), stamp, value_type, code
+        entry.fieldId, entry.scopeId, entry.timestamp = int(field_id), int(scope), stamp
+        entry.valueType, entry.nvmlReturn = value_type, code
         if value_type == NVML_VALUE_TYPE_UNSIGNED_INT:
             entry.value.uiVal = value
         else:

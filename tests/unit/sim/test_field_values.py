@@ -22,7 +22,8 @@ def test_memory_temperature_is_the_captured_reading_and_absent_where_not_capture
 
 def test_energy_and_remapped_rows_fields_agree_with_their_getters(nvml, gpus):
     h100 = gpus[0]
-    fields = [nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, nvml.NVML_FI_DEV_REMAPPED_COR, nvml.NVML_FI_DEV_REMAPPED_FAILURE, (139, 0xFFFFFFFF)]
+    fields = [nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, nvml.NVML_FI_DEV_REMAPPED_COR, nvml.NVML_FI_DEV_REMAPPED_FAILURE,
+              (139, 0xFFFFFFFF)]
     energy, corrected, failure, nvlink = nvml.nvmlDeviceGetFieldValues(h100, fields)
     assert abs(energy.value.ullVal - nvml.nvmlDeviceGetTotalEnergyConsumption(h100)) < 1_000_000  # mJ, read a moment apart
     assert (corrected.value.ullVal, failure.value.ullVal) == (0, 0) and corrected.nvmlReturn == nvml.NVML_SUCCESS
