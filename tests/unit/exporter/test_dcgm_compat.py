@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -249,3 +250,58 @@ def test_gpm_and_nvlink_values_are_rendered_in_dcgm_units():
     assert value['DCGM_FI_PROF_DRAM_ACTIVE'] == 0.03
     assert value['DCGM_FI_PROF_PCIE_TX_BYTES'] == 2 * MIB and value['DCGM_FI_PROF_PCIE_RX_BYTES'] == MIB / 2
     assert value['DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL'] == 1.5 and families['DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL'].type == 'counter'
+
+
+class _Field:  # pylint: disable=too-few-public-methods
+    def __init__(self, kib: int, code: int = 0):
+        self.nvmlReturn = code
+        self.value = type('V', (), {'ullVal': kib})()
+
+
+class _FakeNvml:
+    """The exporter's NVML door with canned answers: GPM samples and NVLink KiB counters that grow between samples."""
+
+    def __init__(self, gpm_supported: bool):
+        self.gpm_supported = gpm_supported
+        self.kib = 0
+        self.samples = 0
+
+    def call(self, _scope, name, *_args, default=None, remember=True):  # pylint: disable=unused-argument
+        if name == 'nvmlGpmQueryDeviceSupport':
+            return type('S', (), {'isSupportedDevice': int(self.gpm_supported)})()
+        if name == 'nvmlGpmSampleAlloc':
+            return object()
+        if name == 'nvmlGpmSampleGet':
+            self.samples += 1
+            return True
+        if name == 'nvmlDeviceGetFieldValues':
+            self.kib += 500_000
+            return [_Field(self.kib // 2), _Field(self.kib - self.kib // 2)]
+        return default
+
+    def run(self, _scope, name, _func, *_args, default=None, remember=True):  # pylint: disable=unused-argument
+        assert name == 'nvmlGpmMetricsGet'
+        return {1: 40.0, 20: 3.0}
+
+
+def test_the_background_sampler_differences_two_samples():
+    sys.path.insert(0, os.path.join(REPO, 'roles', 'exporter', 'files'))
+    try:
+        from gpuvirt_exporter.samplers import DcgmSampler  # pylint: disable=import-outside-toplevel
+    finally:
+        sys.path.pop(0)
+    gpu = type('G', (), {'index': 0, 'scope': '0', 'handle': object()})()
+    for supported in (True, False):
+        nvml = _FakeNvml(supported)
+        sampler = DcgmSampler(nvml, 1.0)
+        sampler.gpus = [gpu]
+        sampler.sample_once()
+        assert 0 not in sampler.gpm and 0 not in sampler.nvlink  # one sample: nothing to difference yet
+        started = time.monotonic()
+        time.sleep(0.2)
+        sampler.sample_once()
+        elapsed = time.monotonic() - started
+        # 500000 KiB more in about 0.2 s: KiB/s / 1000, DCGM's "MB/s"
+        assert 500_000 / (elapsed + 0.05) / 1000 < sampler.nvlink[0] < 500_000 / (elapsed - 0.05) / 1000
+        assert sampler.gpm.get(0) == ({1: 40.0, 20: 3.0} if supported else None)
+        assert nvml.samples == (2 if supported else 0)
