@@ -125,9 +125,9 @@ def series_counts() -> None:
             for gpu, vgpu_type in vgpus:
                 host.ctl('vgpu', 'add', '--gpu', str(gpu), '--type', vgpu_type)
             for mode in ('gpuvirt', 'dcgm', 'both'):
-                host.start('--metric-names', mode)
+                host.start('--metric-names', mode, '--gpm-interval', '0.4')
                 try:
-                    time.sleep(1.2)  # the PCIe sampler's first sample
+                    time.sleep(1.2)  # the PCIe sampler's first sample, two GPM samples
                     counts = _count(host.get()[1])
                 finally:
                     host.stop()

@@ -2091,6 +2091,127 @@ def nvmlDeviceGetGridLicensableFeatures(handle):
 
 
 # ------------------------------------------------------------------------------------------------
+# GPM (GPU Performance Monitoring, Hopper and newer): read-only samples and metrics
+# ------------------------------------------------------------------------------------------------
+# A live H200 (driver 580.159.04, passthrough VM) reported GPM supported and, idle, answered graphics/SM/tensor 0 %,
+# DRAM 0.0004 %, PCIe 0.40 MiB/s out and 0.21 MiB/s in over one second
+# (tests/unit/exporter/fixtures/real-h200-nvml-dcgm-probe.json). Here a sample holds the simulated GPU's current
+# utilization and PCIe figures; a metric is their mean over the two samples (the simulated figures are steady).
+NVML_GPM_METRIC_GRAPHICS_UTIL = 1
+NVML_GPM_METRIC_SM_UTIL = 2
+NVML_GPM_METRIC_ANY_TENSOR_UTIL = 5
+NVML_GPM_METRIC_DRAM_BW_UTIL = 10
+NVML_GPM_METRIC_PCIE_TX_PER_SEC = 20
+NVML_GPM_METRIC_PCIE_RX_PER_SEC = 21
+NVML_GPM_METRIC_MAX = 477
+NVML_GPM_METRICS_GET_VERSION = 1
+NVML_GPM_SUPPORT_VERSION = 1
+
+
+class struct_c_nvmlGpmSample_t(Structure):
+    # opaque in NVML; here the figures of one sample
+    _fields_ = [('taken', c_uint), ('uid', c_uint), ('gpu', c_double), ('memory', c_double), ('tensor', c_double),
+                ('tx_mib', c_double), ('rx_mib', c_double)]
+
+
+c_nvmlGpmSample_t = POINTER(struct_c_nvmlGpmSample_t)
+
+
+class c_metricInfo_t(Structure):
+    _fields_ = [
+        ("shortName", c_char_p),
+        ("longName", c_char_p),
+        ("unit", c_char_p),
+    ]
+
+
+class c_nvmlGpmMetric_t(_PrintableStructure):
+    _fields_ = [
+        ('metricId', c_uint),
+        ('nvmlReturn', c_uint),
+        ('value', c_double),
+        ('metricInfo', c_metricInfo_t)
+    ]
+
+
+class c_nvmlGpmMetricsGet_t(_PrintableStructure):
+    _fields_ = [
+        ('version', c_uint),
+        ('numMetrics', c_uint),
+        ('sample1', c_nvmlGpmSample_t),
+        ('sample2', c_nvmlGpmSample_t),
+        ('metrics', c_nvmlGpmMetric_t * NVML_GPM_METRIC_MAX)
+    ]
+
+
+class c_nvmlGpmSupport_t(_PrintableStructure):
+    _fields_ = [
+        ('version', c_uint),
+        ('isSupportedDevice', c_uint),
+    ]
+
+
+_gpm_buffers = {}  # id -> the sample structure a pointer refers to (kept alive until freed)
+
+
+def _gpm_dev(device, name):
+    dev = _dev(device, name)
+    if int(dev.model.get("architecture", 0)) < NVML_DEVICE_ARCH_HOPPER:
+        _raise(NVML_ERROR_NOT_SUPPORTED)
+    return dev
+
+
+def nvmlGpmQueryDeviceSupport(device):
+    dev = _dev(device, "nvmlGpmQueryDeviceSupport")
+    support = c_nvmlGpmSupport_t()
+    support.version = NVML_GPM_SUPPORT_VERSION
+    support.isSupportedDevice = int(int(dev.model.get("architecture", 0)) >= NVML_DEVICE_ARCH_HOPPER)
+    return support
+
+
+def nvmlGpmSampleAlloc():
+    buffer = struct_c_nvmlGpmSample_t()
+    _gpm_buffers[addressof(buffer)] = buffer
+    return pointer(buffer)
+
+
+def nvmlGpmSampleFree(gpmSample):
+    _gpm_buffers.pop(addressof(gpmSample.contents), None)
+
+
+def nvmlGpmSampleGet(device, gpmSample):
+    dev = _gpm_dev(device, "nvmlGpmSampleGet")
+    sample = gpmSample.contents
+    gpu, memory = _utilization(dev)
+    pcie = dev.model["pcie"]
+    sample.taken, sample.uid = 1, int(dev.gpu["index"])
+    sample.gpu, sample.memory = float(gpu), float(memory)
+    sample.tensor = float(_metric(dev, "gpm_tensor_util", 0))
+    # NVML's PCIe throughput is KB/s (1024 bytes); GPM's is MiB/s
+    sample.tx_mib = int(_metric(dev, "pcie_tx_kbps", pcie["tx_kbps"])) * 1024 / (1024 * 1024)
+    sample.rx_mib = int(_metric(dev, "pcie_rx_kbps", pcie["rx_kbps"])) * 1024 / (1024 * 1024)
+    return gpmSample
+
+
+def nvmlGpmMetricsGet(metricsGet):
+    first, second = metricsGet.sample1.contents, metricsGet.sample2.contents
+    if not (first.taken and second.taken) or first.uid != second.uid:
+        _raise(NVML_ERROR_INVALID_ARGUMENT)
+    figures = {NVML_GPM_METRIC_GRAPHICS_UTIL: "gpu", NVML_GPM_METRIC_SM_UTIL: "gpu", NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor",
+               NVML_GPM_METRIC_DRAM_BW_UTIL: "memory", NVML_GPM_METRIC_PCIE_TX_PER_SEC: "tx_mib",
+               NVML_GPM_METRIC_PCIE_RX_PER_SEC: "rx_mib"}
+    for index in range(metricsGet.numMetrics):
+        metric = metricsGet.metrics[index]
+        key = figures.get(metric.metricId)
+        if key is None:
+            metric.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+            continue
+        metric.nvmlReturn = NVML_SUCCESS
+        metric.value = (getattr(first, key) + getattr(second, key)) / 2
+    return metricsGet
+
+
+# ------------------------------------------------------------------------------------------------
 # Helpers of the real module that callers sometimes use
 # ------------------------------------------------------------------------------------------------
 def convertStrBytes(func):

@@ -67,11 +67,13 @@ def render_differences() -> str:
 
 @pytest.fixture(scope='module', name='scrape')
 def scrape_fixture(tmp_path_factory):
-    """A host with a whole H100 (GPU 0) and an H100 with seven MIG instances (GPU 1), scraped in the default mode (both)."""
+    """A host with a busy whole H100 (GPU 0) and an H100 with seven MIG instances (GPU 1), scraped in the default mode (both)."""
     host = SimExporter(str(tmp_path_factory.mktemp('dcgm') / 'gpusim'), ['h100-80gb-hbm3:2'])
     host.mig_sevenths([1])
-    host.start()
+    host.ctl('proc', 'add', '--gpu', '0', '--pid', '3', '--mem-mib', '4096')
+    host.start('--gpm-interval', '0.3')
     try:
+        time.sleep(1.0)  # two GPM samples and a PCIe sample in the background
         status, text = host.get()
     finally:
         host.stop()
@@ -153,6 +155,13 @@ def test_units_match_the_gpuvirt_series_numerically(scrape):
     assert dcgm('DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS') == ours('gpuvirt_gpu_remapped_rows', error_type='uncorrected')
     assert dcgm('DCGM_FI_DEV_ROW_REMAP_FAILURE') == ours('gpuvirt_gpu_row_remap_failure')
     assert dcgm('DCGM_FI_DEV_VGPU_LICENSE_STATUS') == 0  # no GRID licensing on a passthrough GPU (live H200 probe)
+    assert dcgm('DCGM_FI_DEV_FB_USED') == 4096 and dcgm('DCGM_FI_DEV_GPU_UTIL') == 95  # the busy GPU: units, not zeros
+    # GPM: percent -> ratio, MiB/s -> bytes/s; the simulated GPM reads the same utilization and PCIe figures
+    assert dcgm('DCGM_FI_PROF_GR_ENGINE_ACTIVE') == pytest.approx(ours('gpuvirt_gpu_utilization_percent') / 100) == 0.95
+    assert dcgm('DCGM_FI_PROF_DRAM_ACTIVE') == pytest.approx(ours('gpuvirt_gpu_memory_utilization_percent') / 100) == 0.4
+    assert dcgm('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE') == 0
+    assert dcgm('DCGM_FI_PROF_PCIE_TX_BYTES') == ours('gpuvirt_gpu_pcie_throughput_bytes_per_second', direction='tx')
+    assert dcgm('DCGM_FI_PROF_PCIE_RX_BYTES') == ours('gpuvirt_gpu_pcie_throughput_bytes_per_second', direction='rx')
     for labels in [lab for n, lab, _v in found if n == 'gpuvirt_mig_instance_info']:
         gi = {'gpu': '1', 'GPU_I_ID': labels['GPU_I_ID']}
         total = _one(found, 'gpuvirt_mig_memory_total_bytes', **gi)
@@ -236,7 +245,7 @@ def test_docs_render_the_differences_table():
 
 
 def test_gpm_and_nvlink_values_are_rendered_in_dcgm_units():
-    """GPM %/MiB/s become DCGM ratios/bytes/s (the simulator has no GPM: values as a live H200 gives them, in GPM units)."""
+    """GPM %/MiB/s become DCGM ratios/bytes/s, and the NVLink rate (no NVLink in the simulator) keeps its counter type."""
     sys.path.insert(0, os.path.join(REPO, 'roles', 'exporter', 'files'))
     try:
         from gpuvirt_exporter import dcgm  # pylint: disable=import-outside-toplevel

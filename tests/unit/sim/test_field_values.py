@@ -33,3 +33,27 @@ def test_energy_and_remapped_rows_fields_agree_with_their_getters(nvml, gpus):
 def test_a_passthrough_gpu_has_no_grid_licensing(nvml, gpus):
     features = nvml.nvmlDeviceGetGridLicensableFeatures_v4(gpus[0])
     assert (features.isGridLicenseSupported, features.licensableFeaturesCount) == (0, 0)
+
+
+def test_gpm_on_hopper_averages_two_samples_and_older_gpus_have_none(nvml, simhost, gpus):
+    h100, a40 = gpus
+    assert nvml.nvmlGpmQueryDeviceSupport(h100).isSupportedDevice == 1
+    assert nvml.nvmlGpmQueryDeviceSupport(a40).isSupportedDevice == 0
+    with pytest.raises(nvml.NVMLError_NotSupported):
+        nvml.nvmlGpmSampleGet(a40, nvml.nvmlGpmSampleAlloc())
+    simhost.ok("proc", "add", "--gpu", "0", "--pid", "3", "--mem-mib", "4096")
+    first, second = nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()
+    nvml.nvmlGpmSampleGet(h100, first)
+    nvml.nvmlGpmSampleGet(h100, second)
+    request = nvml.c_nvmlGpmMetricsGet_t()
+    request.version, request.numMetrics, request.sample1, request.sample2 = nvml.NVML_GPM_METRICS_GET_VERSION, 4, first, second
+    for index, metric in enumerate((nvml.NVML_GPM_METRIC_GRAPHICS_UTIL, nvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+                                    nvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC, 999)):
+        request.metrics[index].metricId = metric
+    nvml.nvmlGpmMetricsGet(request)
+    util = nvml.nvmlDeviceGetUtilizationRates(h100)
+    assert [request.metrics[i].value for i in range(2)] == [util.gpu, util.memory]
+    assert request.metrics[2].value == nvml.nvmlDeviceGetPcieThroughput(h100, 0) * 1024 / 2 ** 20
+    assert request.metrics[3].nvmlReturn == nvml.NVML_ERROR_NOT_SUPPORTED
+    nvml.nvmlGpmSampleFree(first)
+    nvml.nvmlGpmSampleFree(second)
