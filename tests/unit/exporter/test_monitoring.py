@@ -17,7 +17,9 @@ from exporter_support import REPO, SimExporter, samples  # noqa: E402  pylint: d
 COLLECTOR = os.path.join(REPO, 'roles', 'exporter', 'files', 'gpuvirt_exporter', 'collector.py')
 DASHBOARD = os.path.join(REPO, 'roles', 'monitoring', 'files', 'gpuvirt-dashboard.json')
 METRICS_DOC = os.path.join(REPO, 'docs', 'metrics.md')
-PROMQL_WORDS = {'rate', 'increase', 'on', 'group_left', 'by', 'sum', 'max', 'min', 'avg', 'without', 'and', 'or', 'unless', 'ignoring',
+PROMQL_WORDS = {'rate', 'increase', 'on', 'group_left', 'group_right', 'by', 'sum', 'max', 'min', 'avg', 'count', 'without', 'and',
+                'or', 'unless', 'ignoring', 'bool', 'offset', 'topk', 'bottomk', 'time', 'vector', 'absent', 'changes', 'resets',
+                'max_over_time', 'min_over_time', 'avg_over_time', 'last_over_time', 'clamp_min', 'clamp_max', 'label_replace',
                 'label_values'}
 PROMETHEUS_OWN = {'up'}
 
@@ -45,8 +47,8 @@ def scraped_names(text: str) -> set[str]:
 
 
 def queried_names(expr: str) -> set[str]:
-    expr = re.sub(r'label_values\(([a-z_:]+),[^)]*\)', r'\1', expr)
     expr = re.sub(r'\{[^}]*\}', '', expr)
+    expr = re.sub(r'label_values\(([A-Za-z_:][A-Za-z0-9_:]*),[^)]*\)', r'\1', expr)
     expr = re.sub(r'\[[^\]]*\]', '', expr)
     words = set(re.findall(r'[a-zA-Z_:][a-zA-Z0-9_:]*', expr))
     words -= PROMQL_WORDS
