@@ -1,6 +1,6 @@
 # gpuvirt.fleet: every entry point a user or CI needs. Each target installs what it uses.
 #   make demo   set up everything on a fresh Debian/Ubuntu machine (as root) and run the main job
-#   make test   every check: ansible-lint, ansible-test sanity, unit, integration, build
+#   make test   every check: ansible-lint, ansible-test sanity, alert rules (promtool), unit, integration, build
 #   make bench  benchmarks that print figures
 
 SHELL := /bin/bash
@@ -29,12 +29,12 @@ FLEET ?= sim/fleets/demo.yml
 # for the monitoring tests.
 DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus chromium
 
-.PHONY: help deps venv collection demo test lint sanity units fuzz sweep integration molecule build-check galaxy-import ee-check bench clean
+.PHONY: help deps venv collection demo test lint sanity rules units fuzz sweep integration molecule build-check galaxy-import ee-check bench clean
 
 help:
 	@echo "make demo          - install what is missing, start the simulated 4-host fleet, run site.yml (driver, MIG,"
 	@echo "                     vGPU, exporter, monitoring, health gates) and report.yml; prints the HTML report's path"
-	@echo "make test          - every check CI runs: lint, sanity, units, integration, molecule, build-check,"
+	@echo "make test          - every check CI runs: lint, sanity, rules, units, integration, molecule, build-check,"
 	@echo "                     galaxy-import and ee-check"
 	@echo "make bench         - benchmarks that print figures (simulator, fleet, real-GPU numbers come from bench/ --real)"
 	@echo "make deps          - install the Debian packages the project uses (as root)"
@@ -42,6 +42,7 @@ help:
 	@echo "make collection    - link this checkout as gpuvirt.fleet under .build (for ANSIBLE_COLLECTIONS_PATH=.build)"
 	@echo "make lint          - ansible-lint, production profile, strict"
 	@echo "make sanity        - ansible-test sanity on a copy of the tracked files"
+	@echo "make rules         - the monitoring role's alert rules, rendered on the controller: promtool check rules and test rules"
 	@echo "make units         - the unit tests (pytest tests/unit), the property tests among them (hypothesis profile ci)"
 	@echo "make fuzz          - the property tests of tests/unit/properties with many random examples (profile fuzz; local runs)"
 	@echo "make sweep         - the wide rollback sweep (marker sweep; local runs, minutes): nine MIG and three vGPU changes,"
@@ -98,7 +99,7 @@ demo: venv collection .build/exporter-wheels/.stamp
 test: venv collection .build/exporter-wheels/.stamp
 	@mkdir -p .build
 	@sim/fleet base > .build/fleet-base.log 2>&1 & base=$$!; status=0; \
-	  $(MAKE) --no-print-directory lint sanity units || status=$$?; \
+	  $(MAKE) --no-print-directory lint sanity rules units || status=$$?; \
 	  if ! wait $$base; then echo "sim/fleet base failed:"; cat .build/fleet-base.log; exit 1; fi; \
 	  exit $$status
 	@$(MAKE) --no-print-directory integration molecule build-check galaxy-import ee-check
@@ -117,6 +118,10 @@ sanity: venv
 	@# ansible-test 2.19 bootstraps pip 24.2 (python_requirements.get_venv_packages); ansible-core is pinned.
 	@cp $(SHARED)/tools/ansible-test-pip-bootstrap.py ~/.ansible/test/cache/get_pip_24_2.py
 	cd $(SANITY_ROOT) && PATH=$(BIN):$$PATH $(BIN)/ansible-test sanity --venv --python 3.11 --color no
+
+# The alert rules of the monitoring role (docs/alerts.md), rendered by the role on the controller into .build/rules.
+rules: venv collection
+	$(BIN)/python tests/unit/monitoring_rules/promtool_rules.py .build/rules
 
 units: venv collection
 	$(BIN)/python -m pytest -q -n 2 -m "not sweep" tests/unit
