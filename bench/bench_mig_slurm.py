@@ -9,7 +9,7 @@ gpuvirt.fleet.slurm entry points skip) and once with `slurm_manage: true` (drain
 slurm.conf Gres, slurmctld and slurmd restart, resume, verify). No job runs, so the drain waits for nothing: the
 figure is Slurm's own overhead. Prints each pair, the medians and the ratio. Figures only, no pass/fail.
     .venv/bin/python bench/bench_mig_slurm.py [--rounds 3]
-Needs root (the fleet). Fleet 'benchslurm', ports 23520-23539 (slurmctld 23530, slurmd 23531).
+Needs root (the fleet). Fleet 'benchslurm', ports 24300-24319 (slurmctld 24310, slurmd 24311).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        spec = {'fleet': FLEET, 'base_port': 23520, 'defaults': {'driver': {'version': '580.159.04', 'flavour': 'open'}},
+        spec = {'fleet': FLEET, 'base_port': 24300, 'defaults': {'driver': {'version': '580.159.04', 'flavour': 'open'}},
                 'hosts': [{'name': HOST, 'gpus': {'h100-80gb-hbm3': 2}}]}
         fleet_file, inventory = os.path.join(workdir, 'fleet.yml'), os.path.join(workdir, 'hosts.yml')
         with open(fleet_file, 'w', encoding='utf-8') as handle:
@@ -67,7 +67,7 @@ def main() -> None:
         try:
             subprocess.run([FLEET_TOOL, 'up', fleet_file, '--inventory', inventory], capture_output=True, check=True)
             start = time.perf_counter()
-            slurm_fleet.install(FLEET, HOST, ctld_port=23530, slurmd_port=23531)
+            slurm_fleet.install(FLEET, HOST, ctld_port=24310, slurmd_port=24311)
             print('Slurm install (cached .debs): %.1f s' % (time.perf_counter() - start))
             _play(inventory, workdir, slurm_manage=True, slurm_test_drain=False, slurm_test_change=False)  # configure the node
             plain, slurm = [], []

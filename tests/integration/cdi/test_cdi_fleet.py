@@ -1,6 +1,6 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Container runtimes kept in step with MIG changes, on fleet-cdi.yml (fleet 'cdi', ports 23600+):
+"""Container runtimes kept in step with MIG changes, on fleet-cdi.yml (fleet 'cdi', ports 24100+):
 
 - with the container toolkit stand-in installed, a MIG layout change through gpuvirt.fleet.mig_layout followed by
   the container_runtime role's refresh leaves a CDI spec (valid against the CDI schema) that names exactly the new MIG

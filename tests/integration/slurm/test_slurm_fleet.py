@@ -7,7 +7,7 @@ change through the mig role, which runs the slurm role's drain and sync entry po
 - a running job holds the change back until it has ended;
 - a drain timeout fails clearly, resumes the node, and leaves the GPUs untouched.
 
-Needs root (the fleet). Fleet 'slurm' (fleet-slurm.yml, ports 23500+; slurmctld 23510, slurmd 23511). The Slurm
+Needs root (the fleet). Fleet 'slurm' (fleet-slurm.yml, ports 24000+; slurmctld 24010, slurmd 24011). The Slurm
 packages are downloaded once into .build/slurm-debs (sim/slurm/slurm_fleet.py).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Host(FleetHost):
 def host_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('slurm')
     with fleet_up(FLEET, HERE / 'fleet-slurm.yml', workdir) as inventory:
-        slurm_fleet.install(FLEET, HOST, ctld_port=23510, slurmd_port=23511)
+        slurm_fleet.install(FLEET, HOST, ctld_port=24010, slurmd_port=24011)
         host = Host(FLEET, HOST, workdir, inventory, HERE / 'slurm.yml')
         # Start from a configured node: the two whole GPUs in gres.conf and slurm.conf (sync alone).
         proc = host.play(slurm_test_drain=False, slurm_test_change=False, **FAST)
