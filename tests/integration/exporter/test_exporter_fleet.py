@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,24 @@ def test_every_host_serves_its_own_gpus(fleet):
         assert 'gpuvirt_gpu_up{Hostname="%s"' % host in text
     assert 'vm_id="vm-7"' in _get(PORTS['et-a40'])[1]
     assert 'NVIDIA H100 80GB HBM3' in _get(PORTS['et-h100'])[1]
+
+
+def test_dcgm_names_and_the_drift_file_through_the_hardened_unit(fleet):
+    """The default names (both): dcgm-exporter's series with its labels; the unit (ProtectSystem=strict) reads the drift file."""
+    status, text = _get(PORTS['et-h100'])
+    assert status == 200
+    assert re.search(r'^DCGM_FI_DEV_SM_CLOCK\{[^}]*Hostname="et-h100"[^}]*\} 1980(\.0)?$', text, re.M), text[:2000]
+    assert '# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter' in text and 'DCGM_FI_DRIVER_VERSION="580.159.04"' in text
+    assert 'gpuvirt_declaration_drift' not in text  # no file yet
+    fleet.sh('et-h100', 'mkdir -p /var/lib/gpuvirt && printf \'{"mig": {"drift": true, "checked": 1764000000.0}}\' '
+                        '> /var/lib/gpuvirt/drift.json && chmod 0644 /var/lib/gpuvirt/drift.json')
+    try:
+        text = _get(PORTS['et-h100'])[1]
+        assert re.search(r'^gpuvirt_declaration_drift\{kind="mig"\} 1(\.0)?$', text, re.M), text[-3000:]
+        assert re.search(r'^gpuvirt_exporter_drift_file_errors_total 0(\.0)?$', text, re.M)
+    finally:
+        fleet.sh('et-h100', 'rm -f /var/lib/gpuvirt/drift.json')
+    assert 'DCGM_FI_DEV_FB_USED' in _get(PORTS['et-a40'])[1]
 
 
 def test_the_unit_is_hardened(fleet):
