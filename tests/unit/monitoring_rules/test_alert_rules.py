@@ -17,6 +17,7 @@ promtool comes from Debian's prometheus package (`make deps`); without it these 
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,14 +28,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from promtool_rules import (  # noqa: E402 pylint: disable=wrong-import-position
-    ANSIBLE_PLAYBOOK, REPO, RULES_NAME, check_rules, load_rules, prepare_all, promtool, render_role, run_test_rules, unit_test_files,
+    ANSIBLE_PLAYBOOK, REPO, RULES_NAME, check_rules, load_rules, prepare, prepare_all, promtool, render_role, run_test_rules, unit_test_files,
     xid_table)
 
 DOC = REPO / 'docs' / 'alerts.md'
 SEVERITIES = {'critical', 'warning', 'info'}
 # The name sets each alert reads: both exporter name sets, the gpuvirt names only (no dcgm-exporter counterpart),
 # or none (Prometheus' own up).
-GPUVIRT_ONLY = {'GpuLost', 'GpuExporterNvmlDown', 'GpuExporterNvmlErrors', 'GpuDeclarationDrift', 'GpuDeclarationNotChecked'}
+GPUVIRT_ONLY = {'GpuLost', 'GpuExporterNvmlDown', 'GpuExporterNvmlErrors', 'GpuDeclarationDrift', 'GpuDeclarationNotChecked',
+                'GpuDeclarationFileUnreadable'}
 ANY = {'GpuExporterDown'}
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason='needs ansible-playbook beside the Python running the tests')
@@ -73,7 +75,7 @@ def test_promtool_check_rules_passes(rendered, rules):
     proc = check_rules(rendered / RULES_NAME)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'SUCCESS: %d rules found' % len(rules) in proc.stdout
-    assert len(rules) == 19
+    assert len(rules) == 20
 
 
 def test_promtool_test_rules_passes(rendered, tmp_path):
@@ -197,3 +199,47 @@ def test_bad_variables_are_refused_by_name_before_anything_is_written(tmp_path, 
     assert proc.returncode != 0
     assert message in proc.stdout
     assert not (tmp_path / 'prometheus.yml').exists() and not (tmp_path / RULES_NAME).exists()
+
+
+def _series(name: str, labels: dict) -> str:
+    return '%s{%s}' % (name, ','.join('%s=%s' % (key, json.dumps(value)) for key, value in sorted(labels.items())))
+
+
+def test_the_exporters_own_output_fires_exactly_the_lost_gpu_and_the_drift(rendered, tmp_path):
+    """The simulated exporter (both name sets, a MIG GPU, a drift file) is scraped healthy, then with GPU 0 lost; its
+    samples, as Prometheus would store them, fire GpuLost once for GPU 0 and the declared drift, and nothing else."""
+    sys.path.insert(0, str(REPO / 'tests' / 'unit' / 'exporter'))
+    from exporter_support import SimExporter, samples  # pylint: disable=import-outside-toplevel,import-error
+    drift = tmp_path / 'drift.json'
+    drift.write_text(json.dumps({'mig': {'drift': True, 'checked': 0}}))
+    host = SimExporter(str(tmp_path / 'gpusim'), ['h100-80gb-hbm3:2'])
+    host.mig_sevenths([1])
+    host.start('--metric-names', 'both', '--drift-file', str(drift))
+    try:
+        healthy = samples(host.get()[1])
+        host.ctl('lose', '--gpu', '0')
+        lost = samples(host.get()[1])
+    finally:
+        host.stop()
+    names = {name for name, _labels, _value in healthy}
+    assert {'gpuvirt_gpu_up', 'gpuvirt_gpu_info', 'DCGM_FI_DEV_GPU_TEMP', 'DCGM_FI_DEV_FB_USED', 'gpuvirt_declaration_drift'} <= names
+    uuid = next(labels['UUID'] for name, labels, _v in healthy if name == 'gpuvirt_gpu_info' and labels['gpu'] == '0')
+    target = {'job': 'vgpu_metrics', 'instance': 'sim-host'}
+    before = {_series(name, dict(labels, **target)): value for name, labels, value in healthy}
+    after = {_series(name, dict(labels, **target)): value for name, labels, value in lost}
+    series = [{'series': _series('up', target), 'values': '1x60'}]
+    for key in sorted(set(before) | set(after)):
+        first = '%r+0x29' % before[key] if key in before else '_x30'
+        series.append({'series': key, 'values': first + (' %r+0x30' % after[key] if key in after else '')})
+    rules = load_rules(rendered / RULES_NAME)
+    firing_at_45 = {'GpuLost': [{'exp_labels': {'severity': 'critical', 'instance': 'sim-host', 'gpu': '0', 'UUID': uuid}}],
+                    'GpuDeclarationDrift': [{'exp_labels': {'severity': 'warning', 'instance': 'sim-host', 'kind': 'mig'}}]}
+    cases = [{'eval_time': '20m', 'alertname': name, 'exp_alerts': firing_at_45['GpuDeclarationDrift'] if name == 'GpuDeclarationDrift' else []}
+             for name in rules]
+    cases += [{'eval_time': '45m', 'alertname': name, 'exp_alerts': firing_at_45.get(name, [])} for name in rules]
+    test = {'evaluation_interval': '1m', 'tests': [{'name': 'both: the exporter healthy, then GPU 0 lost', 'interval': '1m',
+                                                    'input_series': series, 'alert_rule_test': cases}]}
+    path = tmp_path / 'exporter_output_test.yml'
+    path.write_text(yaml.safe_dump(prepare(test, rendered / RULES_NAME, rules, path.name), sort_keys=False, width=400), encoding='utf-8')
+    proc = run_test_rules([path])
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
