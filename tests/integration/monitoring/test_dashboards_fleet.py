@@ -42,7 +42,7 @@ HOSTS = {'mon-mig': 'node-17', 'mon-whole': 'node-18', 'mon-vgpu': 'vhost-03'}
 DASHBOARDS = REPO / 'roles' / 'monitoring' / 'files'
 DIFFERENCES = json.loads((REPO / 'tests' / 'unit' / 'exporter' / 'fixtures' / 'dcgm-differences.json').read_text())['counters']
 # Series the simulated fleet cannot have: the exporter documents them absent on the simulator (no NVML event sets,
-# no GPM, no NVLink) or before a first XID. A panel that reads only these may be empty; any other may not.
+# no NVLink) or before a first XID. A panel that reads only these may be empty; any other may not.
 ABSENT_HERE = {name for name, row in DIFFERENCES.items() if {'simulator', 'no_xid_yet'} & set(row.get('absent_on', []))}
 ABSENT_HERE |= {'gpuvirt_gpu_xid_errors_total'}  # a series per XID number appears with the first XID event
 SIM_NVML = (REPO / 'sim' / 'lib' / 'pynvml.py').read_text()
@@ -118,10 +118,13 @@ def fleet_fixture(tmp_path_factory):
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         fleet.started = time.time()
         try:
-            _wait(fleet.api, {'every host up': 'count(up{job="vgpu_metrics"} == 1) == 3', 'the vGPU': 'gpuvirt_vgpu_info',
-                              'the lost GPU': 'gpuvirt_gpu_up == 0', 'the NVML error': 'gpuvirt_exporter_nvml_errors_total',
-                              'MIG instances': 'DCGM_FI_DEV_FB_USED{GPU_I_ID!=""}',
-                              'PCIe samples': 'gpuvirt_gpu_pcie_throughput_bytes_per_second'})
+            expected = {'every host up': 'count(up{job="vgpu_metrics"} == 1) == 3', 'the vGPU': 'gpuvirt_vgpu_info',
+                        'the lost GPU': 'gpuvirt_gpu_up == 0', 'the NVML error': 'gpuvirt_exporter_nvml_errors_total',
+                        'MIG instances': 'DCGM_FI_DEV_FB_USED{GPU_I_ID!=""}',
+                        'PCIe samples': 'gpuvirt_gpu_pcie_throughput_bytes_per_second'}
+            if 'DCGM_FI_PROF_GR_ENGINE_ACTIVE' not in ABSENT_HERE:  # GPM on the simulated H100s: two samples apart
+                expected['GPM samples'] = 'DCGM_FI_PROF_GR_ENGINE_ACTIVE'
+            _wait(fleet.api, expected)
             time.sleep(max(0.0, fleet.started + 15 - time.time()))  # rate() and increase() windows hold several scrapes
             yield fleet
         finally:
