@@ -208,3 +208,61 @@ def test_a_selection_that_is_not_an_option_is_refused():
 def test_query_result_options_are_grafana_text_lines():
     var = gq.Variable('v', 'query', query='query_result(a)', regex='/x="([^"]+)"/')
     assert gq.variable_options(var, FakePrometheus(SERIES), {}) == ['1']
+
+
+def test_data_selector_drops_variable_matchers_and_adds_the_scope():
+    (sel,) = gq.vector_selectors('rate(a{instance=~"$host", gpu=~"[[gpu]]", reason!="gpu_idle"}[5m])')
+    assert gq.data_selector(sel) == 'a{reason!="gpu_idle"}'
+    assert gq.data_selector(sel, {'instance': 'mon\\-a40'}) == 'a{reason!="gpu_idle", instance=~"mon\\\\-a40"}'
+    (sel,) = gq.vector_selectors('{__name__="b", x=~"$x"}')
+    assert gq.data_selector(sel) == '{__name__="b"}'
+    assert gq.data_selector(gq.vector_selectors('c{x=~"$x"}')[0]) == 'c'
+
+
+class ScopedPrometheus(FakePrometheus):
+    """Series of two scrape targets whose machines call themselves otherwise (Hostname != instance)."""
+
+    def __init__(self):
+        super().__init__([{'__name__': 'gpu_util', 'instance': 'inv-a', 'Hostname': 'node-7', 'gpu': '0'},
+                          {'__name__': 'scrape_seconds', 'instance': 'inv-a'}])
+        self.queries = []
+
+    def instant(self, expr):
+        self.queries.append(expr)
+        found = re.fullmatch(r'count\((\w+)\{?(.*?)\}?\)', expr)
+        if found:  # count(selector): series of that name (and instance) exist
+            name, rest = found.groups()
+            inst = re.search(r'instance=~"([^"]*)"', rest)
+            return [{'value': [0, '1']}] if any(s['__name__'] == name and (not inst or re.fullmatch(inst.group(1).replace('\\\\', '\\'), s['instance']))
+                                                for s in self.series) else []
+        name = re.match(r'\w+', expr).group(0)
+        inst = re.search(r'instance=~"([^"]*)"', expr)
+        return [s for s in self.series if s['__name__'] == name and (not inst or re.fullmatch(inst.group(1), s['instance']))]
+
+    def range(self, expr, seconds, step):
+        return self.instant(expr)
+
+
+def _host_dashboard(variable_query):
+    return gq.Dashboard.from_json({'templating': {'list': [
+        {'name': 'host', 'type': 'query', 'query': variable_query, 'multi': True, 'includeAll': True, 'allValue': '.*'}]},
+        'panels': [{'type': 'timeseries', 'title': 'Scrape', 'id': 1, 'targets': [{'refId': 'A', 'expr': 'scrape_seconds{instance=~"$host"}'}]},
+                   {'type': 'timeseries', 'title': 'Util', 'id': 2, 'targets': [{'refId': 'A', 'expr': 'gpu_util{instance=~"$host"}'}]}]})
+
+
+def test_a_host_variable_built_from_hostname_but_filtering_instance_is_caught():
+    """The old dashboard's bug: the options are machine names, the panels filter instance, so a selected host shows
+    nothing although its series exist; the evaluation scopes "data exists" by the selected host's scrape target."""
+    api = ScopedPrometheus()
+    dash = _host_dashboard('label_values(gpu_util, Hostname)')
+    results = gq.evaluate(dash, api, {'host': ['node-7']})
+    assert [(r.target.panel_title, r.empty_with_data) for r in results] == [('Scrape', True), ('Util', True)]
+    assert results[0].data == ['scrape_seconds{instance=~"inv\\\\-a"}']
+    # selected by the label the panels filter: every panel shows the host
+    dash = _host_dashboard('label_values(scrape_seconds, instance)')
+    results = gq.evaluate(dash, api, {'host': ['inv-a']})
+    assert [(r.series, r.empty_with_data) for r in results] == [(1, False), (1, False)]
+    # "All": the allValue, and data exists unscoped
+    results = gq.evaluate(dash, api)
+    assert [r.expr for r in results] == ['scrape_seconds{instance=~".*"}', 'gpu_util{instance=~".*"}']
+    assert not any(r.empty_with_data or r.no_data for r in results)
