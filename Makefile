@@ -141,7 +141,7 @@ sweep: venv collection
 # own fleet name and ports; most of their time is spent waiting on SSH and simulated reboots).
 integration: venv collection .build/exporter-wheels/.stamp
 	sim/fleet base
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not sweep" tests/integration
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not sweep" --durations=12 tests/integration
 
 # The default scenario: create = sim/fleet up, converge = playbooks/facts.yml, verify, destroy = sim/fleet down.
 molecule: venv collection

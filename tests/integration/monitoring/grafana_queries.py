@@ -355,7 +355,7 @@ def _matchers(expr: str, toks: list, start: int) -> tuple[tuple[Matcher, ...], i
             i += 1
             continue
         try:
-            (kind_l, label, _), (kind_o, op, _), (kind_v, value, _) = toks[i:i + 3]
+            (kind_l, label, _pos_l), (kind_o, op, _pos_o), (kind_v, value, _pos_v) = toks[i:i + 3]
         except ValueError as exc:
             raise DashboardError('%r: unterminated label matchers' % expr) from exc
         if kind_l not in ('ident', 'string') or kind_o != 'op' or op not in ('=', '!=', '=~', '!~') or kind_v != 'string':
@@ -527,7 +527,7 @@ def evaluate(dashboard: Dashboard, api: Any, selection: dict[str, Any] | None = 
     """Every target of `dashboard` as Grafana would query it under `selection`, and which of its selectors have data
     for what the selection means (every host for "All"; the selected hosts' series otherwise)."""
     selection = selection or {}
-    values, _ = resolve_variables(dashboard, api, selection)
+    values, _unused = resolve_variables(dashboard, api, selection)
     scope = selection_scope(dashboard, api, selection)
     out = []
     for target in dashboard.targets:

@@ -12,7 +12,7 @@ absent on the simulator. The dcgm dashboard's values are checked against the gpu
 Hz / 1e6, MiB = bytes / 2^20, kWh from mJ).
 
 Needs root (the fleet), Debian's prometheus package (prometheus, promtool) and the exporter wheels of `make demo`
-(.build/exporter-wheels). Brings up fleet-monitoring.yml (fleet 'montest', ports 23700-23799) and tears it down.
+(.build/exporter-wheels). Brings up fleet-monitoring.yml (fleet 'montest', ports 24200-24299) and tears it down.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import grafana_queries as gq  # noqa: E402 pylint: disable=import-error,wrong-im
 
 FLEET = 'montest'
 WHEELS = REPO / '.build' / 'exporter-wheels'
-PROMETHEUS_PORT = 23790
+PROMETHEUS_PORT = 24290
 # inventory name -> the machine's own host name (the Hostname label)
 HOSTS = {'mon-mig': 'node-17', 'mon-whole': 'node-18', 'mon-vgpu': 'vhost-03'}
 DASHBOARDS = REPO / 'roles' / 'monitoring' / 'files'
@@ -183,7 +183,7 @@ def test_the_vgpu_table_lists_the_running_vgpu_with_or_without_a_license_status(
     dashboard = gq.Dashboard.load(DASHBOARDS / 'gpuvirt-dashboard.json')
     (target,) = dashboard.panel_targets('vGPU instances (type, VM, license)')
     api = fleet.api()
-    values, _ = gq.resolve_variables(dashboard, api)
+    values, _unused = gq.resolve_variables(dashboard, api)
     rows = api.instant(gq.interpolate(target.expr, values, dashboard.variables))
     licenses = {s['metric']['vgpu_id']: s['value'][1] for s in api.instant('gpuvirt_vgpu_license_status')}
     info = api.instant('gpuvirt_vgpu_info')
@@ -227,7 +227,7 @@ def test_dcgm_panels_are_in_dcgm_units(fleet, title, ref_id, keys, reference, to
     dashboard = gq.Dashboard.load(DASHBOARDS / 'gpuvirt-dcgm-dashboard.json')
     (target,) = [t for t in dashboard.panel_targets(title) if t.ref_id == ref_id]
     api = fleet.api()
-    values, _ = gq.resolve_variables(dashboard, api)
+    values, _unused = gq.resolve_variables(dashboard, api)
     builtins = gq.grafana_builtins(1, 1, fleet.window())
     shown = _by(api.instant(gq.interpolate(target.expr, values, dashboard.variables, builtins)), keys)
     expected = _by(api.instant(gq.interpolate(reference, {}, builtins=builtins)), keys)

@@ -119,3 +119,19 @@ def test_the_verify_entry_points_publish_the_drift_and_keep_the_gate(host):
     assert '%s is not a JSON object of kind -> {' % host.drift_file in proc.stdout
     assert writes == {}
     assert host.drift_file.read_text() == '{"mig": {"drift": tru'
+
+
+def test_the_scheduled_verify_playbook_checks_both_kinds_and_fails_a_drifted_host(host):
+    """playbooks/verify.yml (gpuvirt.fleet.verify): both kinds are checked and written even when the first drifted."""
+    variables = {'mig_declaration': MIG_SEVEN, 'vgpu_declaration': [], 'gpuvirt_drift_file': str(host.drift_file),
+                 'ansible_python_interpreter': sys.executable, 'gpuvirt_target_hosts': 'localhost', 'ansible_become': False}
+    (host.tmp / 'vars.json').write_text(json.dumps(variables), encoding='utf-8')
+    run = [str(ANSIBLE_PLAYBOOK), '-i', 'localhost,', '-c', 'local', '-e', '@%s' % (host.tmp / 'vars.json'), str(REPO / 'playbooks' / 'verify.yml')]
+    proc = subprocess.run(run, capture_output=True, text=True, cwd=host.tmp, env=host.env, timeout=300, check=False)
+    assert proc.returncode != 0 and 'MIG: the MIG layout differs from the declaration' in proc.stdout and 'set_mig_mode' in proc.stdout, proc.stdout[-3000:]
+    assert host.entries()['mig']['drift'] is True
+    variables['mig_declaration'] = MIG_OFF
+    (host.tmp / 'vars.json').write_text(json.dumps(variables), encoding='utf-8')
+    proc = subprocess.run(run, capture_output=True, text=True, cwd=host.tmp, env=host.env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert host.entries()['mig']['drift'] is False
