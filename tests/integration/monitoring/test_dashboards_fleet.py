@@ -169,7 +169,7 @@ def test_the_host_selector_shows_each_host(fleet, name, var):
     """The selector lists the inventory names (instance), and each one selected shows that host's data in every panel
     where it has some: nothing goes empty because the machine calls itself otherwise."""
     dashboard = gq.Dashboard.load(DASHBOARDS / name)
-    _, options = gq.resolve_variables(dashboard, fleet.api())
+    _values, options = gq.resolve_variables(dashboard, fleet.api())
     assert options[var] == sorted(HOSTS)
     for host in HOSTS:
         results = _check(dashboard, fleet, {var: [host]})
