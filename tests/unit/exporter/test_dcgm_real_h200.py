@@ -48,7 +48,7 @@ def test_units_agree_with_the_gpuvirt_series_of_the_same_scrape():
     series = _series()
     (labels, sm_mhz), = series['DCGM_FI_DEV_SM_CLOCK']
     assert labels['UUID'].startswith('GPU-') and labels['modelName'] == 'NVIDIA H200' and labels['Hostname']
-    hz = {l['clock']: v for l, v in series['gpuvirt_gpu_clock_hz']}
+    hz = {lab['clock']: value for lab, value in series['gpuvirt_gpu_clock_hz']}
     assert sm_mhz * 1e6 == hz['sm'] and series['DCGM_FI_DEV_MEM_CLOCK'][0][1] * 1e6 == hz['mem']
     assert series['DCGM_FI_DEV_GPU_TEMP'][0][1] == series['gpuvirt_gpu_temperature_celsius'][0][1]
     assert 0 <= series['DCGM_FI_PROF_DRAM_ACTIVE'][0][1] <= 1  # a ratio, from NVML GPM on the real Hopper GPU
