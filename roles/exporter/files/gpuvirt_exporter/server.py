@@ -6,34 +6,65 @@ The web config file is YAML; JSON is YAML too, and is read with the standard lib
   tls_server_config: {cert_file: ..., key_file: ..., client_ca_file: ..., client_auth_type: RequireAndVerifyClientCert}
   basic_auth_users: {prometheus: <bcrypt hash>}
 Scrapes that arrive while another one reads NVML share its result instead of queueing a read each.
+
+Connections: one thread watches every open connection (a selector) and hands a request to a small fixed pool of workers
+only once its head has fully arrived, so an idle or slow client holds a socket, never a thread. A connection is closed
+when its request has not fully arrived --web.read-timeout seconds after it opened or after its last response (idle
+keep-alive and slow clients alike; the TLS handshake counts too). At most --web.max-connections are open: a new one
+beyond that replaces the one waiting longest for a request (an idle or slow client), and waits in the listen backlog
+only while every open connection has a request being answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import hashlib
 import hmac
+import io
 import json
+import os
+import queue
+import select
+import selectors
 import signal
 import socket
 import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import traceback
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gpuvirt_exporter import DEFAULT_PORT, __version__
-from gpuvirt_exporter.collector import GpuCollector
 from gpuvirt_exporter.dcgm import HOST_LABEL_CHOICES, NAME_MODES, render_verbatim
 
+if TYPE_CHECKING:
+    from gpuvirt_exporter.collector import GpuCollector
+
 LANDING = b'<html><head><title>gpuvirt exporter</title></head><body><h1>gpuvirt exporter</h1><a href="/metrics">Metrics</a></body></html>\n'
+ALLOWED_METHODS = 'GET, HEAD'
+MAX_REQUEST_LINE = 65536  # longer: 414, as the standard library's server answers
+MAX_HEAD = 131072  # request line and headers together; longer: 431
+MAX_WORKERS = 8
+EVICT_AFTER = 0.25  # seconds a connection must have waited for a request before a new connection may replace it
+BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; bcrypt 5 refuses longer passwords
 
 
 class ConfigError(Exception):
     pass
+
+
+def _bcrypt_cost(hashed: str) -> int | None:
+    parts = hashed.split('$')
+    if len(parts) != 4 or parts[1] not in ('2a', '2b', '2y') or not parts[2].isdigit() or len(parts[3]) != 53:
+        return None
+    cost = int(parts[2])
+    return cost if 4 <= cost <= 31 else None
 
 
 def load_web_config(path: str) -> dict:
@@ -55,8 +86,10 @@ def load_web_config(path: str) -> dict:
     if unknown:
         raise ConfigError('%s: unknown keys %s' % (path, ', '.join(sorted(unknown))))
     users = data.get('basic_auth_users') or {}
+    if not isinstance(users, dict):
+        raise ConfigError('%s: basic_auth_users: expected a mapping of user name to bcrypt hash' % path)
     for user, hashed in users.items():
-        if not str(hashed).startswith(('$2a$', '$2b$', '$2y$')):
+        if _bcrypt_cost(str(hashed)) is None:
             raise ConfigError('%s: the password of %s is not a bcrypt hash' % (path, user))
     return data
 
@@ -72,33 +105,67 @@ def tls_context(tls: dict) -> ssl.SSLContext:
 
 
 class BasicAuth:
-    """Checks credentials against bcrypt hashes; a verified password is remembered as a keyed digest (bcrypt is slow on purpose)."""
+    """Checks credentials against bcrypt hashes in time that does not depend on whether the user exists.
+
+    A user name is found by comparing keyed digests of every configured name (no early exit, no dict lookup on the name);
+    an unknown user is checked against a dummy hash of the highest configured cost, so it costs what a known user with
+    a wrong password costs. bcrypt checks run one at a time (a flood of guesses cannot take every core). Credentials
+    that passed are remembered, as a keyed digest under a key made at start, for the next CACHE_SIZE distinct ones:
+    only a correct password is ever fast, which its 200 says anyway.
+    """
+
+    CACHE_SIZE = 64
 
     def __init__(self, users: dict[str, str]):
-        self.users = {str(k): str(v).encode() for k, v in users.items()}
-        self._verified: set[tuple[str, bytes]] = set()
-        self._key = hashlib.sha256(repr(sorted(self.users.items())).encode()).digest()
-        self._lock = threading.Lock()
+        try:
+            import bcrypt  # pylint: disable=import-outside-toplevel
+        except ImportError as exc:
+            raise ConfigError('basic_auth_users needs the Python package bcrypt') from exc
+        self._bcrypt = bcrypt
+        self._key = os.urandom(32)
+        self._users = [(self._digest(str(name).encode('utf-8')), str(hashed).encode('ascii')) for name, hashed in users.items()]
+        costs = {_bcrypt_cost(str(hashed)) for hashed in users.values()}
+        self.mixed_costs = len(costs) > 1
+        self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=max(costs)))
+        self._verified: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()
+
+    @property
+    def remembered(self) -> int:
+        """How many credentials are remembered as verified (at most CACHE_SIZE)."""
+        return len(self._verified)
+
+    def _digest(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
 
     def check(self, header: str | None) -> bool:
         if not header or not header.startswith('Basic '):
             return False
         try:
-            user, _sep, password = base64.b64decode(header[6:], validate=True).decode('utf-8').partition(':')
-        except (ValueError, UnicodeDecodeError):
+            user, sep, password = base64.b64decode(header[6:], validate=True).partition(b':')
+        except ValueError:
             return False
-        hashed = self.users.get(user)
-        if hashed is None:
+        if not sep:
             return False
-        digest = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
-        with self._lock:
-            if (user, digest) in self._verified:
+        remembered = self._digest(len(user).to_bytes(4, 'big') + user + password)
+        with self._cache_lock:
+            if remembered in self._verified:
+                self._verified.move_to_end(remembered)
                 return True
-        import bcrypt  # pylint: disable=import-outside-toplevel
-        if not bcrypt.checkpw(password.encode(), hashed):
+        presented = self._digest(user)
+        hashed = None
+        for name_digest, user_hash in self._users:  # every name compared, in constant time each
+            if hmac.compare_digest(name_digest, presented):
+                hashed = user_hash
+        with self._bcrypt_lock:
+            matched = self._bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed if hashed is not None else self._dummy)
+        if not (matched and hashed is not None and len(password) <= BCRYPT_MAX_PASSWORD):
             return False
-        with self._lock:
-            self._verified.add((user, digest))
+        with self._cache_lock:
+            self._verified[remembered] = None
+            while len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)
         return True
 
 
@@ -142,56 +209,374 @@ def render(registry: CollectorRegistry) -> bytes:
     return b''.join(parts)
 
 
+class _Writer:
+    """Collects a response and sends it in one write (headers and body in one segment, no Nagle delay)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        if self.parts:
+            data, self.parts = b''.join(self.parts), []
+            self.sock.sendall(data)
+
+
 class Handler(BaseHTTPRequestHandler):
+    """Answers one request whose head has already arrived (rfile holds it); the server's loop owns the connection."""
+
     server_version = 'gpuvirt-exporter/' + __version__
     protocol_version = 'HTTP/1.1'
 
-    def do_GET(self):  # pylint: disable=invalid-name
+    def __init__(self, sock, rfile, client_address, server):  # pylint: disable=super-init-not-called
+        # BaseHTTPRequestHandler.__init__ would read the socket itself; this one reads the head the loop collected
+        self.request = self.connection = sock
+        self.client_address = client_address
+        self.server = server
+        self.rfile = rfile
+        self.wfile = _Writer(sock)
+        self.close_connection = True
+        self.requestline = self.request_version = self.command = ''
+        self.headers = None
+
+    def answer(self, head_too_large: bool) -> bool:
+        """Answers the request at the start of rfile; True when the connection stays open for another."""
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.send_error(414)
+        elif head_too_large:
+            self.send_error(431, 'Request header fields too large')
+        elif self.raw_requestline and self.parse_request():
+            if self.command not in ('GET', 'HEAD') or self.headers.get('Transfer-Encoding') \
+                    or self.headers.get('Content-Length', '0').strip() not in ('', '0'):
+                self.close_connection = True  # a body may follow, which this server does not read: close after answering
+            if self.command in ('GET', 'HEAD'):
+                self.serve(self.command == 'HEAD')
+            else:
+                self._send(405, b'Method Not Allowed\n', 'text/plain; charset=utf-8', {'Allow': ALLOWED_METHODS})
+        self.wfile.flush()
+        return not self.close_connection
+
+    def serve(self, head: bool) -> None:
         auth = self.server.auth
         if auth is not None and not auth.check(self.headers.get('Authorization')):
-            self._send(401, b'Unauthorized\n', 'text/plain; charset=utf-8', {'WWW-Authenticate': 'Basic realm="gpuvirt-exporter"'})
+            self._send(401, b'Unauthorized\n', 'text/plain; charset=utf-8', {'WWW-Authenticate': 'Basic realm="gpuvirt-exporter"'}, head)
             return
         path = self.path.split('?', 1)[0]
         if path == '/metrics':
-            self._send(200, self.server.scrape.body(), CONTENT_TYPE_LATEST)
+            self._send(200, self.server.scrape.body(), CONTENT_TYPE_LATEST, None, head)
         elif path == '/':
-            self._send(200, LANDING, 'text/html; charset=utf-8')
+            self._send(200, LANDING, 'text/html; charset=utf-8', None, head)
         else:
-            self._send(404, b'Not Found\n', 'text/plain; charset=utf-8')
+            self._send(404, b'Not Found\n', 'text/plain; charset=utf-8', None, head)
 
-    def _send(self, code: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+    def _send(self, code: int, body: bytes, content_type: str, headers: dict | None = None, head: bool = False) -> None:
         self.send_response(code)
         self.send_header('Content-Type', content_type)
         self.send_header('Content-Length', str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header('Connection', 'close')
         self.end_headers()
-        self.wfile.write(body)
+        if not head:
+            self.wfile.write(body)
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         pass  # one line per scrape would flood the journal
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512
+class _Conn:
+    """One client connection as the loop sees it."""
 
-    def __init__(self, address, scrape: SharedScrape, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None):
-        self.address_family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
+    __slots__ = ('sock', 'peer', 'buffer', 'since', 'handshaking', 'busy', 'events')
+
+    def __init__(self, sock, peer, handshaking: bool, now: float):
+        self.sock = sock
+        self.peer = peer
+        self.buffer = bytearray()
+        self.since = now  # when it began waiting for its current request
+        self.handshaking = handshaking
+        self.busy = False
+        self.events = 0
+
+
+def _head_state(buffer: bytearray) -> str:
+    """'complete', 'line_too_long', 'too_large' or 'partial'."""
+    line_end = buffer.find(b'\n')
+    if line_end < 0:
+        return 'line_too_long' if len(buffer) > MAX_REQUEST_LINE else 'partial'
+    if line_end > MAX_REQUEST_LINE:
+        return 'line_too_long'
+    ends = [i for i in (buffer.find(b'\n\r\n', line_end), buffer.find(b'\n\n', line_end)) if i >= 0]
+    if ends and min(ends) < MAX_HEAD:
+        return 'complete'
+    return 'too_large' if len(buffer) > MAX_HEAD else 'partial'
+
+
+class Server:  # pylint: disable=too-many-instance-attributes
+    """The listening socket, the loop that watches every connection, and the workers that answer requests."""
+
+    def __init__(self, address, scrape: SharedScrape, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None,
+                 read_timeout: float = 10.0, max_connections: int = 64):
+        if read_timeout <= 0 or max_connections < 1:
+            raise ConfigError('read timeout must be above 0 and max connections at least 1')
         self.scrape = scrape
         self.auth = auth
         self.tls = tls
-        super().__init__(address, Handler)
+        self.read_timeout = float(read_timeout)
+        self.max_connections = int(max_connections)
+        family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            # a backlog in proportion to the cap: a queue of idle clients ahead of a scrape drains in about 2 x EVICT_AFTER
+            self.socket.listen(max(16, min(1024, 2 * self.max_connections)))
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address = self.socket.getsockname()
+        self._conns: dict[int, _Conn] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._accepting = False
+        self._accept_again = 0.0
+        self._workers: list[threading.Thread] = []
 
-    def finish_request(self, request, client_address):
-        # the TLS handshake runs in the request's thread, so a slow client never holds the accept loop
-        if self.tls is not None:
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    # the loop (one thread) ------------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._stop.clear()
+        self._stopped.clear()
+        self._workers = [threading.Thread(target=self._work, name='http-worker-%d' % i, daemon=True)
+                         for i in range(min(MAX_WORKERS, self.max_connections))]
+        for worker in self._workers:
+            worker.start()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._listen(True)
+        try:
+            while not self._stop.is_set():
+                for key, _mask in self._selector.select(self._wait()):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    elif key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    elif key.data.handshaking:
+                        self._handshake(key.data)
+                    else:
+                        self._read(key.data)
+                self._take_back()
+                self._expire()
+                if not self._accepting and (len(self._conns) < self.max_connections or time.monotonic() >= self._accept_again):
+                    self._listen(True)
+        finally:
+            for _ in self._workers:
+                self._jobs.put(None)
+            for conn in list(self._conns.values()):
+                if not conn.busy:
+                    self._close(conn)
+            self._listen(False)
+            self._selector.unregister(self._wake_r)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b'x')
+        except OSError:
+            pass  # the pipe is full: the loop wakes anyway
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _wait(self) -> float:
+        now = time.monotonic()
+        deadlines = [conn.since + self.read_timeout for conn in self._conns.values() if not conn.busy]
+        if not self._accepting:
+            deadlines.append(self._accept_again)
+        return max(0.0, min(deadlines, default=now + 1.0) - now) + 0.001
+
+    def _listen(self, on: bool) -> None:
+        if on and not self._accepting:
+            self._selector.register(self.socket, selectors.EVENT_READ, None)
+        elif not on and self._accepting:
+            self._selector.unregister(self.socket)
+        self._accepting = on
+
+    def _accept(self) -> None:
+        for attempt in range(64):  # then the other connections get their turn
+            if attempt and not select.select([self.socket], [], [], 0)[0]:
+                return  # nothing more waits: evict nobody for nothing
+            if len(self._conns) >= self.max_connections and not self._evict():
                 return
-        super().finish_request(request, client_address)
+            try:
+                sock, peer = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors, say: try again shortly rather than spin
+                self._listen(False)
+                self._accept_again = time.monotonic() + 0.1
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            if self.tls is not None:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                except (ssl.SSLError, OSError):
+                    sock.close()
+                    continue
+            conn = _Conn(sock, peer, self.tls is not None, time.monotonic())
+            self._conns[sock.fileno()] = conn
+            self._watch(conn, selectors.EVENT_READ)
+
+    def _evict(self) -> bool:
+        """Closes the connection that has waited longest for a request, if it waited EVICT_AFTER; else stops accepting."""
+        now = time.monotonic()
+        waiting = [conn for conn in self._conns.values() if not conn.busy]
+        oldest = min(waiting, key=lambda conn: conn.since, default=None)
+        if oldest is not None and now - oldest.since >= min(EVICT_AFTER, self.read_timeout):
+            self._close(oldest)
+            return True
+        self._listen(False)
+        self._accept_again = now + EVICT_AFTER if oldest is None else oldest.since + min(EVICT_AFTER, self.read_timeout)
+        return False
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if conn.events == events:
+            return
+        if conn.events:
+            self._selector.modify(conn.sock, events, conn)
+        else:
+            self._selector.register(conn.sock, events, conn)
+        conn.events = events
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.events:
+            self._selector.unregister(conn.sock)
+            conn.events = 0
+
+    def _close(self, conn: _Conn) -> None:
+        self._unwatch(conn)
+        self._conns.pop(conn.sock.fileno(), None)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    def _handshake(self, conn: _Conn) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(conn, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError):
+            self._close(conn)
+            return
+        conn.handshaking = False
+        self._watch(conn, selectors.EVENT_READ)
+        self._read(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        while len(conn.buffer) <= MAX_HEAD:
+            try:
+                chunk = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return
+            if not chunk:
+                self._close(conn)
+                return
+            conn.buffer += chunk
+            if _head_state(conn.buffer) != 'partial':
+                break
+        state = _head_state(conn.buffer)
+        if state != 'partial':
+            self._unwatch(conn)
+            conn.busy = True
+            self._jobs.put((conn, state == 'too_large'))
+
+    def _take_back(self) -> None:
+        while True:
+            try:
+                conn, keep = self._done.get_nowait()
+            except queue.Empty:
+                return
+            conn.busy = False
+            if not keep or self._stop.is_set():
+                self._close(conn)
+                continue
+            conn.since = time.monotonic()
+            try:
+                conn.sock.setblocking(False)
+            except OSError:
+                self._close(conn)
+                continue
+            self._watch(conn, selectors.EVENT_READ)
+            self._read(conn)  # a pipelined request, or TLS data already decrypted, would not wake the selector
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if not c.busy and now - c.since >= self.read_timeout]:
+            self._close(conn)
+
+    # the workers -----------------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            conn, too_large = job
+            keep = False
+            try:
+                conn.sock.settimeout(self.read_timeout)  # a client that does not read its answer frees the worker
+                rfile = io.BytesIO(bytes(conn.buffer))
+                keep = Handler(conn.sock, rfile, conn.peer, self).answer(too_large)
+                conn.buffer = bytearray(rfile.read())
+            except (OSError, ssl.SSLError):
+                keep = False
+            except Exception:  # pylint: disable=broad-exception-caught
+                traceback.print_exc(file=sys.stderr)
+                keep = False
+            self._done.put((conn, keep))
+            self._wake()
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -201,7 +586,8 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip('[]') or '0.0.0.0', int(port)
 
 
-def build_server(listen: str, web_config: str | None, collector: GpuCollector) -> Server:
+def build_server(listen: str, web_config: str | None, collector: GpuCollector, read_timeout: float = 10.0,
+                 max_connections: int = 64) -> Server:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     auth = tls = None
@@ -209,15 +595,35 @@ def build_server(listen: str, web_config: str | None, collector: GpuCollector) -
         config = load_web_config(web_config)
         if config.get('basic_auth_users'):
             auth = BasicAuth(config['basic_auth_users'])
+            if auth.mixed_costs:
+                print('gpuvirt-exporter: the bcrypt hashes of basic_auth_users have different costs: the time of a check tells '
+                      'users of a lower cost from unknown ones; give them all one cost', file=sys.stderr, flush=True)
         if config.get('tls_server_config'):
             tls = tls_context(config['tls_server_config'])
-    return Server(parse_address(listen), SharedScrape(registry), auth, tls)
+    return Server(parse_address(listen), SharedScrape(registry), auth, tls, read_timeout, max_connections)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _positive(kind):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = 0
+        if number <= 0:
+            raise argparse.ArgumentTypeError('%r: expected a number above 0' % value)
+        return number
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gpuvirt-exporter', description='GPU, MIG and vGPU metrics from NVML for Prometheus.')
     parser.add_argument('--web.listen-address', dest='listen', default=':%d' % DEFAULT_PORT, help='HOST:PORT (default :%(default)s)')
     parser.add_argument('--web.config.file', dest='web_config', default='', help='TLS and basic auth (exporter-toolkit format)')
+    parser.add_argument('--web.read-timeout', dest='read_timeout', type=_positive(float), default=10.0,
+                        help='seconds a connection may take to send a whole request, counted from its opening or its last '
+                             'answer; idle and slow connections are closed after it (default %(default)s)')
+    parser.add_argument('--web.max-connections', dest='max_connections', type=_positive(int), default=64,
+                        help='open connections at most; a new one replaces the one idle longest (default %(default)s)')
     parser.add_argument('--pcie-interval', type=float, default=10.0, help='seconds between PCIe throughput samples (0: off)')
     parser.add_argument('--no-xid-events', dest='events', action='store_false', help='do not watch XID events')
     parser.add_argument('--hostname', default=None, help='value of the Hostname label (default: the host name)')
@@ -230,12 +636,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--drift-file', default='/var/lib/gpuvirt/drift.json',
                         help='the roles\' declared-versus-actual file (default %(default)s; empty: none)')
     parser.add_argument('--version', action='version', version=__version__)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gpuvirt_exporter.collector import GpuCollector  # pylint: disable=import-outside-toplevel
     collector = GpuCollector(hostname=args.hostname, pcie_interval=args.pcie_interval, events=args.events,
                              metric_names=args.metric_names, host_label=args.dcgm_hostname_label, drift_file=args.drift_file or None,
                              gpm_interval=args.gpm_interval)
     try:
-        server = build_server(args.listen, args.web_config, collector)
+        server = build_server(args.listen, args.web_config, collector, args.read_timeout, args.max_connections)
     except (ConfigError, OSError, ssl.SSLError, KeyError) as exc:
         print('gpuvirt-exporter: %s' % exc, file=sys.stderr)
         return 2
