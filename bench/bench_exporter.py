@@ -90,7 +90,7 @@ def _line(label: str, fig: dict) -> str:
 
 
 def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, mig: list[int] | None = None,
-              vgpus: list[tuple[int, str]] | None = None) -> None:
+              vgpus: list[tuple[int, str]] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as root:
         host = SimExporter(root, gpus, vgpu_host=vgpu_host)
         if mig:
@@ -103,6 +103,7 @@ def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, 
         finally:
             host.stop()
     print(_line(label, fig))
+    return fig
 
 
 def _count(text: str) -> dict:
@@ -134,10 +135,12 @@ def series_counts() -> None:
                 print('%-26s %-8s %8d %8d %8d' % (label, mode, counts['all'], counts['gpuvirt'], counts['dcgm']))
 
 
-def real(count: int, save: str | None) -> None:
-    env = dict(os.environ, PYTHONPATH=EXPORTER_LIB)
+def real(count: int, save: str | None, gpm_interval: float) -> None:
+    # keep the caller's PYTHONPATH (a read-only guard's sitecustomize, a wheel folder) behind the exporter's
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (EXPORTER_LIB, os.environ.get('PYTHONPATH', '')) if p))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port], env=env)
+    proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port,
+                             '--gpm-interval', str(gpm_interval)], env=env)
     url = 'http://127.0.0.1:%d/metrics' % port
     try:
         for _round in range(200):
@@ -146,7 +149,7 @@ def real(count: int, save: str | None) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        time.sleep(11)  # let the PCIe sampler take its first samples
+        time.sleep(max(11.0, 2.5 * gpm_interval))  # the PCIe sampler's and two GPM samples
         body = urllib.request.urlopen(url, timeout=30).read()
         if save:
             with open(save, 'wb') as handle:
@@ -158,6 +161,7 @@ def real(count: int, save: str | None) -> None:
     smi = smi_figures(count)
     print(_line('exporter (NVML, one process)', exporter))
     print(_line('nvidia-smi --query-gpu per scrape', smi))
+    print('(%d sequential scrapes each; exporter with --gpm-interval %g, --pcie-interval 10)' % (count, gpm_interval))
     print('ratio nvidia-smi / exporter: p50 %.1fx  p99 %.1fx  CPU %.1fx' % (
         smi['p50_ms'] / exporter['p50_ms'], smi['p99_ms'] / exporter['p99_ms'], smi['cpu_ms'] / max(exporter['cpu_ms'], 1e-6)))
 
@@ -167,15 +171,18 @@ def main() -> None:
     parser.add_argument('--real', action='store_true')
     parser.add_argument('--save', default=None)
     parser.add_argument('--count', type=int, default=200)
+    parser.add_argument('--gpm-interval', type=float, default=2.0, help='--real: the exporter\'s GPM interval (default %(default)s s)')
     parser.add_argument('--series', action='store_true', help='print the series count of each naming mode (simulator) and stop')
     args = parser.parse_args()
     if args.series:
         series_counts()
         return
     if args.real:
-        real(args.count, args.save)
+        real(args.count, args.save, args.gpm_interval)
         return
-    _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))
+    one = _sim_host('sim: 1 x H100', ['h100-80gb-hbm3:1'], args.count)
+    mig = _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))
+    print('8 x H100 with 56 MIG instances / 1 x H100: p50 %.1fx' % (mig['p50_ms'] / one['p50_ms']))
     _sim_host('sim: 8 x H100, no MIG', ['h100-80gb-hbm3:8'], args.count)
     _sim_host('sim: 16 vGPUs on 2 x A40', ['a40:2'], args.count, vgpu_host=True,
               vgpus=[(gpu, '560') for gpu in (0, 1) for _round in range(8)])
