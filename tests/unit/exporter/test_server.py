@@ -155,7 +155,7 @@ def test_an_idle_connection_is_closed_after_the_read_timeout(running):
 def test_a_keep_alive_connection_is_closed_that_long_after_its_last_answer(running):
     server = running(read_timeout=0.5)
     with server.connect() as sock:
-        for _ in range(3):  # each answer starts the time again: 3 x 0.3 s of use outlasts one timeout
+        for _answer in range(3):  # each answer starts the time again: 3 x 0.3 s of use outlasts one timeout
             sock.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n')
             assert sock.recv(65536).startswith(b'HTTP/1.1 200 ')
             time.sleep(0.3)
@@ -181,7 +181,7 @@ def test_200_idle_connections_hold_no_thread_each_and_a_scrape_is_still_answered
     threads_before = threading.active_count()
     idle = []
     try:
-        for _ in range(200):  # non-blocking connects: those beyond the listen backlog need not wait for it
+        for _client in range(200):  # non-blocking connects: those beyond the listen backlog need not wait for it
             sock = socket.socket()
             sock.setblocking(False)
             sock.connect_ex(('127.0.0.1', server.port))
@@ -301,7 +301,7 @@ def test_tls_with_basic_auth_keep_alive_and_timeouts(running, tls):
     assert server.request(context=client_context)[0] == 401
     conn = server.http(client_context)
     try:
-        for _ in range(3):
+        for _answer in range(3):
             conn.request('GET', '/metrics', headers=_basic('prometheus', 'pw'))
             response = conn.getresponse()
             assert response.status == 200 and b'gpuvirt_gpu_up' in response.read()

@@ -76,7 +76,7 @@ def test_the_exporter_process_with_200_idle_clients_keeps_its_threads_and_the_ca
     try:
         assert host.get()[0] == 200
         threads, sockets = _threads(host.proc.pid), _sockets(host.proc.pid)
-        for _ in range(200):
+        for _client in range(200):
             sock = socket.socket()
             sock.setblocking(False)
             sock.connect_ex(('127.0.0.1', host.port))

@@ -353,7 +353,8 @@ class Server:  # pylint: disable=too-many-instance-attributes
         self._stopped = threading.Event()
         self._stopped.set()
         self._accepting = False
-        self._accept_again = 0.0
+        self._accept_again = 0.0  # at the cap: when the longest-waiting connection may be replaced
+        self._backoff_until = 0.0  # after a failed accept (out of file descriptors)
         self._workers: list[threading.Thread] = []
 
     @property
@@ -383,10 +384,11 @@ class Server:  # pylint: disable=too-many-instance-attributes
                         self._read(key.data)
                 self._take_back()
                 self._expire()
-                if not self._accepting and (len(self._conns) < self.max_connections or time.monotonic() >= self._accept_again):
+                now = time.monotonic()
+                if not self._accepting and now >= self._backoff_until and (len(self._conns) < self.max_connections or now >= self._accept_again):
                     self._listen(True)
         finally:
-            for _ in self._workers:
+            for _worker in self._workers:
                 self._jobs.put(None)
             for conn in list(self._conns.values()):
                 if not conn.busy:
@@ -423,7 +425,7 @@ class Server:  # pylint: disable=too-many-instance-attributes
         now = time.monotonic()
         deadlines = [conn.since + self.read_timeout for conn in self._conns.values() if not conn.busy]
         if not self._accepting:
-            deadlines.append(self._accept_again)
+            deadlines.append(max(self._accept_again if len(self._conns) >= self.max_connections else now, self._backoff_until))
         return max(0.0, min(deadlines, default=now + 1.0) - now) + 0.001
 
     def _listen(self, on: bool) -> None:
@@ -445,7 +447,7 @@ class Server:  # pylint: disable=too-many-instance-attributes
                 return
             except OSError:  # out of file descriptors, say: try again shortly rather than spin
                 self._listen(False)
-                self._accept_again = time.monotonic() + 0.1
+                self._backoff_until = time.monotonic() + 0.1
                 return
             sock.setblocking(False)
             try:
