@@ -22,7 +22,7 @@ names=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) || names=
 [ -n "$names" ] || names=$(python3 -c 'import pynvml as n; n.nvmlInit(); print("\n".join(n.nvmlDeviceGetName(n.nvmlDeviceGetHandleByIndex(i)) for i in range(n.nvmlDeviceGetCount())))' 2>/dev/null) || names=""
 label_of() {
     sort | uniq -c | while read -r count name; do
-        slug=$(printf '%s' "$name" | sed -e 's/^NVIDIA //' | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed -e 's/^-*//' -e 's/-*$//')
+        slug=$(printf '%s' "$name" | sed -e 's/^NVIDIA //' | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed -e 's/^-*//' -e 's/-*$//')
         if [ "$count" -gt 1 ]; then printf '%sx-%s\n' "$count" "$slug"; else printf '%s\n' "$slug"; fi
     done | paste -sd+ -
 }
