@@ -21,14 +21,6 @@ GPUS = '/proc/driver/nvidia/gpus'
 CAP_DEVICES = '/dev/nvidia-caps'
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding='utf-8') as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 def gpu_minors(gpus: list[dict], proc_gpus: str = GPUS) -> tuple[dict, list[str]]:
     """GPU index -> minor number: NVML's (gpu_facts' minor_number), else 'Device Minor:' of
     <proc_gpus>/<pci bus id>/information, else the index (with a warning: the minor equals the index on hosts whose
@@ -40,7 +32,7 @@ def gpu_minors(gpus: list[dict], proc_gpus: str = GPUS) -> tuple[dict, list[str]
         if minor is None and bus:
             domain, _sep, rest = bus.lower().partition(':')
             for name in ('%04x:%s' % (int(domain, 16), rest) if domain else bus.lower(), bus.lower()):
-                minor = _slurm.parse_device_minor(_read(os.path.join(proc_gpus, name, 'information')))
+                minor = _slurm.parse_device_minor(_sysfs.read_text(os.path.join(proc_gpus, name, 'information')))
                 if minor is not None:
                     break
         if minor is None:

@@ -22,7 +22,8 @@ MDEV_BUS = 'class/mdev_bus'
 MDEV_DEVICES = 'bus/mdev/devices'
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A file's text, or None where it cannot be read (absent, gone, not ours)."""
     try:
         with open(path, encoding='utf-8') as handle:
             return handle.read()
@@ -32,12 +33,12 @@ def _read(path: str) -> str | None:
 
 def read_driver_version_file(root: str = PROCFS) -> str | None:
     """The loaded kernel module's banner, or None when no NVIDIA module is loaded."""
-    return _read(os.path.join(root, DRIVER_VERSION))
+    return read_text(os.path.join(root, DRIVER_VERSION))
 
 
 def read_loaded_modules(root: str = PROCFS) -> set | None:
     """The names of the loaded kernel modules (<root>/modules), or None where that cannot be read."""
-    text = _read(os.path.join(root, 'modules'))
+    text = read_text(os.path.join(root, 'modules'))
     return None if text is None else {line.split(None, 1)[0] for line in text.splitlines() if line.strip()}
 
 
@@ -82,7 +83,7 @@ def read_device_holders(root: str = PROCFS) -> list[dict]:
 
 def module_live(name: str, root: str = SYSFS) -> bool:
     """Whether the kernel module `name` is loaded: <root>/module/<name>/initstate reads "live"."""
-    return (_read(os.path.join(root, 'module', name, 'initstate')) or '').strip() == 'live'
+    return (read_text(os.path.join(root, 'module', name, 'initstate')) or '').strip() == 'live'
 
 
 MIG_CAPABILITIES = '/proc/driver/nvidia/capabilities'
@@ -92,21 +93,23 @@ _CAP_MINOR = re.compile(r'^DeviceFileMinor:\s*(\d+)\s*$', re.MULTILINE)
 def read_mig_capabilities(root: str = MIG_CAPABILITIES) -> dict:
     """The /dev/nvidia-caps minor of every GPU and compute instance capability the driver lists now, by path under
     `root` ('gpu<minor>/mig/gi<g>/access', 'gpu<minor>/mig/gi<g>/ci<c>/access'), from each file's DeviceFileMinor."""
-    found = {}
-    for gpu in _listdir(root):
+    paths = []
+    for gpu in (name for name in _listdir(root) if name.startswith('gpu')):
         base = os.path.join(gpu, 'mig')
-        for gi in _listdir(os.path.join(root, base)):
-            for rel in [os.path.join(base, gi, 'access')] + [os.path.join(base, gi, ci, 'access')
-                                                             for ci in _listdir(os.path.join(root, base, gi)) if ci.startswith('ci')]:
-                match = _CAP_MINOR.search(_read(os.path.join(root, rel)) or '') if gpu.startswith('gpu') and gi.startswith('gi') else None
-                if match:
-                    found[rel] = int(match.group(1))
+        for gi in (name for name in _listdir(os.path.join(root, base)) if name.startswith('gi')):
+            paths.append(os.path.join(base, gi, 'access'))
+            paths += [os.path.join(base, gi, ci, 'access') for ci in _listdir(os.path.join(root, base, gi)) if ci.startswith('ci')]
+    found = {}
+    for rel in paths:
+        match = _CAP_MINOR.search(read_text(os.path.join(root, rel)) or '')
+        if match:
+            found[rel] = int(match.group(1))
     return found
 
 
 def read_mounts(root: str = PROCFS) -> list[dict]:
     """The mounts <root>/mounts lists, each {source, target, fstype, options} (octal escapes such as \\040 decoded)."""
-    text = _read(os.path.join(root, 'mounts')) or ''
+    text = read_text(os.path.join(root, 'mounts')) or ''
     mounts = []
     for line in text.splitlines():
         parts = line.split()
@@ -120,7 +123,7 @@ def read_sriov(pci_address: str, root: str = SYSFS) -> dict:
     """SR-IOV VF counts of a PCI function (sysfs address such as 0000:18:00.0); None where absent."""
     result = {}
     for key, name in (('total_vfs', 'sriov_totalvfs'), ('num_vfs', 'sriov_numvfs')):
-        raw = _read(os.path.join(root, PCI_DEVICES, pci_address, name))
+        raw = read_text(os.path.join(root, PCI_DEVICES, pci_address, name))
         result[key] = int(raw.strip()) if raw and raw.strip().isdigit() else None
     return result
 
@@ -177,12 +180,12 @@ def read_mdev_types(parent: str, root: str = SYSFS) -> list[dict]:
     result = []
     for type_id in _listdir(base):
         path = os.path.join(base, type_id)
-        available = (_read(os.path.join(path, 'available_instances')) or '').strip()
+        available = (read_text(os.path.join(path, 'available_instances')) or '').strip()
         result.append({
             'type_id': type_id,
-            'name': (_read(os.path.join(path, 'name')) or type_id).strip(),
-            'description': (_read(os.path.join(path, 'description')) or '').strip(),
-            'device_api': (_read(os.path.join(path, 'device_api')) or '').strip(),
+            'name': (read_text(os.path.join(path, 'name')) or type_id).strip(),
+            'description': (read_text(os.path.join(path, 'description')) or '').strip(),
+            'device_api': (read_text(os.path.join(path, 'device_api')) or '').strip(),
             'available_instances': int(available) if available.isdigit() else 0,
             'devices': [u.lower() for u in _listdir(os.path.join(path, 'devices'))],
         })
@@ -237,8 +240,8 @@ def is_sriov_vgpu(vf_address: str, root: str = SYSFS) -> bool:
 def read_vf_vgpu(vf_address: str, root: str = SYSFS) -> dict:
     """A VF's vGPU state: creatable [(id, name)] now and current type id (0: none)."""
     base = os.path.join(root, PCI_DEVICES, vf_address, 'nvidia')
-    current = (_read(os.path.join(base, 'current_vgpu_type')) or '').strip()
-    return {'vf': vf_address, 'creatable': parse_creatable_types(_read(os.path.join(base, 'creatable_vgpu_types')) or ''),
+    current = (read_text(os.path.join(base, 'current_vgpu_type')) or '').strip()
+    return {'vf': vf_address, 'creatable': parse_creatable_types(read_text(os.path.join(base, 'creatable_vgpu_types')) or ''),
             'current': int(current) if current.isdigit() else 0}
 
 

@@ -55,6 +55,10 @@ class Host:
 
     def apply(self, declaration, **kwargs) -> dict:
         kwargs.setdefault('smi_path', SMI)
+        # This machine's own processes and modules are not this simulated host's: a fleet host's daemons (in their own
+        # namespaces, visible in this /proc) would otherwise count as holders of its GPUs.
+        kwargs.setdefault('proc_root', os.path.join(os.path.dirname(self.root), 'no-proc'))
+        kwargs.setdefault('sys_root', os.path.join(os.path.dirname(self.root), 'no-sys'))
         return _mig_apply.apply_declaration('node1', declaration, run_command=_smi.run_command, **kwargs)
 
     def layouts(self) -> list[tuple]:
@@ -213,13 +217,14 @@ def test_a_copied_tree_applies_a_declaration_without_ansible(host, tmp_path):
 import json, sys
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._mig_apply import apply_declaration
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._smi import run_command
-result = apply_declaration('node1', json.loads(sys.argv[1]), run_command=run_command)
+result = apply_declaration('node1', json.loads(sys.argv[1]), run_command=run_command, proc_root=sys.argv[2], sys_root=sys.argv[2])
 print(json.dumps({'failed': result['failed'], 'msg': result['msg'], 'changed': result['changed']}))
 print(sorted(name for name in sys.modules if name == 'ansible' or name.startswith('ansible.')))
 '''
     env = dict(os.environ, PATH=str(REPO / 'sim' / 'bin') + os.pathsep + os.environ['PATH'],
                PYTHONPATH=os.pathsep.join([str(tmp_path / 'poison'), str(tree), str(SIM_LIB)]))
-    proc = subprocess.run([sys.executable, '-c', code, json.dumps(SEVEN_1G)], capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run([sys.executable, '-c', code, json.dumps(SEVEN_1G), str(tmp_path / 'empty')], capture_output=True, text=True, env=env,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     summary, modules = proc.stdout.splitlines()
     assert json.loads(summary) == {'failed': False, 'msg': '', 'changed': True} and modules == '[]'
