@@ -34,12 +34,22 @@ class _Collector:
         yield GaugeMetricFamily('gpuvirt_gpu_up', 'stand-in', value=1)
 
 
+class _Large:
+    """About 8 MB of series: more than a socket buffer takes at once."""
+
+    def collect(self):
+        family = GaugeMetricFamily('gpuvirt_padding', 'stand-in', labels=['n'])
+        for n in range(100_000):
+            family.add_metric(['%040d' % n], n)
+        yield family
+
+
 class Running:
     """A Server on a loopback port, served by a thread, stopped by close()."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, collector=None, **kwargs):
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector())
+        registry.register(collector or _Collector())
         self.server = Server(('127.0.0.1', 0), SharedScrape(registry), **kwargs)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -206,6 +216,22 @@ def test_a_burst_beyond_the_cap_is_answered_in_full(running):
     with concurrent.futures.ThreadPoolExecutor(60) as pool:
         statuses = list(pool.map(lambda _i: server.request()[0], range(60)))
     assert statuses == [200] * 60
+
+
+def test_a_client_that_does_not_read_its_answer_delays_no_other_and_is_closed_after_the_timeout(running):
+    server = running(collector=_Large(), read_timeout=1.0)
+    with server.connect() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n')
+        time.sleep(0.5)  # its answer now fills the socket buffers, and it reads nothing
+        start = time.monotonic()
+        status, _headers, body = server.request(path='/')
+        assert status == 200 and b'<html>' in body and time.monotonic() - start < 0.5
+        time.sleep(1.5)  # the read timeout passes with no progress on its answer
+        assert server.server.open_connections == 0
+        with pytest.raises(ConnectionResetError):  # reset: the rest of its answer does not linger in the kernel
+            while stalled.recv(1 << 20):
+                pass
 
 
 # methods ---------------------------------------------------------------------------------------------------------

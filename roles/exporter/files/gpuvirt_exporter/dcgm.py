@@ -142,9 +142,11 @@ class DcgmSeries:
                          whole=False)
 
     def _entity(self, families, keys, values, r: Reading, fb, gpm, whole: bool) -> None:
+        entity = families.entity(keys, values)  # its series find their cached text by one small key
+
         def put(name, value):
             if value is not None:
-                families.add(name, HELP[name], 'counter' if name in COUNTERS else 'gauge', keys, values, value, True)
+                entity.add(name, HELP[name], 'counter' if name in COUNTERS else 'gauge', value, True)
 
         put('DCGM_FI_DEV_SM_CLOCK', r.sm_clock_mhz)
         put('DCGM_FI_DEV_MEM_CLOCK', r.mem_clock_mhz)
@@ -174,7 +176,7 @@ class DcgmSeries:
         if r.last_xid is not None:
             xid = r.last_xid
             families.add('DCGM_FI_DEV_XID_ERRORS', HELP['DCGM_FI_DEV_XID_ERRORS'], 'gauge', keys + ['err_code', 'err_msg'],
-                         values + [str(xid), xid_text(xid)], xid, True)
+                         list(values) + [str(xid), xid_text(xid)], xid, True)
 
 
 def _temperature(value):

@@ -5,12 +5,13 @@
 The web config file is YAML; JSON is YAML too, and is read with the standard library when PyYAML is missing:
   tls_server_config: {cert_file: ..., key_file: ..., client_ca_file: ..., client_auth_type: RequireAndVerifyClientCert}
   basic_auth_users: {prometheus: <bcrypt hash>}
-Scrapes that arrive while another one reads NVML share its result instead of queueing a read each.
+Scrapes whose requests were complete before a read of NVML began take that read's result.
 
-Connections: one thread watches every open connection (a selector) and hands a request to a small fixed pool of workers
-only once its head has fully arrived, so an idle or slow client holds a socket, never a thread. A connection is closed
-when its request has not fully arrived --web.read-timeout seconds after it opened or after its last response (idle
-keep-alive and slow clients alike; the TLS handshake counts too). At most --web.max-connections are open: a new one
+Connections: one thread watches every open connection (a selector), reads requests, answers them and writes the answers
+without blocking, so an idle or slow client holds a socket and a buffer, never a thread; only a bcrypt check runs in a
+thread of its own. A connection is closed when its request has not fully arrived --web.read-timeout seconds after it
+opened or after its last response (idle keep-alive and slow clients alike; the TLS handshake counts too), or when its
+answer made no progress for as long. At most --web.max-connections are open: a new one
 beyond that replaces the one waiting longest for a request (an idle or slow client), and waits in the listen backlog
 only while every open connection has a request being answered.
 """
@@ -22,7 +23,6 @@ import base64
 import collections
 import hashlib
 import hmac
-import io
 import json
 import os
 import queue
@@ -31,16 +31,16 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gpuvirt_exporter import DEFAULT_PORT, __version__
+from gpuvirt_exporter import DEFAULT_PORT, __version__, wire
 from gpuvirt_exporter.dcgm import HOST_LABEL_CHOICES, NAME_MODES, render_verbatim
 
 if TYPE_CHECKING:
@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 
 LANDING = b'<html><head><title>gpuvirt exporter</title></head><body><h1>gpuvirt exporter</h1><a href="/metrics">Metrics</a></body></html>\n'
 ALLOWED_METHODS = 'GET, HEAD'
-MAX_REQUEST_LINE = 65536  # longer: 414, as the standard library's server answers
-MAX_HEAD = 131072  # request line and headers together; longer: 431
-MAX_WORKERS = 8
 EVICT_AFTER = 0.25  # seconds a connection must have waited for a request before a new connection may replace it
 BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; bcrypt 5 refuses longer passwords
 
@@ -139,15 +136,30 @@ class BasicAuth:
     def _digest(self, data: bytes) -> bytes:
         return hmac.new(self._key, data, hashlib.sha256).digest()
 
-    def check(self, header: str | None) -> bool:
+    @staticmethod
+    def _credentials(header: str | None) -> tuple[bytes, bytes] | None:
         if not header or not header.startswith('Basic '):
-            return False
+            return None
         try:
             user, sep, password = base64.b64decode(header[6:], validate=True).partition(b':')
         except ValueError:
+            return None
+        return (user, password) if sep else None
+
+    def quick(self, header: str | None) -> bool | None:
+        """True for remembered credentials, False for a header that holds none; None: only check() can tell."""
+        credentials = self._credentials(header)
+        if credentials is None:
             return False
-        if not sep:
+        user, password = credentials
+        with self._cache_lock:
+            return True if self._digest(len(user).to_bytes(4, 'big') + user + password) in self._verified else None
+
+    def check(self, header: str | None) -> bool:
+        credentials = self._credentials(header)
+        if credentials is None:
             return False
+        user, password = credentials
         remembered = self._digest(len(user).to_bytes(4, 'big') + user + password)
         with self._cache_lock:
             if remembered in self._verified:
@@ -170,7 +182,8 @@ class BasicAuth:
 
 
 class SharedScrape:
-    """Serialises NVML reads; a scrape that waited while another read started after it arrived takes that result."""
+    """One NVML read for the scrapes that arrived before it started: a scrape whose request was complete when the last
+    read began takes that read's result instead of reading again."""
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
@@ -178,24 +191,14 @@ class SharedScrape:
         self._started = -1.0
         self._body = b''
 
-    def body(self) -> bytes:
-        arrived = time.monotonic()
+    def body(self, arrived: float | None = None) -> bytes:
+        arrived = time.monotonic() if arrived is None else arrived
         with self._lock:
             if self._started >= arrived:
                 return self._body
             self._started = time.monotonic()
             self._body = render(self.registry)
             return self._body
-
-
-class _One:
-    """A collector of one family, so that prometheus_client renders each gpuvirt family exactly as before."""
-
-    def __init__(self, metric):
-        self.metric = metric
-
-    def collect(self):
-        return [self.metric]
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -209,117 +212,42 @@ def render(registry: CollectorRegistry) -> bytes:
     return b''.join(parts)
 
 
-class _Writer:
-    """Collects a response and sends it in one write (headers and body in one segment, no Nagle delay)."""
+class _One:
+    """A collector of one family, so that prometheus_client renders each gpuvirt family exactly as before."""
 
-    def __init__(self, sock):
-        self.sock = sock
-        self.parts: list[bytes] = []
+    def __init__(self, metric):
+        self.metric = metric
 
-    def write(self, data: bytes) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        if self.parts:
-            data, self.parts = b''.join(self.parts), []
-            self.sock.sendall(data)
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Answers one request whose head has already arrived (rfile holds it); the server's loop owns the connection."""
-
-    server_version = 'gpuvirt-exporter/' + __version__
-    protocol_version = 'HTTP/1.1'
-
-    def __init__(self, sock, rfile, client_address, server):  # pylint: disable=super-init-not-called
-        # BaseHTTPRequestHandler.__init__ would read the socket itself; this one reads the head the loop collected
-        self.request = self.connection = sock
-        self.client_address = client_address
-        self.server = server
-        self.rfile = rfile
-        self.wfile = _Writer(sock)
-        self.close_connection = True
-        self.requestline = self.request_version = self.command = ''
-        self.headers = None
-
-    def answer(self, head_too_large: bool) -> bool:
-        """Answers the request at the start of rfile; True when the connection stays open for another."""
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if len(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.send_error(414)
-        elif head_too_large:
-            self.send_error(431, 'Request header fields too large')
-        elif self.raw_requestline and self.parse_request():
-            if self.command not in ('GET', 'HEAD') or self.headers.get('Transfer-Encoding') \
-                    or self.headers.get('Content-Length', '0').strip() not in ('', '0'):
-                self.close_connection = True  # a body may follow, which this server does not read: close after answering
-            if self.command in ('GET', 'HEAD'):
-                self.serve(self.command == 'HEAD')
-            else:
-                self._send(405, b'Method Not Allowed\n', 'text/plain; charset=utf-8', {'Allow': ALLOWED_METHODS})
-        self.wfile.flush()
-        return not self.close_connection
-
-    def serve(self, head: bool) -> None:
-        auth = self.server.auth
-        if auth is not None and not auth.check(self.headers.get('Authorization')):
-            self._send(401, b'Unauthorized\n', 'text/plain; charset=utf-8', {'WWW-Authenticate': 'Basic realm="gpuvirt-exporter"'}, head)
-            return
-        path = self.path.split('?', 1)[0]
-        if path == '/metrics':
-            self._send(200, self.server.scrape.body(), CONTENT_TYPE_LATEST, None, head)
-        elif path == '/':
-            self._send(200, LANDING, 'text/html; charset=utf-8', None, head)
-        else:
-            self._send(404, b'Not Found\n', 'text/plain; charset=utf-8', None, head)
-
-    def _send(self, code: int, body: bytes, content_type: str, headers: dict | None = None, head: bool = False) -> None:
-        self.send_response(code)
-        self.send_header('Content-Type', content_type)
-        self.send_header('Content-Length', str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header('Connection', 'close')
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-        pass  # one line per scrape would flood the journal
+    def collect(self):
+        return [self.metric]
 
 
 class _Conn:
     """One client connection as the loop sees it."""
 
-    __slots__ = ('sock', 'peer', 'buffer', 'since', 'handshaking', 'busy', 'events')
+    __slots__ = ('sock', 'peer', 'buffer', 'since', 'handshaking', 'busy', 'events', 'out', 'keep', 'arrived')
 
     def __init__(self, sock, peer, handshaking: bool, now: float):
         self.sock = sock
         self.peer = peer
         self.buffer = bytearray()
-        self.since = now  # when it began waiting for its current request
+        self.since = now  # when it began waiting for its current request, or the last progress of an answer
         self.handshaking = handshaking
-        self.busy = False
+        self.busy = False  # its credentials are being checked by the auth thread
         self.events = 0
-
-
-def _head_state(buffer: bytearray) -> str:
-    """'complete', 'line_too_long', 'too_large' or 'partial'."""
-    line_end = buffer.find(b'\n')
-    if line_end < 0:
-        return 'line_too_long' if len(buffer) > MAX_REQUEST_LINE else 'partial'
-    if line_end > MAX_REQUEST_LINE:
-        return 'line_too_long'
-    ends = [i for i in (buffer.find(b'\n\r\n', line_end), buffer.find(b'\n\n', line_end)) if i >= 0]
-    if ends and min(ends) < MAX_HEAD:
-        return 'complete'
-    return 'too_large' if len(buffer) > MAX_HEAD else 'partial'
+        self.out: memoryview | None = None  # the rest of an answer the socket did not take yet
+        self.keep = False  # the connection stays open once `out` is sent
+        self.arrived = now  # when its current request was complete
 
 
 class Server:  # pylint: disable=too-many-instance-attributes
-    """The listening socket, the loop that watches every connection, and the workers that answer requests."""
+    """The listening socket and the one thread that accepts, reads, answers and writes on every connection.
+
+    Requests are answered in the loop itself: the NVML calls a scrape makes are the fast ones (the slow ones run in the
+    collector's background samplers), and handing each request to another thread cost more than answering it. Only a
+    bcrypt check (tens to hundreds of milliseconds) goes to a thread of its own, so that it delays no other client.
+    Answers are written without blocking: a client that does not read its answer holds a buffer, never the loop.
+    """
 
     def __init__(self, address, scrape: SharedScrape, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None,
                  read_timeout: float = 10.0, max_connections: int = 64):
@@ -347,28 +275,28 @@ class Server:  # pylint: disable=too-many-instance-attributes
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._auth_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._auth_done: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
         self._accepting = False
         self._accept_again = 0.0  # at the cap: when the longest-waiting connection may be replaced
         self._backoff_until = 0.0  # after a failed accept (out of file descriptors)
-        self._workers: list[threading.Thread] = []
+        self._auth_thread: threading.Thread | None = None
+        self._date = wire.DateHeader()
 
     @property
     def open_connections(self) -> int:
         return len(self._conns)
 
-    # the loop (one thread) ------------------------------------------------------------------------------------------
+    # the loop ---------------------------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         self._stop.clear()
         self._stopped.clear()
-        self._workers = [threading.Thread(target=self._work, name='http-worker-%d' % i, daemon=True)
-                         for i in range(min(MAX_WORKERS, self.max_connections))]
-        for worker in self._workers:
-            worker.start()
+        if self.auth is not None:
+            self._auth_thread = threading.Thread(target=self._check_credentials, name='http-auth', daemon=True)
+            self._auth_thread.start()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._listen(True)
         try:
@@ -378,18 +306,21 @@ class Server:  # pylint: disable=too-many-instance-attributes
                         self._accept()
                     elif key.fileobj is self._wake_r:
                         self._drain_wake()
+                        self._take_back()
+                    elif key.data.sock.fileno() < 0 or key.data.sock.fileno() not in self._conns:
+                        continue  # closed earlier in this round
                     elif key.data.handshaking:
                         self._handshake(key.data)
+                    elif key.data.out is not None:
+                        self._writable(key.data)
                     else:
                         self._read(key.data)
-                self._take_back()
                 self._expire()
                 now = time.monotonic()
                 if not self._accepting and now >= self._backoff_until and (len(self._conns) < self.max_connections or now >= self._accept_again):
                     self._listen(True)
         finally:
-            for _worker in self._workers:
-                self._jobs.put(None)
+            self._auth_jobs.put(None)
             for conn in list(self._conns.values()):
                 if not conn.busy:
                     self._close(conn)
@@ -463,11 +394,13 @@ class Server:  # pylint: disable=too-many-instance-attributes
             conn = _Conn(sock, peer, self.tls is not None, time.monotonic())
             self._conns[sock.fileno()] = conn
             self._watch(conn, selectors.EVENT_READ)
+            if self.tls is None:
+                self._read(conn)  # the request often came with the connection
 
     def _evict(self) -> bool:
         """Closes the connection that has waited longest for a request, if it waited EVICT_AFTER; else stops accepting."""
         now = time.monotonic()
-        waiting = [conn for conn in self._conns.values() if not conn.busy]
+        waiting = [conn for conn in self._conns.values() if not conn.busy and conn.out is None]
         oldest = min(waiting, key=lambda conn: conn.since, default=None)
         if oldest is not None and now - oldest.since >= min(EVICT_AFTER, self.read_timeout):
             self._close(oldest)
@@ -515,7 +448,7 @@ class Server:  # pylint: disable=too-many-instance-attributes
         self._read(conn)
 
     def _read(self, conn: _Conn) -> None:
-        while len(conn.buffer) <= MAX_HEAD:
+        while len(conn.buffer) <= wire.MAX_HEAD:
             try:
                 chunk = conn.sock.recv(65536)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -527,57 +460,128 @@ class Server:  # pylint: disable=too-many-instance-attributes
                 self._close(conn)
                 return
             conn.buffer += chunk
-            if _head_state(conn.buffer) != 'partial':
+            if wire.head_end(conn.buffer)[0] != 'partial':
                 break
-        state = _head_state(conn.buffer)
-        if state != 'partial':
-            self._unwatch(conn)
-            conn.busy = True
-            self._jobs.put((conn, state == 'too_large'))
+        self._serve(conn)
+
+    # answering --------------------------------------------------------------------------------------------------------
+    def _serve(self, conn: _Conn) -> None:
+        """Answers the requests complete in the connection's buffer, in order, while the socket takes the answers."""
+        while conn.out is None and not conn.busy and conn.sock.fileno() >= 0:
+            state, end = wire.head_end(conn.buffer)
+            if state == 'partial':
+                if self.tls is not None and conn.sock.pending():
+                    self._read(conn)  # TLS data already decrypted does not wake the selector
+                return
+            conn.arrived = time.monotonic()
+            if state != 'complete':
+                self._respond(conn, 414 if state == 'line_too_long' else 431, None)
+            else:
+                request = wire.parse(bytes(conn.buffer[:end]))
+                del conn.buffer[:end]
+                verdict = True
+                if not request.error and request.method in ('GET', 'HEAD') and self.auth is not None:
+                    verdict = self.auth.quick(request.headers.get('authorization'))
+                if verdict is None:  # a bcrypt check: in the auth thread, answered through _take_back
+                    conn.busy = True
+                    self._unwatch(conn)
+                    self._auth_jobs.put((conn, request))
+                    return
+                self._respond(conn, request.error or (0 if verdict else 401), request)
+            if not (self._send(conn) and self._finish(conn)):
+                return
+
+    def _respond(self, conn: _Conn, code: int, request: wire.Request | None) -> None:
+        """Builds the answer to one request (code: an error to answer, 401, or 0 to serve it) and starts sending it."""
+        head = request is not None and request.method == 'HEAD'
+        keep = request is not None and request.keep_alive and not self._stop.is_set()
+        extra: tuple = ()
+        content_type = 'text/plain; charset=utf-8'
+        if code == 0 and request.method not in ('GET', 'HEAD'):
+            code, body, extra = 405, wire.error_body(405), (('Allow', ALLOWED_METHODS),)
+        elif code == 0 and request.path == '/metrics':
+            code, body, content_type = 200, self.scrape.body(conn.arrived), CONTENT_TYPE_LATEST
+        elif code == 0 and request.path == '/':
+            code, body, content_type = 200, LANDING, 'text/html; charset=utf-8'
+        elif code == 0:
+            code, body = 404, wire.error_body(404)
+        else:
+            body = wire.error_body(code)
+            if code == 401:
+                extra = (('WWW-Authenticate', 'Basic realm="gpuvirt-exporter"'),)
+            else:
+                keep = False  # a request this server could not read: what follows it cannot be trusted either
+        conn.out = memoryview(wire.answer(code, body, content_type, self._date.now(), not keep, head, extra))
+        conn.keep = keep
+        conn.since = time.monotonic()
+
+    def _send(self, conn: _Conn) -> bool:
+        """Sends what the socket takes of the answer; True once all of it is sent."""
+        while conn.out is not None:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._watch(conn, selectors.EVENT_WRITE)
+                return False
+            except ssl.SSLWantReadError:
+                self._watch(conn, selectors.EVENT_READ)
+                return False
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return False
+            conn.since = time.monotonic()
+            conn.out = conn.out[sent:] if sent < len(conn.out) else None
+        return True
+
+    def _finish(self, conn: _Conn) -> bool:
+        """After a whole answer: closes the connection, or waits for its next request (True)."""
+        if not conn.keep:
+            self._close(conn)
+            return False
+        self._watch(conn, selectors.EVENT_READ)
+        return True
+
+    def _writable(self, conn: _Conn) -> None:
+        if self._send(conn) and self._finish(conn):
+            self._serve(conn)
 
     def _take_back(self) -> None:
+        """Answers the requests whose credentials the auth thread has checked, then what else their connections hold."""
         while True:
             try:
-                conn, keep = self._done.get_nowait()
+                conn, request, verdict = self._auth_done.get_nowait()
             except queue.Empty:
                 return
             conn.busy = False
-            if not keep or self._stop.is_set():
+            if conn.sock.fileno() < 0 or self._stop.is_set():
                 self._close(conn)
                 continue
-            conn.since = time.monotonic()
-            try:
-                conn.sock.setblocking(False)
-            except OSError:
-                self._close(conn)
-                continue
-            self._watch(conn, selectors.EVENT_READ)
-            self._read(conn)  # a pipelined request, or TLS data already decrypted, would not wake the selector
+            self._respond(conn, 0 if verdict else 401, request)
+            self._writable(conn)
 
     def _expire(self) -> None:
         now = time.monotonic()
         for conn in [c for c in self._conns.values() if not c.busy and now - c.since >= self.read_timeout]:
+            if conn.out is not None:  # a client that stopped reading: reset, so no unsent answer lingers in the kernel
+                try:
+                    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                except OSError:
+                    pass
             self._close(conn)
 
-    # the workers -----------------------------------------------------------------------------------------------------
-    def _work(self) -> None:
+    # the auth thread --------------------------------------------------------------------------------------------------
+    def _check_credentials(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._auth_jobs.get()
             if job is None:
                 return
-            conn, too_large = job
-            keep = False
+            conn, request = job
             try:
-                conn.sock.settimeout(self.read_timeout)  # a client that does not read its answer frees the worker
-                rfile = io.BytesIO(bytes(conn.buffer))
-                keep = Handler(conn.sock, rfile, conn.peer, self).answer(too_large)
-                conn.buffer = bytearray(rfile.read())
-            except (OSError, ssl.SSLError):
-                keep = False
+                verdict = self.auth.check(request.headers.get('authorization'))
             except Exception:  # pylint: disable=broad-exception-caught
                 traceback.print_exc(file=sys.stderr)
-                keep = False
-            self._done.put((conn, keep))
+                verdict = False
+            self._auth_done.put((conn, request, verdict))
             self._wake()
 
 
