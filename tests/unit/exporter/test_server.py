@@ -9,6 +9,7 @@ import concurrent.futures
 import http.client
 import os
 import re
+import select
 import socket
 import ssl
 import statistics
@@ -223,12 +224,15 @@ def test_a_client_that_does_not_read_its_answer_delays_no_other_and_is_closed_af
     with server.connect() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n')
-        time.sleep(0.5)  # its answer now fills the socket buffers, and it reads nothing
+        assert select.select([stalled], [], [], 30)[0]  # its answer is being sent (rendered; it fills the buffers)
+        time.sleep(0.3)  # and it reads nothing
         start = time.monotonic()
         status, _headers, body = server.request(path='/')
         assert status == 200 and b'<html>' in body and time.monotonic() - start < 0.5
-        time.sleep(1.5)  # the read timeout passes with no progress on its answer
-        assert server.server.open_connections == 0
+        deadline = time.monotonic() + 10  # the read timeout passes with no progress on its answer
+        while server.server.open_connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.server.open_connections == 0 and time.monotonic() - start >= 0.9
         with pytest.raises(ConnectionResetError):  # reset: the rest of its answer does not linger in the kernel
             while stalled.recv(1 << 20):
                 pass
