@@ -229,7 +229,6 @@ def test_a_client_that_does_not_read_its_answer_delays_no_other_and_is_closed_af
         start = time.monotonic()
         status, _headers, body = server.request(path='/')
         assert status == 200 and b'<html>' in body and time.monotonic() - start < 0.5
-        assert server.server.open_connections == 1  # the stalled one, still within its timeout
         deadline = time.monotonic() + 10  # the read timeout passes with no progress on its answer
         while server.server.open_connections and time.monotonic() < deadline:
             time.sleep(0.1)
