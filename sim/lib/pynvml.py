@@ -2262,7 +2262,7 @@ def nvmlGpmMetricsGet(metricsGet):
         if first["taken"] is None:
             metric.nvmlReturn = NVML_ERROR_UNINITIALIZED
             continue
-        (_, unit, start, before), (_, _, end, after) = first["taken"], second["taken"]
+        (_unused, unit, start, before), (_unused, _unused, end, after) = first["taken"], second["taken"]
         if metric_id in _gpm.PCIE_METRICS and unit != "gpu":
             metric.nvmlReturn = NVML_ERROR_NOT_SUPPORTED  # PCIe is the whole GPU's: an instance sample has none
             continue

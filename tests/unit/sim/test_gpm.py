@@ -101,11 +101,11 @@ def test_only_hopper_and_newer_support_gpm(nvml, gpus):
 
 def test_two_samples_are_needed_as_on_the_real_h200(nvml, gpus, clock):
     h200 = gpus[0]
-    first, second, third = (nvml.nvmlGpmSampleAlloc() for _ in range(3))
+    first, second, third = (nvml.nvmlGpmSampleAlloc() for _unused in range(3))
     # neither taken: the call succeeds, every metric says UNINITIALIZED (real: metrics_untaken_samples)
     real = REAL["metrics_untaken_samples"]
     assert real["error"] is None and {m["ret"] for m in real["metrics"].values()} == {nvml.NVML_ERROR_UNINITIALIZED}
-    assert {ret for ret, _ in _rates(nvml, first, second, [1, 2]).values()} == {nvml.NVML_ERROR_UNINITIALIZED}
+    assert {ret for ret, _unused in _rates(nvml, first, second, [1, 2]).values()} == {nvml.NVML_ERROR_UNINITIALIZED}
     nvml.nvmlGpmSampleGet(h200, first)
     # one taken, or the same sample twice: INVALID_ARGUMENT (real: metrics_one_taken_one_untaken, metrics_same_sample_twice)
     for real_case, pair in (("metrics_one_taken_one_untaken", (first, second)), ("metrics_same_sample_twice", (first, first))):
@@ -123,7 +123,7 @@ def test_two_samples_are_needed_as_on_the_real_h200(nvml, gpus, clock):
 
 def test_the_rate_is_the_mean_over_the_interval_between_the_samples(nvml, simhost, gpus, clock):
     h200 = gpus[0]
-    first, second, third = (nvml.nvmlGpmSampleAlloc() for _ in range(3))
+    first, second, third = (nvml.nvmlGpmSampleAlloc() for _unused in range(3))
     nvml.nvmlGpmSampleGet(h200, first)  # idle: the H200 model's 0 % (captured)
     clock.advance(1)
     simhost.ok("proc", "add", "--gpu", "0", "--pid", "7", "--mem-mib", "1024")  # busy from here: 95 % SM, 40 % DRAM
@@ -180,7 +180,7 @@ def test_metric_ids_names_units_and_limits_are_the_real_h200s(nvml, gpus, clock)
 
 def test_mig_samples_need_mig_and_an_existing_instance(nvml, gpus, mig_h200):
     assert REAL["mig_sample_get_gi0_mig_disabled"]["error"] == nvml.NVML_ERROR_INVALID_ARGUMENT  # real, MIG disabled
-    handle, big, _ = mig_h200
+    handle, big, _unused = mig_h200
     sample = nvml.nvmlGpmSampleAlloc()
     assert _code(nvml, nvml.nvmlGpmMigSampleGet, handle, 99, sample) == nvml.NVML_ERROR_INVALID_ARGUMENT
     nvml.nvmlGpmMigSampleGet(handle, big, sample)
@@ -199,10 +199,10 @@ def test_each_mig_instance_has_its_own_activity_and_the_gpu_the_sm_weighted_sum(
     samples = {unit: (nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()) for unit in ("gpu", big, small)}
     take = {"gpu": lambda s: nvml.nvmlGpmSampleGet(handle, s)}
     take.update({gi: (lambda s, gi=gi: nvml.nvmlGpmMigSampleGet(handle, gi, s)) for gi in (big, small)})
-    for unit, (first, _) in samples.items():
+    for unit, (first, _unused) in samples.items():
         take[unit](first)
     clock.advance(2)
-    for unit, (_, second) in samples.items():
+    for unit, (_unused, second) in samples.items():
         take[unit](second)
     ids = [nvml.NVML_GPM_METRIC_SM_UTIL, nvml.NVML_GPM_METRIC_DRAM_BW_UTIL, nvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC]
     busy, idle, whole = (_rates(nvml, *samples[unit], ids) for unit in (big, small, "gpu"))

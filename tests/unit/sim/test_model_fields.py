@@ -29,7 +29,7 @@ def test_every_field_is_classified_exactly_once(key):
     names = [n for kind in KINDS for n in fields[kind]]
     assert len(names) == len(set(names)), "a field is classified twice"
     for name in names:
-        top, _, sub = name.partition(".")
+        top, _unused, sub = name.partition(".")
         assert top in model and (not sub or sub in model[top]), "%s names no field of the model" % name
     assert _covered(model, set(names)) == set(model) - {"key", "source", "fields"}
 
