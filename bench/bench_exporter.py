@@ -6,10 +6,12 @@
 Default: on the NVML simulator, a host with 8 H100s x 7 MIG instances and a host with 16 vGPUs (A40s).
 --real: on the machine's own GPUs (read-only NVML calls), side by side with an nvidia-smi-per-scrape approach
 (`nvidia-smi --query-gpu=... --format=csv` once per scrape, as nvidia_gpu_exporter does); --save FILE keeps /metrics.
+Scrapes reuse one connection, as Prometheus does; --real also measures a new connection per scrape.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import resource
 import shutil
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,19 +52,31 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def scrape_figures(url: str, pid: int, count: int) -> dict:
-    """Sequential scrapes, as one Prometheus does: latency per scrape, exporter CPU per scrape, RSS after."""
-    for _round in range(3):
-        urllib.request.urlopen(url, timeout=30).read()  # warm-up: first calls into NVML are slower
+def scrape_figures(url: str, pid: int, count: int, keep_alive: bool = True) -> dict:
+    """Sequential scrapes, as one Prometheus does (one connection kept open; keep_alive=False: a new one per scrape):
+    latency per scrape as the client sees it, exporter CPU per scrape, RSS after."""
+    parts = urllib.parse.urlsplit(url)
+
+    def connect():
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+    conn = connect()
+    for _round in range(3):  # warm-up: first calls into NVML are slower
+        conn.request('GET', parts.path)
+        conn.getresponse().read()
     cpu0 = _cpu_seconds(pid)
     latencies = []
     size = 0
     for _round in range(count):
         started = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=30) as response:
-            size = len(response.read())
+        if not keep_alive:
+            conn.close()
+            conn = connect()
+        conn.request('GET', parts.path)
+        size = len(conn.getresponse().read())
         latencies.append(time.perf_counter() - started)
     cpu = (_cpu_seconds(pid) - cpu0) / count
+    conn.close()
     return {'p50_ms': _pct(latencies, 0.5) * 1e3, 'p99_ms': _pct(latencies, 0.99) * 1e3, 'cpu_ms': cpu * 1e3,
             'rss_mib': _rss_mib(pid), 'bytes': size, 'series': None}
 
@@ -90,7 +105,7 @@ def _line(label: str, fig: dict) -> str:
 
 
 def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, mig: list[int] | None = None,
-              vgpus: list[tuple[int, str]] | None = None) -> None:
+              vgpus: list[tuple[int, str]] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as root:
         host = SimExporter(root, gpus, vgpu_host=vgpu_host)
         if mig:
@@ -103,6 +118,7 @@ def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, 
         finally:
             host.stop()
     print(_line(label, fig))
+    return fig
 
 
 def _count(text: str) -> dict:
@@ -134,10 +150,12 @@ def series_counts() -> None:
                 print('%-26s %-8s %8d %8d %8d' % (label, mode, counts['all'], counts['gpuvirt'], counts['dcgm']))
 
 
-def real(count: int, save: str | None) -> None:
-    env = dict(os.environ, PYTHONPATH=EXPORTER_LIB)
+def real(count: int, save: str | None, gpm_interval: float) -> None:
+    # keep the caller's PYTHONPATH (a read-only guard's sitecustomize, a wheel folder) behind the exporter's
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (EXPORTER_LIB, os.environ.get('PYTHONPATH', '')) if p))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port], env=env)
+    proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port,
+                             '--gpm-interval', str(gpm_interval)], env=env)
     url = 'http://127.0.0.1:%d/metrics' % port
     try:
         for _round in range(200):
@@ -146,20 +164,33 @@ def real(count: int, save: str | None) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        time.sleep(11)  # let the PCIe sampler take its first samples
+        time.sleep(max(11.0, 2.5 * gpm_interval))  # the PCIe sampler's and two GPM samples
         body = urllib.request.urlopen(url, timeout=30).read()
         if save:
             with open(save, 'wb') as handle:
                 handle.write(body)
         exporter = scrape_figures(url, proc.pid, count)
+        fresh = scrape_figures(url, proc.pid, count, keep_alive=False)
     finally:
         proc.terminate()
         proc.wait(10)
     smi = smi_figures(count)
-    print(_line('exporter (NVML, one process)', exporter))
+    print('# %s' % _gpus_found())
+    print(_line('exporter, connection kept open', exporter))
+    print(_line('exporter, new connection per scrape', fresh))
     print(_line('nvidia-smi --query-gpu per scrape', smi))
-    print('ratio nvidia-smi / exporter: p50 %.1fx  p99 %.1fx  CPU %.1fx' % (
-        smi['p50_ms'] / exporter['p50_ms'], smi['p99_ms'] / exporter['p99_ms'], smi['cpu_ms'] / max(exporter['cpu_ms'], 1e-6)))
+    print('(%d sequential scrapes each; exporter with --gpm-interval %g, --pcie-interval 10)' % (count, gpm_interval))
+    for label, fig in (('connection kept open', exporter), ('new connection per scrape', fresh)):
+        print('ratio nvidia-smi / exporter (%s): p50 %.1fx  p99 %.1fx  CPU %.1fx' % (
+            label, smi['p50_ms'] / fig['p50_ms'], smi['p99_ms'] / fig['p99_ms'], smi['cpu_ms'] / max(fig['cpu_ms'], 1e-6)))
+
+
+def _gpus_found() -> str:
+    """The GPUs of the run, by name (nvidia-smi -L is a query), with the driver."""
+    proc = subprocess.run([shutil.which('nvidia-smi') or 'nvidia-smi', '--query-gpu=name,driver_version', '--format=csv,noheader'],
+                          capture_output=True, text=True, check=False)
+    names = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    return '%d GPU(s): %s; %s' % (len(names), '; '.join(sorted(set(names))) or 'none found', time.strftime('%Y-%m-%d', time.gmtime()))
 
 
 def main() -> None:
@@ -167,15 +198,18 @@ def main() -> None:
     parser.add_argument('--real', action='store_true')
     parser.add_argument('--save', default=None)
     parser.add_argument('--count', type=int, default=200)
+    parser.add_argument('--gpm-interval', type=float, default=2.0, help='--real: the exporter\'s GPM interval (default %(default)s s)')
     parser.add_argument('--series', action='store_true', help='print the series count of each naming mode (simulator) and stop')
     args = parser.parse_args()
     if args.series:
         series_counts()
         return
     if args.real:
-        real(args.count, args.save)
+        real(args.count, args.save, args.gpm_interval)
         return
-    _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))
+    one = _sim_host('sim: 1 x H100', ['h100-80gb-hbm3:1'], args.count)
+    mig = _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))
+    print('8 x H100 with 56 MIG instances / 1 x H100: p50 %.1fx' % (mig['p50_ms'] / one['p50_ms']))
     _sim_host('sim: 8 x H100, no MIG', ['h100-80gb-hbm3:8'], args.count)
     _sim_host('sim: 16 vGPUs on 2 x A40', ['a40:2'], args.count, vgpu_host=True,
               vgpus=[(gpu, '560') for gpu in (0, 1) for _round in range(8)])

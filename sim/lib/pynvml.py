@@ -32,6 +32,7 @@ if _HERE not in sys.path:
     sys.path.append(_HERE)
 
 # pylint: disable=wrong-import-position
+from gpusim import gpm as _gpm  # noqa: E402
 from gpusim import host as _host  # noqa: E402
 from gpusim import mig as _mig  # noqa: E402
 from gpusim import models as _models  # noqa: E402
@@ -2093,25 +2094,40 @@ def nvmlDeviceGetGridLicensableFeatures(handle):
 # ------------------------------------------------------------------------------------------------
 # GPM (GPU Performance Monitoring, Hopper and newer): read-only samples and metrics
 # ------------------------------------------------------------------------------------------------
-# A live H200 (driver 580.159.04, passthrough VM) reported GPM supported and, idle, answered graphics/SM/tensor 0 %,
-# DRAM 0.0004 %, PCIe 0.40 MiB/s out and 0.21 MiB/s in over one second
-# (tests/unit/exporter/fixtures/real-h200-nvml-dcgm-probe.json). Here a sample holds the simulated GPU's current
-# utilization and PCIe figures; a metric is their mean over the two samples (the simulated figures are steady).
+# As on a real H200 (tests/unit/fixtures/real-h200-gpm, driver 580.159.04): a sample snapshots counters with its time;
+# nvmlGpmMetricsGet gives each metric's rate over the interval between two samples. Measured there and reproduced:
+# two untaken samples -> success with every metric's nvmlReturn UNINITIALIZED; one untaken, or the same sample twice
+# -> INVALID_ARGUMENT; more than 210 metrics -> INVALID_ARGUMENT; an id it does not know -> that metric's nvmlReturn
+# INVALID_ARGUMENT; samples in reverse order -> success with meaningless values (real: NaN and -9.2e15; here NaN);
+# nvmlGpmMigSampleGet on a GPU without MIG enabled -> INVALID_ARGUMENT. The counters are gpusim.gpm's: per GPU and
+# per MIG GPU instance, from the simulated utilisation and PCIe figures, integrated over time.
 NVML_GPM_METRIC_GRAPHICS_UTIL = 1
 NVML_GPM_METRIC_SM_UTIL = 2
+NVML_GPM_METRIC_SM_OCCUPANCY = 3
+NVML_GPM_METRIC_INTEGER_UTIL = 4
 NVML_GPM_METRIC_ANY_TENSOR_UTIL = 5
+NVML_GPM_METRIC_DFMA_TENSOR_UTIL = 6
+NVML_GPM_METRIC_HMMA_TENSOR_UTIL = 7
+NVML_GPM_METRIC_IMMA_TENSOR_UTIL = 9
 NVML_GPM_METRIC_DRAM_BW_UTIL = 10
+NVML_GPM_METRIC_FP64_UTIL = 11
+NVML_GPM_METRIC_FP32_UTIL = 12
+NVML_GPM_METRIC_FP16_UTIL = 13
 NVML_GPM_METRIC_PCIE_TX_PER_SEC = 20
 NVML_GPM_METRIC_PCIE_RX_PER_SEC = 21
+NVML_GPM_METRIC_NVDEC_0_UTIL = 30
+NVML_GPM_METRIC_NVJPG_0_UTIL = 40
+NVML_GPM_METRIC_NVOFA_0_UTIL = 50
+NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC = 60
+NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC = 61
 NVML_GPM_METRIC_MAX = 477
 NVML_GPM_METRICS_GET_VERSION = 1
 NVML_GPM_SUPPORT_VERSION = 1
 
 
 class struct_c_nvmlGpmSample_t(Structure):
-    # opaque in NVML; here the figures of one sample
-    _fields_ = [('taken', c_uint), ('uid', c_uint), ('gpu', c_double), ('memory', c_double), ('tensor', c_double),
-                ('tx_mib', c_double), ('rx_mib', c_double)]
+    # opaque in NVML; here a key into _gpm_samples
+    _fields_ = [('key', c_uint)]
 
 
 c_nvmlGpmSample_t = POINTER(struct_c_nvmlGpmSample_t)
@@ -2151,63 +2167,112 @@ class c_nvmlGpmSupport_t(_PrintableStructure):
     ]
 
 
-_gpm_buffers = {}  # id -> the sample structure a pointer refers to (kept alive until freed)
+_gpm_lock = threading.Lock()
+_gpm_samples = {}  # key -> {"buffer": the structure (kept alive), "taken": None or (uuid, unit, t_ns, counters)}
+_gpm_next_key = [1]
+_gpm_info = {}  # metric id -> (shortName bytes, unit bytes), kept alive for the c_char_p fields
 
 
 def _gpm_dev(device, name):
     dev = _dev(device, name)
-    if int(dev.model.get("architecture", 0)) < NVML_DEVICE_ARCH_HOPPER:
+    if not _gpm.supported(dev.model):
         _raise(NVML_ERROR_NOT_SUPPORTED)
     return dev
+
+
+def _gpm_entry(gpmSample):
+    if not gpmSample:
+        _raise(NVML_ERROR_INVALID_ARGUMENT)
+    entry = _gpm_samples.get(gpmSample.contents.key)
+    if entry is None:  # never allocated here, or freed
+        _raise(NVML_ERROR_INVALID_ARGUMENT)
+    return entry
 
 
 def nvmlGpmQueryDeviceSupport(device):
     dev = _dev(device, "nvmlGpmQueryDeviceSupport")
     support = c_nvmlGpmSupport_t()
     support.version = NVML_GPM_SUPPORT_VERSION
-    support.isSupportedDevice = int(int(dev.model.get("architecture", 0)) >= NVML_DEVICE_ARCH_HOPPER)
+    support.isSupportedDevice = int(_gpm.supported(dev.model))
     return support
 
 
 def nvmlGpmSampleAlloc():
     buffer = struct_c_nvmlGpmSample_t()
-    _gpm_buffers[addressof(buffer)] = buffer
+    with _gpm_lock:
+        buffer.key = _gpm_next_key[0]
+        _gpm_next_key[0] += 1
+        _gpm_samples[buffer.key] = {"buffer": buffer, "taken": None}
     return pointer(buffer)
 
 
 def nvmlGpmSampleFree(gpmSample):
-    _gpm_buffers.pop(addressof(gpmSample.contents), None)
+    entry = _gpm_entry(gpmSample)
+    with _gpm_lock:
+        _gpm_samples.pop(entry["buffer"].key, None)
 
 
-def nvmlGpmSampleGet(device, gpmSample):
-    dev = _gpm_dev(device, "nvmlGpmSampleGet")
-    sample = gpmSample.contents
-    gpu, memory = _utilization(dev)
-    pcie = dev.model["pcie"]
-    sample.taken, sample.uid = 1, int(dev.gpu["index"])
-    sample.gpu, sample.memory = float(gpu), float(memory)
-    sample.tensor = float(_metric(dev, "gpm_tensor_util", 0))
-    # NVML's PCIe throughput is KB/s (1024 bytes); GPM's is MiB/s
-    sample.tx_mib = int(_metric(dev, "pcie_tx_kbps", pcie["tx_kbps"])) * 1024 / (1024 * 1024)
-    sample.rx_mib = int(_metric(dev, "pcie_rx_kbps", pcie["rx_kbps"])) * 1024 / (1024 * 1024)
+def _gpm_take(dev, unit, gpmSample):
+    entry = _gpm_entry(gpmSample)
+    now = time.time_ns()
+    values = _gpm.counters(dev.gpu, unit, now)
+    if values is None:
+        _raise(NVML_ERROR_INVALID_ARGUMENT)
+    entry["taken"] = (dev.gpu["uuid"], unit, now, values)
     return gpmSample
 
 
-def nvmlGpmMetricsGet(metricsGet):
-    first, second = metricsGet.sample1.contents, metricsGet.sample2.contents
-    if not (first.taken and second.taken) or first.uid != second.uid:
+def nvmlGpmSampleGet(device, gpmSample):
+    return _gpm_take(_gpm_dev(device, "nvmlGpmSampleGet"), "gpu", gpmSample)
+
+
+def nvmlGpmMigSampleGet(device, gpuInstanceId, gpmSample):
+    dev = _gpm_dev(device, "nvmlGpmMigSampleGet")
+    if not dev.gpu["mig"]["current"]:
         _raise(NVML_ERROR_INVALID_ARGUMENT)
-    figures = {NVML_GPM_METRIC_GRAPHICS_UTIL: "gpu", NVML_GPM_METRIC_SM_UTIL: "gpu", NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor",
-               NVML_GPM_METRIC_DRAM_BW_UTIL: "memory", NVML_GPM_METRIC_PCIE_TX_PER_SEC: "tx_mib",
-               NVML_GPM_METRIC_PCIE_RX_PER_SEC: "rx_mib"}
+    return _gpm_take(dev, "gi%d" % int(gpuInstanceId), gpmSample)
+
+
+def _gpm_metric_info(metric_id):
+    info = _gpm_info.get(metric_id)
+    if info is None:
+        short, unit = _gpm.METRIC_INFO[metric_id]
+        info = _gpm_info[metric_id] = (short.encode(), unit.encode())
+    return info
+
+
+def nvmlGpmMetricsGet(metricsGet):
+    if metricsGet.version != NVML_GPM_METRICS_GET_VERSION:
+        _raise(NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+    if metricsGet.numMetrics > _gpm.MAX_METRICS_PER_CALL:
+        _raise(NVML_ERROR_INVALID_ARGUMENT)
+    first, second = _gpm_entry(metricsGet.sample1), _gpm_entry(metricsGet.sample2)
+    if first is second or (first["taken"] is None) != (second["taken"] is None):
+        _raise(NVML_ERROR_INVALID_ARGUMENT)
+    if first["taken"] is not None and first["taken"][:2] != second["taken"][:2]:
+        _raise(NVML_ERROR_INVALID_ARGUMENT)  # samples of different GPUs or instances
     for index in range(metricsGet.numMetrics):
         metric = metricsGet.metrics[index]
-        key = figures.get(metric.metricId)
-        if key is None:
-            metric.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+        metric_id = int(metric.metricId)
+        metric.value = 0.0
+        if metric_id not in _gpm.METRIC_INFO:
+            metric.nvmlReturn = NVML_ERROR_INVALID_ARGUMENT
+            continue
+        metric.metricInfo.shortName, metric.metricInfo.unit = _gpm_metric_info(metric_id)
+        if first["taken"] is None:
+            metric.nvmlReturn = NVML_ERROR_UNINITIALIZED
+            continue
+        (_unused, unit, start, before), (_unused, _unused, end, after) = first["taken"], second["taken"]
+        if metric_id in _gpm.PCIE_METRICS and unit != "gpu":
+            metric.nvmlReturn = NVML_ERROR_NOT_SUPPORTED  # PCIe is the whole GPU's: an instance sample has none
             continue
         metric.nvmlReturn = NVML_SUCCESS
-        metric.value = (getattr(first, key) + getattr(second, key)) / 2
+        if end <= start:
+            metric.value = float("nan")
+        elif metric_id in before:
+            rate = (after[metric_id] - before[metric_id]) / (end - start) / _gpm.SCALE
+            # NVML's PCIe throughput is KB/s (1024 bytes); GPM's is MiB/s
+            metric.value = rate * 1024 / (1024 * 1024) if metric_id in _gpm.PCIE_METRICS else rate
     return metricsGet
 
 

@@ -139,9 +139,22 @@ def transaction(root: str | None = None, create: bool = False) -> Iterator[dict[
             if not create:
                 raise StateMissing(path) from exc
             data = {}
+        before = _gpm_rates(data)
         yield data
+        _gpm_settle(before, data)
         _write(root, path, data)
         _after_write(root, data)
+
+
+def _gpm_rates(data: dict[str, Any]) -> dict[str, Any]:
+    from . import gpm  # pylint: disable=import-outside-toplevel  # gpm reads models, which stay out of the store
+    return gpm.snapshot(data)
+
+
+def _gpm_settle(before: dict[str, Any], data: dict[str, Any]) -> None:
+    """GPM counters: fold in the activity rates that held until this write where the write changed them."""
+    from . import gpm  # pylint: disable=import-outside-toplevel
+    gpm.settle(before, data, time.time_ns())
 
 
 def _after_write(root: str, data: dict[str, Any]) -> None:

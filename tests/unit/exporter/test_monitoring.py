@@ -34,6 +34,12 @@ def exposed_names() -> set[str]:
     # names built with a format string in the collector
     names |= {'gpuvirt_gpu_encoder_utilization_percent', 'gpuvirt_gpu_decoder_utilization_percent',
               'gpuvirt_gpu_memory_used_bytes', 'gpuvirt_gpu_memory_free_bytes', 'gpuvirt_gpu_memory_total_bytes'}
+    # the GPM series under gpuvirt names, per GPU and per MIG instance (dcgm.GPM_GPUVIRT)
+    with open(os.path.join(os.path.dirname(COLLECTOR), 'dcgm.py'), encoding='utf-8') as handle:
+        suffixes = re.findall(r"^    \d+: \('([a-z_]+)', ", handle.read(), re.M)
+    assert suffixes
+    names |= {'gpuvirt_%s_%s' % (scope, suffix) for scope in ('gpu', 'mig') for suffix in suffixes}
+    names -= {'gpuvirt_gpu_', 'gpuvirt_mig_'}
     # dcgm-exporter's names (exporter_metric_names: dcgm or both), bare, counters included, as dcgm.py declares them
     with open(os.path.join(os.path.dirname(COLLECTOR), 'dcgm.py'), encoding='utf-8') as handle:
         names |= set(re.findall(r"^    '(DCGM_FI_[A-Z_]+)': '", handle.read(), re.M))

@@ -1,11 +1,15 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The Prometheus collector: per-GPU, per-MIG-instance and per-vGPU series read from NVML at each scrape.
+"""The Prometheus collector: per-GPU, per-MIG-instance and per-vGPU series read from NVML.
 
-What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once.
-Calls known to be slow because they sample (PCIe throughput, about 20 ms on an H100) run in a background thread and
-are exported with their age. XID events arrive through an NVML event set in another thread. A scrape never starts a
-process, and a failing call or a lost GPU drops only the series it feeds (and is counted).
+What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once, and
+again when a GPU that was lost at start answers. Calls the driver answers slowly (PCIe throughput 21 ms, energy and
+field values 3 ms, the PCIe replay counter and MIG mode 0.2 ms each on an H200; MIG layout and per-instance memory) run
+in a background thread every --pcie-interval and are served with their age, never older than twice that interval
+(else dropped and counted). A scrape makes only the calls NVML answers in microseconds, and its text is built from
+header and label prefixes rendered once (exposition.py). XID events arrive through an NVML event set in another
+thread. A scrape never starts a process, and a failing call or a lost GPU drops only the series it feeds (and is
+counted); a GPU that answers no call at all is down.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import threading
 import time
 
 import pynvml
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gpuvirt_exporter import __version__, nvml_mig
-from gpuvirt_exporter.dcgm import NAME_MODES, DcgmSeries, Reading
+from gpuvirt_exporter.dcgm import GPM_GPUVIRT, NAME_MODES, DcgmSeries, Reading
+from gpuvirt_exporter.exposition import Families, TextCache
 from gpuvirt_exporter.nvml import GpuLost, Nvml, text
-from gpuvirt_exporter.samplers import DcgmSampler
+from gpuvirt_exporter.samplers import DcgmSampler, PeriodicSampler
 
 GPU_LABELS = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName', 'Hostname']
 MIG_LABELS = GPU_LABELS + ['GPU_I_ID', 'GPU_I_PROFILE']
@@ -39,7 +43,8 @@ NVML_FI_DEV_MEMORY_TEMP = 82
 DRIFT_KINDS = ('mig', 'vgpu')
 # the gpuvirt_* series kept when only dcgm names are asked for: the exporter's own, the GPU's NVML answer, the health
 # gates' XID baseline (tasks/scrape.yml) and the declaration drift
-KEPT_IN_DCGM_MODE = ('gpuvirt_exporter_', 'gpuvirt_gpu_up', 'gpuvirt_gpu_xid_events', 'gpuvirt_declaration_')
+KEPT_IN_DCGM_MODE = ('gpuvirt_exporter_', 'gpuvirt_gpu_up', 'gpuvirt_gpu_xid_events', 'gpuvirt_declaration_',
+                     'gpuvirt_gpu_gpm_supported')
 
 
 class Gpu:
@@ -52,31 +57,8 @@ class Gpu:
         self.scope = str(index)
         self.max_clocks: dict[str, int] = {}
         self.mig_profiles: dict[int, tuple[str, int]] = {}
-
-
-class PcieSampler(threading.Thread):
-    """Reads PCIe TX/RX throughput every interval; NVML samples for about 20 ms per counter, so never in a scrape."""
-
-    def __init__(self, nvml: Nvml, interval: float):
-        super().__init__(name='pcie-sampler', daemon=True)
-        self.nvml = nvml
-        self.interval = interval
-        self.gpus: list[Gpu] = []
-        self.samples: dict[int, tuple[int, int, float]] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            for gpu in list(self.gpus):
-                try:
-                    tx = self.nvml.call(gpu.scope, 'nvmlDeviceGetPcieThroughput', gpu.handle, 0)
-                    rx = self.nvml.call(gpu.scope, 'nvmlDeviceGetPcieThroughput', gpu.handle, 1)
-                except GpuLost:
-                    self.samples.pop(gpu.index, None)
-                    continue
-                if tx is not None and rx is not None:
-                    self.samples[gpu.index] = (tx, rx, time.monotonic())
-            self.stopping.wait(self.interval)
+        self.identified = False  # UUID read: False while the GPU was lost (or erring) since the exporter started
+        self.gi_ids: tuple[int, ...] = ()  # GPU instance ids from the last MIG read (the GPM sampler samples each)
 
 
 class XidWatcher(threading.Thread):
@@ -97,6 +79,8 @@ class XidWatcher(threading.Thread):
         if self._event_set is None:
             return
         for gpu in gpus:
+            if gpu.handle is None:
+                continue  # lost at start: not watched
             try:
                 self.nvml.call(gpu.scope, 'nvmlDeviceRegisterEvents', gpu.handle, XID_EVENT, self._event_set, default=False)
             except GpuLost:
@@ -129,28 +113,6 @@ class XidWatcher(threading.Thread):
         self.last[index] = xid
 
 
-class Families:
-    """Metric families of one scrape, made on first use."""
-
-    def __init__(self, gpuvirt: bool = True):
-        self.items: dict[str, object] = {}
-        self.gpuvirt = gpuvirt  # False: only the gpuvirt_* series of KEPT_IN_DCGM_MODE
-
-    def gauge(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
-        self._add(GaugeMetricFamily, name, doc, labels, values, value)
-
-    def counter(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
-        self._add(CounterMetricFamily, name, doc, labels, values, value)
-
-    def _add(self, kind, name, doc, labels, values, value) -> None:
-        if value is None or not (self.gpuvirt or name.startswith(KEPT_IN_DCGM_MODE)):
-            return
-        family = self.items.get(name)
-        if family is None:
-            family = self.items[name] = kind(name, doc, labels=labels)
-        family.add_metric(values, float(value))
-
-
 class GpuCollector:
     """A prometheus_client custom collector over NVML (register it with a CollectorRegistry)."""
 
@@ -168,8 +130,13 @@ class GpuCollector:
         self.gpus: list[Gpu] = []
         self.system: dict[str, str] = {}
         self.vgpu_types: dict[int, tuple[str, int]] = {}
-        self.pcie = PcieSampler(self.nvml, pcie_interval) if pcie_interval > 0 else None
-        self.sampler = DcgmSampler(self.nvml, gpm_interval) if self.dcgm is not None and gpm_interval > 0 else None
+        self.pcie_enabled = pcie_interval > 0
+        # the slow calls: in the background every pcie_interval; with pcie_interval 0, read in the scrape itself
+        self.slow = PeriodicSampler(self._read_slow, pcie_interval) if pcie_interval > 0 else None
+        self.sampler = DcgmSampler(self.nvml, gpm_interval) if gpm_interval > 0 else None
+        self.gpm_max_age = 2 * gpm_interval
+        self.stale_gpm = 0
+        self.text = TextCache()
         self.events = events
         self.xid: XidWatcher | None = None
         self._lock = threading.Lock()
@@ -183,10 +150,11 @@ class GpuCollector:
             self._next_init = time.monotonic() + 30
             return
         self._discover()
-        if self.pcie is not None:
-            self.pcie.gpus = self.gpus
-            if not self.pcie.is_alive():
-                self.pcie.start()
+        if self.slow is not None:
+            self.slow.gpus = self.gpus
+            self.slow.sample_once()  # the first scrape already has the slow values
+            if not self.slow.is_alive():
+                self.slow.start()
         if self.sampler is not None:
             self.sampler.gpus = self.gpus
             if not self.sampler.is_alive():
@@ -197,8 +165,8 @@ class GpuCollector:
             self.xid.start()
 
     def stop(self) -> None:
-        if self.pcie is not None:
-            self.pcie.stopping.set()
+        if self.slow is not None:
+            self.slow.stopping.set()
         if self.sampler is not None:
             self.sampler.stopping.set()
         if self.xid is not None:
@@ -213,32 +181,36 @@ class GpuCollector:
         }
         gpus = []
         for index in range(n.call('system', 'nvmlDeviceGetCount', default=0)):
-            handle = n.call('system', 'nvmlDeviceGetHandleByIndex', index)
-            if handle is None:
-                continue
-            gpus.append(self._identify(index, handle))
+            gpu = Gpu(index, None, [])
+            self._identify(gpu)
+            gpus.append(gpu)
         self.gpus = gpus
 
-    def _identify(self, index: int, handle) -> Gpu:
-        n, scope = self.nvml, str(index)
+    def _identify(self, gpu: Gpu) -> None:
+        """Identity, max clocks and MIG profiles; partial while the GPU is lost or errs, read again at a later scrape."""
+        n, scope, index = self.nvml, gpu.scope, gpu.index
         ident = {'uuid': '', 'bus': '', 'minor': index, 'name': ''}
-        gpu = Gpu(index, handle, [])
         try:
+            if gpu.handle is None:
+                gpu.handle = n.call(scope, 'nvmlDeviceGetHandleByIndex', index, remember=False)
+            handle = gpu.handle
+            if handle is None:
+                raise GpuLost('no handle')
             ident['uuid'] = text(n.call(scope, 'nvmlDeviceGetUUID', handle, default=''))
             pci = n.call(scope, 'nvmlDeviceGetPciInfo_v3', handle)
             ident['bus'] = text(pci.busId) if pci is not None else ''
             ident['minor'] = n.call(scope, 'nvmlDeviceGetMinorNumber', handle, default=index)
             ident['name'] = text(n.call(scope, 'nvmlDeviceGetName', handle, default=''))
             for clock, kind in CLOCKS.items():
-                value = n.call(scope, 'nvmlDeviceGetMaxClockInfo', handle, kind)
+                value = n.call(scope, 'nvmlDeviceGetMaxClockInfo', handle, kind, remember=False)
                 if value is not None:
                     gpu.max_clocks[clock] = value
-            if n.call(scope, 'nvmlDeviceGetMigMode', handle) is not None:
+            if n.call(scope, 'nvmlDeviceGetMigMode', handle, remember=False) is not None:
                 gpu.mig_profiles = self._mig_profiles(scope, handle)
         except GpuLost:
-            pass  # identity stays partial; the GPU reports down at each scrape
+            pass  # identity stays partial; the GPU reports down at each scrape, and is identified again when it answers
+        gpu.identified = bool(ident['uuid'])
         gpu.labels = [str(index), ident['uuid'], ident['bus'], 'nvidia%s' % ident['minor'], ident['name'], self.hostname]
-        return gpu
 
     def _mig_profiles(self, scope: str, handle) -> dict[int, tuple[str, int]]:
         profiles = {}
@@ -258,7 +230,7 @@ class GpuCollector:
 
     def collect(self):
         started = time.perf_counter()
-        fam = Families(self.gpuvirt_names)
+        fam = Families(self.text, self.gpuvirt_names, KEPT_IN_DCGM_MODE)
         with self._lock:
             if not self.nvml.initialized and time.monotonic() >= self._next_init:
                 self.start()
@@ -276,23 +248,36 @@ class GpuCollector:
 
     # -- one GPU ----------------------------------------------------------------------------------------------
     def _collect_gpu(self, fam: Families, gpu: Gpu) -> bool:
+        n = self.nvml
+        answered, failed = n.tally()
+        if not gpu.identified:
+            self._identify(gpu)
+            if gpu.identified and self.slow is not None:
+                self.slow.sample_gpu(gpu)  # its MIG layout and slow values now, not at the next interval
         labels = gpu.labels
         fam.gauge('gpuvirt_gpu_info', 'GPU identity (value 1).', GPU_LABELS, labels, 1)
         reading = Reading()
         try:
+            if gpu.handle is None:
+                raise GpuLost('no handle')
             self._gpu_telemetry(fam, gpu, reading)
             self._gpu_health(fam, gpu, reading)
-            self._mig(fam, gpu, reading)
+            self._slow_values(fam, gpu, reading)
             self._vgpus(fam, gpu)
             if self.dcgm is not None:
                 self._dcgm_only(gpu, reading)
         except GpuLost:
-            fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost (fell off the bus).', GPU_LABELS, labels, 0)
+            up = 0
+        else:
+            now_answered, now_failed = n.tally()
+            # down as well when every call of this scrape for the GPU failed, whatever the error
+            up = 0 if now_answered == answered and now_failed > failed else 1
+        fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost or answers no call.', GPU_LABELS, labels, up)
+        if not up:
             return False
-        fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost (fell off the bus).', GPU_LABELS, labels, 1)
         self._background(fam, gpu, reading)
         if self.dcgm is not None:
-            self.dcgm.add(fam.items, labels, self.system['driver_version'], reading)
+            self.dcgm.add(fam, labels, self.system['driver_version'], reading)
         return True
 
     def _gpu_telemetry(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
@@ -319,9 +304,6 @@ class GpuCollector:
         fam.gauge('gpuvirt_gpu_power_watts', 'Power draw.', GPU_LABELS, lab, None if power is None else power / 1000)
         limit = n.call(s, 'nvmlDeviceGetEnforcedPowerLimit', h)
         fam.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit.', GPU_LABELS, lab, None if limit is None else limit / 1000)
-        energy = rd.energy_mj = n.call(s, 'nvmlDeviceGetTotalEnergyConsumption', h)
-        fam.counter('gpuvirt_gpu_energy_joules', 'Energy consumed since the driver was loaded.', GPU_LABELS, lab,
-                    None if energy is None else energy / 1000)
         for clock, kind in CLOCKS.items():
             value = n.call(s, 'nvmlDeviceGetClockInfo', h, kind)
             if clock in ('sm', 'mem'):
@@ -339,25 +321,65 @@ class GpuCollector:
             for name, bit in CLOCK_EVENT_REASONS.items():
                 fam.gauge('gpuvirt_gpu_clocks_event_reason', 'Whether a clock event (throttle) reason is active (1) or not (0).',
                           GPU_LABELS + ['reason'], lab + [name], 1 if reasons & bit else 0)
-        fam.gauge('gpuvirt_gpu_pcie_link_generation', 'Current PCIe link generation.', GPU_LABELS, lab,
-                  n.call(s, 'nvmlDeviceGetCurrPcieLinkGeneration', h))
-        fam.gauge('gpuvirt_gpu_pcie_link_width', 'Current PCIe link width (lanes).', GPU_LABELS, lab,
-                  n.call(s, 'nvmlDeviceGetCurrPcieLinkWidth', h))
-        rd.replays = n.call(s, 'nvmlDeviceGetPcieReplayCounter', h)
-        fam.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', GPU_LABELS, lab, rd.replays)
 
     def _dcgm_only(self, gpu: Gpu, rd: Reading) -> None:
-        """NVML reads only the dcgm names need: memory v2 (reserved), memory temperature, the vGPU license."""
+        """NVML reads only the dcgm names need in the scrape: memory v2 (reserved)."""
         n, s, h = self.nvml, gpu.scope, gpu.handle
         mem = n.run(s, 'nvmlDeviceGetMemoryInfo_v2', lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2))
         if mem is not None:
             rd.fb = (mem.free, mem.used, mem.reserved)
-        values = n.call(s, 'nvmlDeviceGetFieldValues', h, [NVML_FI_DEV_MEMORY_TEMP])
-        if values:
-            rd.memory_temp_c = field_value(values[0])
-        features = n.call(s, 'nvmlDeviceGetGridLicensableFeatures_v4', h)
-        if features is not None:
-            rd.vgpu_licensed = vgpu_licensed(features)
+
+    # -- the slow calls (background) ----------------------------------------------------------------------------
+    def _read_slow(self, gpu: Gpu) -> dict:
+        """The reads the driver answers slowly, for one GPU; GpuLost propagates."""
+        n, s, h = self.nvml, gpu.scope, gpu.handle
+        if h is None or not gpu.identified:
+            raise GpuLost('not identified')
+        out = {'energy': n.call(s, 'nvmlDeviceGetTotalEnergyConsumption', h),
+               'link_gen': n.call(s, 'nvmlDeviceGetCurrPcieLinkGeneration', h),
+               'link_width': n.call(s, 'nvmlDeviceGetCurrPcieLinkWidth', h),
+               'replays': n.call(s, 'nvmlDeviceGetPcieReplayCounter', h)}
+        if self.pcie_enabled:
+            tx = n.call(s, 'nvmlDeviceGetPcieThroughput', h, 0)
+            rx = n.call(s, 'nvmlDeviceGetPcieThroughput', h, 1)
+            out['pcie'] = (tx, rx) if tx is not None and rx is not None else None
+        if self.dcgm is not None:
+            values = n.call(s, 'nvmlDeviceGetFieldValues', h, [NVML_FI_DEV_MEMORY_TEMP])
+            out['memory_temp'] = field_value(values[0]) if values else None
+            features = n.call(s, 'nvmlDeviceGetGridLicensableFeatures_v4', h)
+            out['licensed'] = None if features is None else vgpu_licensed(features)
+        out['mig'] = self._read_mig(gpu)
+        gpu.gi_ids = tuple(sorted(out['mig'][1])) if out['mig'] is not None else ()
+        return out
+
+    def _slow_values(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
+        lab = gpu.labels
+        if self.slow is None:
+            values, age = self._read_slow(gpu), 0.0
+        else:
+            found = self.slow.fresh(gpu.index, time.monotonic())
+            if found is None:
+                return  # none yet, or too old: dropped (and counted stale)
+            values, age = found
+        fam.gauge('gpuvirt_gpu_slow_sample_age_seconds',
+                  'Age of the values read in the background (energy, PCIe link and replays, MIG), at most 2 x --pcie-interval.',
+                  GPU_LABELS, lab, age)
+        energy = rd.energy_mj = values['energy']
+        fam.counter('gpuvirt_gpu_energy_joules', 'Energy consumed since the driver was loaded.', GPU_LABELS, lab,
+                    None if energy is None else energy / 1000)
+        fam.gauge('gpuvirt_gpu_pcie_link_generation', 'Current PCIe link generation.', GPU_LABELS, lab, values['link_gen'])
+        fam.gauge('gpuvirt_gpu_pcie_link_width', 'Current PCIe link width (lanes).', GPU_LABELS, lab, values['link_width'])
+        rd.replays = values['replays']
+        fam.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', GPU_LABELS, lab, rd.replays)
+        rd.memory_temp_c = values.get('memory_temp')
+        rd.vgpu_licensed = values.get('licensed')
+        pcie = values.get('pcie')
+        if pcie is not None:
+            for direction, kbps in (('tx', pcie[0]), ('rx', pcie[1])):
+                fam.gauge('gpuvirt_gpu_pcie_throughput_bytes_per_second', 'PCIe throughput, sampled in the background.',
+                          GPU_LABELS + ['direction'], lab + [direction], kbps * 1024)
+            fam.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', GPU_LABELS, lab, age)
+        self._mig(fam, gpu, rd, values['mig'])
 
     def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
@@ -382,18 +404,9 @@ class GpuCollector:
     def _background(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         lab = gpu.labels
         if self.sampler is not None:
-            rd.nvlink_mbps = self.sampler.nvlink.get(gpu.index)
-            rd.gpm = self.sampler.gpm.get(gpu.index, {})
+            self._gpm(fam, gpu, rd)
         if self.xid is not None:
             rd.last_xid = self.xid.last.get(gpu.index)
-        sample = self.pcie.samples.get(gpu.index) if self.pcie is not None else None
-        if sample is not None:
-            tx, rx, when = sample
-            for direction, kbps in (('tx', tx), ('rx', rx)):
-                fam.gauge('gpuvirt_gpu_pcie_throughput_bytes_per_second', 'PCIe throughput, sampled in the background.',
-                          GPU_LABELS + ['direction'], lab + [direction], kbps * 1024)
-            fam.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', GPU_LABELS, lab,
-                      time.monotonic() - when)
         if self.xid is not None and gpu.index in self.xid.watched:
             counts = {xid: c for (index, xid), c in list(self.xid.counts.items()) if index == gpu.index}
             fam.counter('gpuvirt_gpu_xid_events', 'XID critical error events since the exporter started (all XIDs).',
@@ -402,22 +415,61 @@ class GpuCollector:
                 fam.counter('gpuvirt_gpu_xid_errors', 'XID critical error events since the exporter started, by XID.',
                             GPU_LABELS + ['xid'], lab + [str(xid)], count)
 
+    # -- GPM (background) ---------------------------------------------------------------------------------------
+    def _gpm(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
+        """GPM values no older than 2 x --gpm-interval, per GPU and (rd.instances, filled by _mig) per GPU instance."""
+        sampler, lab, index = self.sampler, gpu.labels, gpu.index
+        supported = sampler.supported.get(index)
+        if supported is not None:
+            fam.gauge('gpuvirt_gpu_gpm_supported', '1 when NVML GPM (Hopper and newer) feeds the activity and PROF_* series.',
+                      GPU_LABELS, lab, 1 if supported else 0)
+        if not supported:
+            return
+        now = time.monotonic()
+        taken = sampler.taken.get(index)
+        if taken is not None and now - taken <= self.gpm_max_age:
+            rd.nvlink_mbps = sampler.nvlink.get(index)
+            rd.gpm = sampler.gpm.get(index, {})
+        elif taken is not None:
+            self.stale_gpm += 1
+        for metric_id, (suffix, factor, doc) in GPM_GPUVIRT.items():
+            if metric_id in rd.gpm:
+                fam.gauge('gpuvirt_gpu_' + suffix, doc, GPU_LABELS, lab, rd.gpm[metric_id] * factor)
+        for gi_id, profile, _memory, gpm in rd.instances:
+            taken = sampler.mig_taken.get((index, gi_id))
+            if taken is None:
+                continue
+            if now - taken > self.gpm_max_age:
+                self.stale_gpm += 1
+                continue
+            gpm.update(sampler.gpm_mig.get((index, gi_id), {}))
+            for metric_id, (suffix, factor, doc) in GPM_GPUVIRT.items():
+                if metric_id in gpm:
+                    fam.gauge('gpuvirt_mig_' + suffix, doc, MIG_LABELS, lab + [str(gi_id), profile], gpm[metric_id] * factor)
+
     # -- MIG ----------------------------------------------------------------------------------------------------
-    def _mig(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
-        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+    def _read_mig(self, gpu: Gpu):
+        """(mode, {GPU instance id: (profile, memory, placement start, size)}, {id: (used, total, util)}) or None."""
+        n, s, h = self.nvml, gpu.scope, gpu.handle
         mode = n.call(s, 'nvmlDeviceGetMigMode', h)
         if mode is None:
-            return
-        fam.gauge('gpuvirt_gpu_mig_mode', 'MIG mode: 1 enabled, 0 disabled (current mode).', GPU_LABELS, lab, mode[0])
-        if not mode[0]:
-            return
+            return None
         instances = {}
+        if not mode[0]:
+            return mode[0], instances, {}
         for profile_id, (profile, memory) in gpu.mig_profiles.items():
             for gi in n.run(s, 'nvmlDeviceGetGpuInstances', nvml_mig.gpu_instances, pynvml, h, profile_id, default=[], remember=False):
                 info = n.call(s, 'nvmlGpuInstanceGetInfo', gi, remember=False)
                 if info is not None:
                     instances[int(info.id)] = (profile, memory, info.placement.start, info.placement.size)
-        used = self._mig_memory_used(gpu)
+        return mode[0], instances, self._mig_memory_used(gpu)
+
+    def _mig(self, fam: Families, gpu: Gpu, rd: Reading, mig) -> None:
+        lab = gpu.labels
+        if mig is None:
+            return
+        mode, instances, used = mig
+        fam.gauge('gpuvirt_gpu_mig_mode', 'MIG mode: 1 enabled, 0 disabled (current mode).', GPU_LABELS, lab, mode)
         for gi_id, (profile, memory, start, size) in sorted(instances.items()):
             mlab = lab + [str(gi_id), profile]
             fam.gauge('gpuvirt_mig_instance_info', 'A MIG GPU instance and its placement (value 1).',
@@ -536,6 +588,10 @@ class GpuCollector:
         fam.gauge('gpuvirt_exporter_xid_events_supported', '1 when XID events are watched through an NVML event set.', [], [],
                   1 if self.xid is not None and self.xid.supported else 0)
         fam.gauge('gpuvirt_exporter_scrape_duration_seconds', 'Time this scrape spent reading NVML.', [], [], duration)
+        fam.counter('gpuvirt_exporter_stale_samples', 'Background samples too old to serve (their series dropped), by sampler.',
+                    ['sampler'], ['slow'], self.slow.stale if self.slow is not None else None)
+        fam.counter('gpuvirt_exporter_stale_samples', 'Background samples too old to serve (their series dropped), by sampler.',
+                    ['sampler'], ['gpm'], self.stale_gpm if self.sampler is not None else None)
         for call, count in sorted(self.nvml.errors.items()):
             fam.counter('gpuvirt_exporter_nvml_errors', 'Failed NVML calls (other than not supported), by function.', ['call'], [call],
                         count)

@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """dcgm-exporter's default counters under dcgm-exporter's own names, types, units and labels.
 
-The collector reads NVML once per scrape into a Reading per GPU; this module turns a Reading into DCGM_FI_* series the way
+The collector reads NVML once per scrape into a Reading per GPU; this module turns a Reading into DCGM_FI_* series (added
+to the scrape's exposition.Families) the way
 dcgm-exporter 4.5.3 renders them: units as DCGM delivers them (clocks MHz, framebuffer MiB, energy mJ, power W, GPM
 ratios 0-1 and bytes/s), the driver version as the label DCGM_FI_DRIVER_VERSION on every series, the last XID as a gauge
 with err_code/err_msg, one entity per MIG GPU instance (labels GPU_I_PROFILE, GPU_I_ID) on a GPU with MIG instances,
@@ -29,6 +30,15 @@ GPM_METRICS = {
     10: ('DCGM_FI_PROF_DRAM_ACTIVE', 0.01),
     20: ('DCGM_FI_PROF_PCIE_TX_BYTES', MIB),
     21: ('DCGM_FI_PROF_PCIE_RX_BYTES', MIB),
+}
+# the same GPM metrics under gpuvirt names, per GPU (gpuvirt_gpu_<x>) and per MIG instance (gpuvirt_mig_<x>), as ratios
+# 0-1 (activities) or bytes/s; (suffix, factor, help)
+GPM_GPUVIRT = {
+    1: ('graphics_activity_ratio', 0.01, 'Ratio of time the graphics engine is active (NVML GPM).'),
+    5: ('tensor_activity_ratio', 0.01, 'Ratio of cycles a tensor pipe is active (NVML GPM).'),
+    10: ('dram_activity_ratio', 0.01, 'Ratio of cycles the device memory interface is active (NVML GPM).'),
+    20: ('gpm_pcie_tx_bytes_per_second', MIB, 'PCIe data transmitted, headers included (NVML GPM).'),
+    21: ('gpm_pcie_rx_bytes_per_second', MIB, 'PCIe data received, headers included (NVML GPM).'),
 }
 HELP = {
     'DCGM_FI_DEV_SM_CLOCK': 'SM clock frequency (in MHz).',
@@ -68,7 +78,12 @@ class VerbatimMetric(Metric):
 
 
 def render_verbatim(metric: Metric) -> str:
-    """The text exposition of one family, names untouched, label and help escaping as prometheus_client does it."""
+    """The text exposition of one family, names untouched, label and help escaping as prometheus_client does it.
+
+    A family the collector rendered from cached pieces (exposition.Rendered) is returned as it is."""
+    ready = getattr(metric, 'exposition', None)
+    if ready is not None:
+        return ready
     doc = metric.documentation.replace('\\', r'\\').replace('\n', r'\n')
     lines = ['# HELP %s %s\n' % (metric.name, doc), '# TYPE %s %s\n' % (metric.name, metric.type)]
     for sample in metric.samples:
@@ -116,7 +131,7 @@ class DcgmSeries:
         keys = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName'] + self.host_keys + ['DCGM_FI_DRIVER_VERSION']
         return keys, base + [host] * len(self.host_keys) + [driver_version]
 
-    def add(self, families: dict, gpu_labels: list[str], driver_version: str, reading: Reading) -> None:
+    def add(self, families, gpu_labels: list[str], driver_version: str, reading: Reading) -> None:
         keys, values = self.gpu_labels(gpu_labels, driver_version)
         if not reading.instances:
             self._entity(families, keys, values, reading, reading.fb, reading.gpm, whole=True)
@@ -127,13 +142,11 @@ class DcgmSeries:
                          whole=False)
 
     def _entity(self, families, keys, values, r: Reading, fb, gpm, whole: bool) -> None:
+        entity = families.entity(keys, values)  # its series find their cached text by one small key
+
         def put(name, value):
-            if value is None:
-                return
-            family = families.get(name)
-            if family is None:
-                family = families[name] = VerbatimMetric(name, HELP[name], 'counter' if name in COUNTERS else 'gauge')
-            family.add_sample(name, dict(zip(keys, values)), float(value))
+            if value is not None:
+                entity.add(name, HELP[name], 'counter' if name in COUNTERS else 'gauge', value, True)
 
         put('DCGM_FI_DEV_SM_CLOCK', r.sm_clock_mhz)
         put('DCGM_FI_DEV_MEM_CLOCK', r.mem_clock_mhz)
@@ -162,11 +175,8 @@ class DcgmSeries:
                 put(name, gpm[metric_id] * factor)
         if r.last_xid is not None:
             xid = r.last_xid
-            name = 'DCGM_FI_DEV_XID_ERRORS'
-            family = families.get(name)
-            if family is None:
-                family = families[name] = VerbatimMetric(name, HELP[name], 'gauge')
-            family.add_sample(name, dict(zip(keys + ['err_code', 'err_msg'], values + [str(xid), xid_text(xid)])), float(xid))
+            families.add('DCGM_FI_DEV_XID_ERRORS', HELP['DCGM_FI_DEV_XID_ERRORS'], 'gauge', keys + ['err_code', 'err_msg'],
+                         list(values) + [str(xid), xid_text(xid)], xid, True)
 
 
 def _temperature(value):

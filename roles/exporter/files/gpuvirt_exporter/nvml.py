@@ -34,6 +34,17 @@ class Nvml:
         self._unsupported: set[tuple[str, str]] = set()
         self.initialized = False
         self.init_error = ''
+        self._tally = threading.local()  # per thread: calls answered, calls failed (a scrape asks for its own GPU's)
+
+    def tally(self) -> tuple[int, int]:
+        """(answered, failed) calls made by this thread so far; NotSupported and NotFound are answers."""
+        return getattr(self._tally, 'ok', 0), getattr(self._tally, 'failed', 0)
+
+    def _count(self, ok: bool) -> None:
+        if ok:
+            self._tally.ok = getattr(self._tally, 'ok', 0) + 1
+        else:
+            self._tally.failed = getattr(self._tally, 'failed', 0) + 1
 
     def init(self) -> bool:
         if self.initialized:
@@ -81,18 +92,24 @@ class Nvml:
         if remember and (scope, name) in self._unsupported:
             return default
         try:
-            return func(*args)
+            value = func(*args)
         except pynvml.NVMLError_GpuIsLost as exc:
             self.count_error(name)
+            self._count(False)
             raise GpuLost(text(exc)) from exc
         except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound):
+            self._count(True)
             if remember:
                 self._unsupported.add((scope, name))
         except pynvml.NVMLError_NotFound:
-            pass  # an index with nothing behind it (a MIG device slot, a vGPU gone since it was listed)
+            self._count(True)  # an index with nothing behind it (a MIG device slot, a vGPU gone since it was listed)
         except pynvml.NVMLError:
             self.count_error(name)
+            self._count(False)
         except AttributeError:
             # the binding has no such function, or the loaded library lacks it
             self._unsupported.add((scope, name))
+        else:
+            self._count(True)
+            return value
         return default

@@ -5,35 +5,63 @@
 The web config file is YAML; JSON is YAML too, and is read with the standard library when PyYAML is missing:
   tls_server_config: {cert_file: ..., key_file: ..., client_ca_file: ..., client_auth_type: RequireAndVerifyClientCert}
   basic_auth_users: {prometheus: <bcrypt hash>}
-Scrapes that arrive while another one reads NVML share its result instead of queueing a read each.
+Scrapes whose requests were complete before a read of NVML began take that read's result.
+
+Connections: one thread watches every open connection (a selector), reads requests, answers them and writes the answers
+without blocking, so an idle or slow client holds a socket and a buffer, never a thread; only a bcrypt check runs in a
+thread of its own. A connection is closed when its request has not fully arrived --web.read-timeout seconds after it
+opened or after its last response (idle keep-alive and slow clients alike; the TLS handshake counts too), or when its
+answer made no progress for as long. At most --web.max-connections are open: a new one
+beyond that replaces the one waiting longest for a request (an idle or slow client), and waits in the listen backlog
+only while every open connection has a request being answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import hashlib
 import hmac
 import json
+import os
+import queue
+import select
+import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import traceback
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gpuvirt_exporter import DEFAULT_PORT, __version__
-from gpuvirt_exporter.collector import GpuCollector
+from gpuvirt_exporter import DEFAULT_PORT, __version__, wire
 from gpuvirt_exporter.dcgm import HOST_LABEL_CHOICES, NAME_MODES, render_verbatim
 
+if TYPE_CHECKING:
+    from gpuvirt_exporter.collector import GpuCollector
+
 LANDING = b'<html><head><title>gpuvirt exporter</title></head><body><h1>gpuvirt exporter</h1><a href="/metrics">Metrics</a></body></html>\n'
+ALLOWED_METHODS = 'GET, HEAD'
+EVICT_AFTER = 0.25  # seconds a connection must have waited for a request before a new connection may replace it
+BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; bcrypt 5 refuses longer passwords
 
 
 class ConfigError(Exception):
     pass
+
+
+def _bcrypt_cost(hashed: str) -> int | None:
+    parts = hashed.split('$')
+    if len(parts) != 4 or parts[1] not in ('2a', '2b', '2y') or not parts[2].isdigit() or len(parts[3]) != 53:
+        return None
+    cost = int(parts[2])
+    return cost if 4 <= cost <= 31 else None
 
 
 def load_web_config(path: str) -> dict:
@@ -55,8 +83,10 @@ def load_web_config(path: str) -> dict:
     if unknown:
         raise ConfigError('%s: unknown keys %s' % (path, ', '.join(sorted(unknown))))
     users = data.get('basic_auth_users') or {}
+    if not isinstance(users, dict):
+        raise ConfigError('%s: basic_auth_users: expected a mapping of user name to bcrypt hash' % path)
     for user, hashed in users.items():
-        if not str(hashed).startswith(('$2a$', '$2b$', '$2y$')):
+        if _bcrypt_cost(str(hashed)) is None:
             raise ConfigError('%s: the password of %s is not a bcrypt hash' % (path, user))
     return data
 
@@ -72,38 +102,88 @@ def tls_context(tls: dict) -> ssl.SSLContext:
 
 
 class BasicAuth:
-    """Checks credentials against bcrypt hashes; a verified password is remembered as a keyed digest (bcrypt is slow on purpose)."""
+    """Checks credentials against bcrypt hashes in time that does not depend on whether the user exists.
+
+    A user name is found by comparing keyed digests of every configured name (no early exit, no dict lookup on the name);
+    an unknown user is checked against a dummy hash of the highest configured cost, so it costs what a known user with
+    a wrong password costs. bcrypt checks run one at a time (a flood of guesses cannot take every core). Credentials
+    that passed are remembered, as a keyed digest under a key made at start, for the next CACHE_SIZE distinct ones:
+    only a correct password is ever fast, which its 200 says anyway.
+    """
+
+    CACHE_SIZE = 64
 
     def __init__(self, users: dict[str, str]):
-        self.users = {str(k): str(v).encode() for k, v in users.items()}
-        self._verified: set[tuple[str, bytes]] = set()
-        self._key = hashlib.sha256(repr(sorted(self.users.items())).encode()).digest()
-        self._lock = threading.Lock()
+        try:
+            import bcrypt  # pylint: disable=import-outside-toplevel
+        except ImportError as exc:
+            raise ConfigError('basic_auth_users needs the Python package bcrypt') from exc
+        self._bcrypt = bcrypt
+        self._key = os.urandom(32)
+        self._users = [(self._digest(str(name).encode('utf-8')), str(hashed).encode('ascii')) for name, hashed in users.items()]
+        costs = {_bcrypt_cost(str(hashed)) for hashed in users.values()}
+        self.mixed_costs = len(costs) > 1
+        self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=max(costs)))
+        self._verified: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()
+
+    @property
+    def remembered(self) -> int:
+        """How many credentials are remembered as verified (at most CACHE_SIZE)."""
+        return len(self._verified)
+
+    def _digest(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+    @staticmethod
+    def _credentials(header: str | None) -> tuple[bytes, bytes] | None:
+        if not header or not header.startswith('Basic '):
+            return None
+        try:
+            user, sep, password = base64.b64decode(header[6:], validate=True).partition(b':')
+        except ValueError:
+            return None
+        return (user, password) if sep else None
+
+    def quick(self, header: str | None) -> bool | None:
+        """True for remembered credentials, False for a header that holds none; None: only check() can tell."""
+        credentials = self._credentials(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        with self._cache_lock:
+            return True if self._digest(len(user).to_bytes(4, 'big') + user + password) in self._verified else None
 
     def check(self, header: str | None) -> bool:
-        if not header or not header.startswith('Basic '):
+        credentials = self._credentials(header)
+        if credentials is None:
             return False
-        try:
-            user, _sep, password = base64.b64decode(header[6:], validate=True).decode('utf-8').partition(':')
-        except (ValueError, UnicodeDecodeError):
-            return False
-        hashed = self.users.get(user)
-        if hashed is None:
-            return False
-        digest = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
-        with self._lock:
-            if (user, digest) in self._verified:
+        user, password = credentials
+        remembered = self._digest(len(user).to_bytes(4, 'big') + user + password)
+        with self._cache_lock:
+            if remembered in self._verified:
+                self._verified.move_to_end(remembered)
                 return True
-        import bcrypt  # pylint: disable=import-outside-toplevel
-        if not bcrypt.checkpw(password.encode(), hashed):
+        presented = self._digest(user)
+        hashed = None
+        for name_digest, user_hash in self._users:  # every name compared, in constant time each
+            if hmac.compare_digest(name_digest, presented):
+                hashed = user_hash
+        with self._bcrypt_lock:
+            matched = self._bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed if hashed is not None else self._dummy)
+        if not (matched and hashed is not None and len(password) <= BCRYPT_MAX_PASSWORD):
             return False
-        with self._lock:
-            self._verified.add((user, digest))
+        with self._cache_lock:
+            self._verified[remembered] = None
+            while len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)
         return True
 
 
 class SharedScrape:
-    """Serialises NVML reads; a scrape that waited while another read started after it arrived takes that result."""
+    """One NVML read for the scrapes that arrived before it started: a scrape whose request was complete when the last
+    read began takes that read's result instead of reading again."""
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
@@ -111,24 +191,14 @@ class SharedScrape:
         self._started = -1.0
         self._body = b''
 
-    def body(self) -> bytes:
-        arrived = time.monotonic()
+    def body(self, arrived: float | None = None) -> bytes:
+        arrived = time.monotonic() if arrived is None else arrived
         with self._lock:
             if self._started >= arrived:
                 return self._body
             self._started = time.monotonic()
             self._body = render(self.registry)
             return self._body
-
-
-class _One:
-    """A collector of one family, so that prometheus_client renders each gpuvirt family exactly as before."""
-
-    def __init__(self, metric):
-        self.metric = metric
-
-    def collect(self):
-        return [self.metric]
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -142,56 +212,377 @@ def render(registry: CollectorRegistry) -> bytes:
     return b''.join(parts)
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = 'gpuvirt-exporter/' + __version__
-    protocol_version = 'HTTP/1.1'
+class _One:
+    """A collector of one family, so that prometheus_client renders each gpuvirt family exactly as before."""
 
-    def do_GET(self):  # pylint: disable=invalid-name
-        auth = self.server.auth
-        if auth is not None and not auth.check(self.headers.get('Authorization')):
-            self._send(401, b'Unauthorized\n', 'text/plain; charset=utf-8', {'WWW-Authenticate': 'Basic realm="gpuvirt-exporter"'})
-            return
-        path = self.path.split('?', 1)[0]
-        if path == '/metrics':
-            self._send(200, self.server.scrape.body(), CONTENT_TYPE_LATEST)
-        elif path == '/':
-            self._send(200, LANDING, 'text/html; charset=utf-8')
-        else:
-            self._send(404, b'Not Found\n', 'text/plain; charset=utf-8')
+    def __init__(self, metric):
+        self.metric = metric
 
-    def _send(self, code: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-        self.send_response(code)
-        self.send_header('Content-Type', content_type)
-        self.send_header('Content-Length', str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-        pass  # one line per scrape would flood the journal
+    def collect(self):
+        return [self.metric]
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512
+class _Conn:
+    """One client connection as the loop sees it."""
 
-    def __init__(self, address, scrape: SharedScrape, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None):
-        self.address_family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
+    __slots__ = ('sock', 'peer', 'buffer', 'since', 'handshaking', 'busy', 'events', 'out', 'keep', 'arrived')
+
+    def __init__(self, sock, peer, handshaking: bool, now: float):
+        self.sock = sock
+        self.peer = peer
+        self.buffer = bytearray()
+        self.since = now  # when it began waiting for its current request, or the last progress of an answer
+        self.handshaking = handshaking
+        self.busy = False  # its credentials are being checked by the auth thread
+        self.events = 0
+        self.out: memoryview | None = None  # the rest of an answer the socket did not take yet
+        self.keep = False  # the connection stays open once `out` is sent
+        self.arrived = now  # when its current request was complete
+
+
+class Server:  # pylint: disable=too-many-instance-attributes
+    """The listening socket and the one thread that accepts, reads, answers and writes on every connection.
+
+    Requests are answered in the loop itself: the NVML calls a scrape makes are the fast ones (the slow ones run in the
+    collector's background samplers), and handing each request to another thread cost more than answering it. Only a
+    bcrypt check (tens to hundreds of milliseconds) goes to a thread of its own, so that it delays no other client.
+    Answers are written without blocking: a client that does not read its answer holds a buffer, never the loop.
+    """
+
+    def __init__(self, address, scrape: SharedScrape, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None,
+                 read_timeout: float = 10.0, max_connections: int = 64):
+        if read_timeout <= 0 or max_connections < 1:
+            raise ConfigError('read timeout must be above 0 and max connections at least 1')
         self.scrape = scrape
         self.auth = auth
         self.tls = tls
-        super().__init__(address, Handler)
+        self.read_timeout = float(read_timeout)
+        self.max_connections = int(max_connections)
+        family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            # a backlog in proportion to the cap: a queue of idle clients ahead of a scrape drains in about 2 x EVICT_AFTER
+            self.socket.listen(max(16, min(1024, 2 * self.max_connections)))
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address = self.socket.getsockname()
+        self._conns: dict[int, _Conn] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._auth_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._auth_done: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._accepting = False
+        self._accept_again = 0.0  # at the cap: when the longest-waiting connection may be replaced
+        self._backoff_until = 0.0  # after a failed accept (out of file descriptors)
+        self._auth_thread: threading.Thread | None = None
+        self._date = wire.DateHeader()
 
-    def finish_request(self, request, client_address):
-        # the TLS handshake runs in the request's thread, so a slow client never holds the accept loop
-        if self.tls is not None:
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    # the loop ---------------------------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._stop.clear()
+        self._stopped.clear()
+        if self.auth is not None:
+            self._auth_thread = threading.Thread(target=self._check_credentials, name='http-auth', daemon=True)
+            self._auth_thread.start()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._listen(True)
+        try:
+            while not self._stop.is_set():
+                for key, _mask in self._selector.select(self._wait()):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    elif key.fileobj is self._wake_r:
+                        self._drain_wake()
+                        self._take_back()
+                    elif key.data.sock.fileno() < 0 or key.data.sock.fileno() not in self._conns:
+                        continue  # closed earlier in this round
+                    elif key.data.handshaking:
+                        self._handshake(key.data)
+                    elif key.data.out is not None:
+                        self._writable(key.data)
+                    else:
+                        self._read(key.data)
+                self._expire()
+                now = time.monotonic()
+                if not self._accepting and now >= self._backoff_until and (len(self._conns) < self.max_connections or now >= self._accept_again):
+                    self._listen(True)
+        finally:
+            self._auth_jobs.put(None)
+            for conn in list(self._conns.values()):
+                if not conn.busy:
+                    self._close(conn)
+            self._listen(False)
+            self._selector.unregister(self._wake_r)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b'x')
+        except OSError:
+            pass  # the pipe is full: the loop wakes anyway
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _wait(self) -> float:
+        now = time.monotonic()
+        deadlines = [conn.since + self.read_timeout for conn in self._conns.values() if not conn.busy]
+        if not self._accepting:
+            deadlines.append(max(self._accept_again if len(self._conns) >= self.max_connections else now, self._backoff_until))
+        return max(0.0, min(deadlines, default=now + 1.0) - now) + 0.001
+
+    def _listen(self, on: bool) -> None:
+        if on and not self._accepting:
+            self._selector.register(self.socket, selectors.EVENT_READ, None)
+        elif not on and self._accepting:
+            self._selector.unregister(self.socket)
+        self._accepting = on
+
+    def _accept(self) -> None:
+        for attempt in range(64):  # then the other connections get their turn
+            if attempt and not select.select([self.socket], [], [], 0)[0]:
+                return  # nothing more waits: evict nobody for nothing
+            if len(self._conns) >= self.max_connections and not self._evict():
                 return
-        super().finish_request(request, client_address)
+            try:
+                sock, peer = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors, say: try again shortly rather than spin
+                self._listen(False)
+                self._backoff_until = time.monotonic() + 0.1
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            if self.tls is not None:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                except (ssl.SSLError, OSError):
+                    sock.close()
+                    continue
+            conn = _Conn(sock, peer, self.tls is not None, time.monotonic())
+            self._conns[sock.fileno()] = conn
+            self._watch(conn, selectors.EVENT_READ)
+            if self.tls is None:
+                self._read(conn)  # the request often came with the connection
+
+    def _evict(self) -> bool:
+        """Closes the connection that has waited longest for a request, if it waited EVICT_AFTER; else stops accepting."""
+        now = time.monotonic()
+        waiting = [conn for conn in self._conns.values() if not conn.busy and conn.out is None]
+        oldest = min(waiting, key=lambda conn: conn.since, default=None)
+        if oldest is not None and now - oldest.since >= min(EVICT_AFTER, self.read_timeout):
+            self._close(oldest)
+            return True
+        self._listen(False)
+        self._accept_again = now + EVICT_AFTER if oldest is None else oldest.since + min(EVICT_AFTER, self.read_timeout)
+        return False
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if conn.events == events:
+            return
+        if conn.events:
+            self._selector.modify(conn.sock, events, conn)
+        else:
+            self._selector.register(conn.sock, events, conn)
+        conn.events = events
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.events:
+            self._selector.unregister(conn.sock)
+            conn.events = 0
+
+    def _close(self, conn: _Conn) -> None:
+        self._unwatch(conn)
+        self._conns.pop(conn.sock.fileno(), None)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    def _handshake(self, conn: _Conn) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(conn, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError):
+            self._close(conn)
+            return
+        conn.handshaking = False
+        self._watch(conn, selectors.EVENT_READ)
+        self._read(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        while len(conn.buffer) <= wire.MAX_HEAD:
+            try:
+                chunk = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return
+            if not chunk:
+                self._close(conn)
+                return
+            conn.buffer += chunk
+            if wire.head_end(conn.buffer)[0] != 'partial':
+                break
+        self._serve(conn)
+
+    # answering --------------------------------------------------------------------------------------------------------
+    def _serve(self, conn: _Conn) -> None:
+        """Answers the requests complete in the connection's buffer, in order, while the socket takes the answers."""
+        while conn.out is None and not conn.busy and conn.sock.fileno() >= 0:
+            state, end = wire.head_end(conn.buffer)
+            if state == 'partial':
+                if self.tls is not None and conn.sock.pending():
+                    self._read(conn)  # TLS data already decrypted does not wake the selector
+                return
+            conn.arrived = time.monotonic()
+            if state != 'complete':
+                self._respond(conn, 414 if state == 'line_too_long' else 431, None)
+            else:
+                request = wire.parse(bytes(conn.buffer[:end]))
+                del conn.buffer[:end]
+                verdict = True
+                if not request.error and request.method in ('GET', 'HEAD') and self.auth is not None:
+                    verdict = self.auth.quick(request.headers.get('authorization'))
+                if verdict is None:  # a bcrypt check: in the auth thread, answered through _take_back
+                    conn.busy = True
+                    self._unwatch(conn)
+                    self._auth_jobs.put((conn, request))
+                    return
+                self._respond(conn, request.error or (0 if verdict else 401), request)
+            if not (self._send(conn) and self._finish(conn)):
+                return
+
+    def _respond(self, conn: _Conn, code: int, request: wire.Request | None) -> None:
+        """Builds the answer to one request (code: an error to answer, 401, or 0 to serve it) and starts sending it."""
+        head = request is not None and request.method == 'HEAD'
+        keep = request is not None and request.keep_alive and not self._stop.is_set()
+        extra: tuple = ()
+        content_type = 'text/plain; charset=utf-8'
+        if code == 0 and request.method not in ('GET', 'HEAD'):
+            code, body, extra = 405, wire.error_body(405), (('Allow', ALLOWED_METHODS),)
+        elif code == 0 and request.path == '/metrics':
+            code, body, content_type = 200, self.scrape.body(conn.arrived), CONTENT_TYPE_LATEST
+        elif code == 0 and request.path == '/':
+            code, body, content_type = 200, LANDING, 'text/html; charset=utf-8'
+        elif code == 0:
+            code, body = 404, wire.error_body(404)
+        else:
+            body = wire.error_body(code)
+            if code == 401:
+                extra = (('WWW-Authenticate', 'Basic realm="gpuvirt-exporter"'),)
+            else:
+                keep = False  # a request this server could not read: what follows it cannot be trusted either
+        conn.out = memoryview(wire.answer(code, body, content_type, self._date.now(), not keep, head, extra))
+        conn.keep = keep
+        conn.since = time.monotonic()
+
+    def _send(self, conn: _Conn) -> bool:
+        """Sends what the socket takes of the answer; True once all of it is sent."""
+        while conn.out is not None:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._watch(conn, selectors.EVENT_WRITE)
+                return False
+            except ssl.SSLWantReadError:
+                self._watch(conn, selectors.EVENT_READ)
+                return False
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return False
+            conn.since = time.monotonic()
+            conn.out = conn.out[sent:] if sent < len(conn.out) else None
+        return True
+
+    def _finish(self, conn: _Conn) -> bool:
+        """After a whole answer: closes the connection, or waits for its next request (True)."""
+        if not conn.keep:
+            self._close(conn)
+            return False
+        self._watch(conn, selectors.EVENT_READ)
+        return True
+
+    def _writable(self, conn: _Conn) -> None:
+        if self._send(conn) and self._finish(conn):
+            self._serve(conn)
+
+    def _take_back(self) -> None:
+        """Answers the requests whose credentials the auth thread has checked, then what else their connections hold."""
+        while True:
+            try:
+                conn, request, verdict = self._auth_done.get_nowait()
+            except queue.Empty:
+                return
+            conn.busy = False
+            if conn.sock.fileno() < 0 or self._stop.is_set():
+                self._close(conn)
+                continue
+            self._respond(conn, 0 if verdict else 401, request)
+            self._writable(conn)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if not c.busy and now - c.since >= self.read_timeout]:
+            if conn.out is not None:  # a client that stopped reading: reset, so no unsent answer lingers in the kernel
+                try:
+                    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                except OSError:
+                    pass
+            self._close(conn)
+
+    # the auth thread --------------------------------------------------------------------------------------------------
+    def _check_credentials(self) -> None:
+        while True:
+            job = self._auth_jobs.get()
+            if job is None:
+                return
+            conn, request = job
+            try:
+                verdict = self.auth.check(request.headers.get('authorization'))
+            except Exception:  # pylint: disable=broad-exception-caught
+                traceback.print_exc(file=sys.stderr)
+                verdict = False
+            self._auth_done.put((conn, request, verdict))
+            self._wake()
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -201,7 +592,8 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip('[]') or '0.0.0.0', int(port)
 
 
-def build_server(listen: str, web_config: str | None, collector: GpuCollector) -> Server:
+def build_server(listen: str, web_config: str | None, collector: GpuCollector, read_timeout: float = 10.0,
+                 max_connections: int = 64) -> Server:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     auth = tls = None
@@ -209,15 +601,35 @@ def build_server(listen: str, web_config: str | None, collector: GpuCollector) -
         config = load_web_config(web_config)
         if config.get('basic_auth_users'):
             auth = BasicAuth(config['basic_auth_users'])
+            if auth.mixed_costs:
+                print('gpuvirt-exporter: the bcrypt hashes of basic_auth_users have different costs: the time of a check tells '
+                      'users of a lower cost from unknown ones; give them all one cost', file=sys.stderr, flush=True)
         if config.get('tls_server_config'):
             tls = tls_context(config['tls_server_config'])
-    return Server(parse_address(listen), SharedScrape(registry), auth, tls)
+    return Server(parse_address(listen), SharedScrape(registry), auth, tls, read_timeout, max_connections)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _positive(kind):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = 0
+        if number <= 0:
+            raise argparse.ArgumentTypeError('%r: expected a number above 0' % value)
+        return number
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gpuvirt-exporter', description='GPU, MIG and vGPU metrics from NVML for Prometheus.')
     parser.add_argument('--web.listen-address', dest='listen', default=':%d' % DEFAULT_PORT, help='HOST:PORT (default :%(default)s)')
     parser.add_argument('--web.config.file', dest='web_config', default='', help='TLS and basic auth (exporter-toolkit format)')
+    parser.add_argument('--web.read-timeout', dest='read_timeout', type=_positive(float), default=10.0,
+                        help='seconds a connection may take to send a whole request, counted from its opening or its last '
+                             'answer; idle and slow connections are closed after it (default %(default)s)')
+    parser.add_argument('--web.max-connections', dest='max_connections', type=_positive(int), default=64,
+                        help='open connections at most; a new one replaces the one idle longest (default %(default)s)')
     parser.add_argument('--pcie-interval', type=float, default=10.0, help='seconds between PCIe throughput samples (0: off)')
     parser.add_argument('--no-xid-events', dest='events', action='store_false', help='do not watch XID events')
     parser.add_argument('--hostname', default=None, help='value of the Hostname label (default: the host name)')
@@ -230,12 +642,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--drift-file', default='/var/lib/gpuvirt/drift.json',
                         help='the roles\' declared-versus-actual file (default %(default)s; empty: none)')
     parser.add_argument('--version', action='version', version=__version__)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gpuvirt_exporter.collector import GpuCollector  # pylint: disable=import-outside-toplevel
     collector = GpuCollector(hostname=args.hostname, pcie_interval=args.pcie_interval, events=args.events,
                              metric_names=args.metric_names, host_label=args.dcgm_hostname_label, drift_file=args.drift_file or None,
                              gpm_interval=args.gpm_interval)
     try:
-        server = build_server(args.listen, args.web_config, collector)
+        server = build_server(args.listen, args.web_config, collector, args.read_timeout, args.max_connections)
     except (ConfigError, OSError, ssl.SSLError, KeyError) as exc:
         print('gpuvirt-exporter: %s' % exc, file=sys.stderr)
         return 2
