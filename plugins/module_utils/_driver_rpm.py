@@ -236,7 +236,8 @@ def verify(observed: dict, desired: dict, planned: dict) -> list[str]:
     problems = []
     installed = observed.get('installed') or {}
     version = desired['version']
-    for name in package_names(version, desired['flavor'], desired.get('nvswitch', False)):
+    wanted = package_names(version, desired['flavor'], desired.get('nvswitch', False))
+    for name in wanted:
         have = installed.get(name)
         if have is None:
             problems.append('%s is not installed' % name)
@@ -245,7 +246,7 @@ def verify(observed: dict, desired: dict, planned: dict) -> list[str]:
     for name, have in sorted(installed.items()):
         if name in planned.get('remove', []):
             problems.append('%s is still installed' % name)
-        elif carries_driver_version(name) and driver_version_of(have['evr']) != version:
+        elif name not in wanted and carries_driver_version(name) and driver_version_of(have['evr']) != version:
             problems.append('%s is at %s, not %s' % (name, have['evr'], version))
     if observed.get('lock') != planned['lock']:
         problems.append('the versionlock entries of the driver are missing or differ')
