@@ -268,7 +268,7 @@ package_managed:
   description:
     - The host's driver is installed by the package manager, after the run (in check mode, as found). V(false) with
       a success means the loaded driver is the declared one but no package carries it.
-  returned: success and refusals on apt hosts
+  returned: success (apt and dnf hosts) and refusals on apt hosts
   type: bool
   sample: false
 msg:

@@ -17,7 +17,8 @@ AVAILABLE['nvidia-container-toolkit'] = ['0:1.17.8-1']
 OPEN_SET = ['nvidia-open', 'nvidia-driver-cuda', 'nvidia-driver-cuda-libs', 'libnvidia-ml', 'nvidia-kmod-common', 'kmod-nvidia-open-dkms']
 
 
-def installed(version, names=OPEN_SET + FABRIC):
+def installed(version, names=None):
+    names = OPEN_SET + FABRIC if names is None else names
     return {n: {'evr': '%s:%s-1.el9' % (0 if n in FABRIC else 3, version), 'arch': 'x86_64'} for n in names}
 
 
