@@ -26,8 +26,10 @@ FLEET ?= sim/fleets/demo.yml
 # Debian packages the project uses: venv for the controller, git for ansible-test, shellcheck for its
 # shell sanity test, debootstrap and the ssh client for the simulated fleet, dpkg-dev and gnupg for the
 # stand-in driver packages' signed apt repository, fuse3 for the emulated vGPU sysfs, prometheus (and promtool)
-# for the monitoring tests.
-DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus chromium
+# for the monitoring tests, rpm (rpmbuild) and createrepo-c for the stand-in driver RPMs and their dnf repositories
+# (the rhel9-like fleet hosts get Debian's rpm and dnf themselves, sim/lib/gpusim_fleet/oslayer.py).
+DEB_PACKAGES := python3-venv python3-dev python-is-python3 git shellcheck debootstrap openssh-client dpkg-dev gnupg fuse3 prometheus chromium \
+	rpm createrepo-c
 
 .PHONY: help deps venv collection demo test lint sanity rules units fuzz sweep integration molecule build-check galaxy-import ee-check bench clean
 

@@ -464,24 +464,3 @@ def verify(observed: dict, desired: dict, planned: dict) -> list[str]:
     if observed.get('preferences') != apt_preferences(version):
         problems.append('the apt pin %s is missing or differs' % PREFERENCES_FILE)
     return problems
-
-
-# ---- RHEL family (planned, not applied by this version) --------------------------------------
-def dnf_plan(version: str, flavor: str, nvswitch: bool = False) -> list[dict]:
-    """dnf module stream, exact packages and versionlock for the RHEL family."""
-    if flavor not in FLAVORS:
-        raise DriverError('flavor %r: expected open or proprietary' % flavor)
-    branch = branch_of(version)
-    stream = 'nvidia-driver:%s-%s' % (branch, 'open' if flavor == 'open' else 'dkms')
-    kmod = 'kmod-nvidia-open-dkms' if flavor == 'open' else 'kmod-nvidia-latest-dkms'
-    packages = ['nvidia-driver-%s' % version, 'nvidia-driver-cuda-%s' % version, '%s-%s' % (kmod, version)]
-    if nvswitch:
-        packages += ['nvidia-fabric-manager-%s' % version, 'libnvidia-nscq-%s-%s' % (branch, version)]
-    return [
-        {'action': 'dnf', 'argv': ['dnf', '-y', 'install', 'python3-dnf-plugin-versionlock']},
-        {'action': 'dnf', 'argv': ['dnf', 'versionlock', 'delete', '*nvidia*']},
-        {'action': 'dnf', 'argv': ['dnf', '-y', 'module', 'reset', 'nvidia-driver']},
-        {'action': 'dnf', 'argv': ['dnf', '-y', 'module', 'enable', stream]},
-        {'action': 'dnf', 'argv': ['dnf', '-y', 'install', '--allowerasing'] + packages},
-        {'action': 'dnf', 'argv': ['dnf', 'versionlock', 'add', '*nvidia*-%s*' % version]},
-    ]

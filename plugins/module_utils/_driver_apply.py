@@ -20,12 +20,14 @@ modprobe, /proc/modules) and `_sysfs` (/proc/driver/nvidia/version).
 
 A failed command during apply rolls back (`_driver.rollback_plan`): the previous packages, pin and holds are put
 back, the modules loaded and the clients started again, and the result says so (`rolled_back`), or says that the
-rollback failed too and which packages the host has now. On the RHEL family (dnf) the result is the plan only.
+rollback failed too and which packages the host has now. On the RHEL family (dnf, rpm) `_driver_dnf` observes, plans
+(`_driver_rpm`), applies and rolls back instead, after the same whitelist, policy and flavour checks.
 """
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _commands, _driver, _driver_origin, _facts, _inputs, _packages, _services, _sysfs
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import (_commands, _driver, _driver_dnf, _driver_origin, _facts, _inputs, _packages,
+                                                                    _services, _sysfs)
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._driver_policy import POLICY
 
 _OUTPUT_TAIL = 4000
@@ -49,7 +51,7 @@ def _versions(installed: dict) -> dict:
 
 
 def diff(result: dict) -> dict | None:
-    """The driver packages before and after, for --diff; None where nothing was planned (a refusal, the RHEL family)."""
+    """The driver packages before and after, for --diff; None where nothing was planned (a refusal)."""
     if 'before' not in result:
         return None
     return {'before': {'packages': result['before']}, 'after': {'packages': result['after']}}
@@ -64,6 +66,7 @@ class _Run:
         self.params = module.params
         self.result = result
         runner = _commands.Runner(module.run_command)
+        self.runner = runner
         result['commands'] = runner.log
         self.apt = _packages.Apt(runner)
         self.services = _services.Services(runner)
@@ -219,11 +222,15 @@ class _Run:
         problems = _inputs.driver(self.params)  # the validation pass, before anything is observed
         if problems:
             raise _Failed('refused, nothing changed: %s' % '; '.join(problems))
-        found = _packages.manager(self.module.get_bin_path)
+        found = _packages.manager(self.module.get_bin_path, _packages.os_family(self.root))
         if found is None:
-            raise _Failed('neither apt-get nor dnf found: this module supports Debian, Ubuntu and (planning only) the RHEL family')
+            raise _Failed('neither apt-get nor dnf found: this module supports Debian, Ubuntu and the RHEL family')
         if found == 'dnf':
-            self.plan_dnf()
+            try:
+                declared = self.declared()  # whitelist, policy and flavour: refused before anything is observed
+            except _driver.DriverError as exc:
+                raise _Failed('refused, nothing changed: %s' % exc) from exc
+            _driver_dnf.DnfDriver(self, self.runner, _Failed).execute(declared)
             return
         try:
             declared = self.declared()
@@ -268,23 +275,6 @@ class _Run:
                            loaded=loaded, reboot_required=reason is not None, reboot_reason=reason, after=packages)
         if problems:
             raise _Failed('the driver packages differ from the plan after the install: %s' % '; '.join(problems))
-
-    def plan_dnf(self) -> None:
-        p = self.params
-        try:
-            version = _driver.resolve_version(p['whitelist'], version=p['version']) if p['version'] is not None else None
-            if version is None:
-                raise _Failed('on the RHEL family give an exact version (branch resolution needs the apt repository view)')
-            gpus = self.gpus()
-            policy = _driver.merge_policy(POLICY, p['policy'])
-            flavor = _driver.choose_flavor(gpus, p['flavor'], policy)
-            _driver.check_supports(version, gpus, policy)
-            steps = _driver.dnf_plan(version, flavor, p['nvswitch'])
-        except _driver.DriverError as exc:
-            raise _Failed('refused, nothing changed: %s' % exc) from exc
-        self.result.update(version=version, flavor=flavor, plan=steps, changed=True)
-        if not self.module.check_mode:
-            raise _Failed('the RHEL family is planned (see plan) but not applied by this version of the module; run it in check mode')
 
 
 def apply_driver(module, proc_root: str = _services.PROC, root: str = '/') -> dict:

@@ -8,7 +8,7 @@
 ``Apt`` observes (dpkg-query, apt-cache, apt-mark, the pin file) and applies what it is told, one call at a time. It
 decides nothing: which packages count and what to do with them come from the caller (``_driver_apply``, planned by
 ``_driver``). Every command goes through the shared ``_commands.Runner``. On the RHEL family it only tells that dnf
-is there (``manager``); no dnf or rpm command is run.
+is the package manager (``manager``, ``os_family``); the dnf and rpm commands are ``_dnf``'s.
 """
 
 from __future__ import annotations
@@ -24,8 +24,32 @@ APT_ENV = {'DEBIAN_FRONTEND': 'noninteractive', 'LC_ALL': 'C', 'APT_LISTCHANGES_
 _DPKG_OPTIONS = ['-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold']
 
 
-def manager(which: Callable[[str], str | None]) -> str | None:
-    """'apt' where apt-get is on the host, else 'dnf' where dnf is, else None; `which` finds a command's path."""
+_REDHAT_IDS = ('rhel', 'centos', 'fedora', 'rocky', 'almalinux', 'ol', 'amzn')
+
+
+def os_family(root: str = '/') -> str | None:
+    """'redhat' where /etc/os-release names the RHEL family (ID or ID_LIKE), 'debian' for Debian and Ubuntu, else None."""
+    try:
+        with open(os.path.join(root, 'etc/os-release'), encoding='utf-8') as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    ids = []
+    for line in text.splitlines():
+        key, _sep, value = line.partition('=')
+        if key.strip() in ('ID', 'ID_LIKE'):
+            ids += value.strip().strip('"\'').split()
+    if any(i in _REDHAT_IDS for i in ids):
+        return 'redhat'
+    return 'debian' if any(i in ('debian', 'ubuntu') for i in ids) else None
+
+
+def manager(which: Callable[[str], str | None], family: str | None = None) -> str | None:
+    """'dnf' on the RHEL family where dnf is there (as Ansible's pkg_mgr fact decides: by the OS family, not by which
+    tools happen to be installed), else 'apt' where apt-get is, else 'dnf' where dnf is, else None; `which` finds a
+    command's path."""
+    if family == 'redhat' and which('dnf') is not None:
+        return 'dnf'
     if which('apt-get') is not None:
         return 'apt'
     return 'dnf' if which('dnf') is not None else None

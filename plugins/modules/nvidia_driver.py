@@ -30,8 +30,15 @@ description:
     declared, whitelisted driver, the host complies but is not package-managed, the task is ok and unchanged
     (RV(package_managed=false)); any other loaded driver is refused, naming it.
   - Check mode returns the plan without changing anything; diff mode shows the driver packages before and after.
-  - Debian and Ubuntu (apt) are applied. On the RHEL family (dnf) the module returns the planned dnf module
-    stream, packages and versionlock in check mode and refuses to apply them.
+  - Debian and Ubuntu use apt. On the RHEL family (told by C(/etc/os-release), as Ansible's C(pkg_mgr) fact does) the
+    module uses dnf and rpm with NVIDIA's package names for those systems, C(nvidia-open) (open modules) or
+    C(cuda-drivers) (proprietary), plus C(nvidia-fabric-manager) and C(libnvidia-nscq-<branch>) on NVSwitch hosts.
+    Where the repository carries NVIDIA's module metadata (RHEL 8/9) the stream C(nvidia-driver:<branch>-open) or
+    C(nvidia-driver:<branch>-dkms) is enabled first, see O(dnf_layout). In both layouts every driver package the
+    repository offers at the driver version is locked at exactly that version with the versionlock plugin, before
+    one C(dnf install) transaction names each package at its exact version (upgrades and downgrades alike), so
+    C(dnf upgrade) moves none. dnf exits 0 when an install scriptlet fails; the module reads its output and treats
+    a failed scriptlet of a driver package as a failed install (rolled back).
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
@@ -118,7 +125,7 @@ options:
     elements: str
     default: []
   update_cache:
-    description: Run C(apt-get update) first (after the whitelist check).
+    description: Run C(apt-get update) (on the RHEL family C(dnf makecache)) first (after the whitelist check).
     type: bool
     default: false
   adopt:
@@ -131,9 +138,24 @@ options:
     type: bool
     default: false
     version_added: 0.3.0
+  dnf_layout:
+    description:
+      - On the RHEL family, how NVIDIA's repository keeps a driver branch. V(streams) enables the dnf module stream
+        C(nvidia-driver:<branch>-open) or C(nvidia-driver:<branch>-dkms) (RHEL 8 and 9) and locks the exact version
+        with versionlock; V(versionlock) locks the exact version only (repositories without modularity, RHEL 10,
+        Fedora); V(auto) takes V(streams) where the repositories carry the C(nvidia-driver) module.
+      - Ignored on Debian and Ubuntu.
+    type: str
+    choices: [auto, streams, versionlock]
+    default: auto
+    version_added: 0.6.0
 requirements:
   - apt, dpkg and apt-mark (Debian, Ubuntu); systemctl for O(clients); modprobe for O(reload)
+  - dnf, rpm and the dnf versionlock plugin (C(python3-dnf-plugin-versionlock)) on the RHEL family
 notes:
+  - On the RHEL family the lock entries are C(name-epoch:version-release.*) lines under a C(# gpuvirt.fleet (nvidia_driver))
+    comment in the versionlock plugin's list (C(locklist) of C(/etc/dnf/plugins/versionlock.conf)); other entries stay.
+    The installed packages come from C(rpm -qa), what the repositories offer from C(dnf repoquery) (every stream).
   - The pin is C(/etc/apt/preferences.d/gpuvirt-nvidia-driver.pref) (priority 1001 for the driver version, so a
     downgrade is possible and C(apt-get upgrade) does not move the driver), and every installed driver package is held.
   - The loaded version comes from C(/proc/driver/nvidia/version), the installed one from dpkg. Where the loaded one
@@ -198,7 +220,8 @@ packages:
 plan:
   description:
     - The ordered steps, each with C(action) (V(stop_clients), V(unload_modules), V(unhold), V(pin), V(install),
-      V(hold), V(load_modules), V(start_clients)) and its arguments. On the RHEL family, V(dnf) steps with C(argv).
+      V(hold), V(load_modules), V(start_clients)) and its arguments. On the RHEL family V(module_enable) (C(stream)),
+      V(lock) (the versionlock list's C(content)) and V(install) (C(packages) name to epoch:version-release, C(remove)).
   returned: always
   type: list
   elements: dict
@@ -221,6 +244,18 @@ reboot_reason:
   returned: success
   type: str
   sample: loaded kernel module 580.95.05 (open) differs from the installed driver 580.159.04 (open)
+layout:
+  description: On the RHEL family, the repository layout used (V(streams) or V(versionlock)), see O(dnf_layout).
+  returned: success on dnf hosts
+  type: str
+  sample: streams
+  version_added: 0.6.0
+stream:
+  description: On the RHEL family with O(dnf_layout=streams), the module stream enabled (C(nvidia-driver:<stream>)).
+  returned: success on dnf hosts
+  type: str
+  sample: 580-open
+  version_added: 0.6.0
 source:
   description:
     - Where the driver loaded at the start of the run came from, V(package) (dpkg holds driver packages),
@@ -233,7 +268,7 @@ package_managed:
   description:
     - The host's driver is installed by the package manager, after the run (in check mode, as found). V(false) with
       a success means the loaded driver is the declared one but no package carries it.
-  returned: success and refusals on apt hosts
+  returned: success (apt and dnf hosts) and refusals on apt hosts
   type: bool
   sample: false
 msg:
@@ -241,7 +276,8 @@ msg:
   returned: when package_managed is false on success
   type: str
 rolled_back:
-  description: A failed install was undone (the previous packages, pin and holds are back).
+  description: A failed install was undone (the previous packages, pin and holds are back; on the RHEL family the packages, lock and
+    module stream).
   returned: failure
   type: bool
 commands:
@@ -271,6 +307,7 @@ ARGUMENT_SPEC = {
     'clients': {'type': 'list', 'elements': 'str', 'default': []},
     'update_cache': {'type': 'bool', 'default': False},
     'adopt': {'type': 'bool', 'default': False},
+    'dnf_layout': {'type': 'str', 'default': 'auto', 'choices': ['auto', 'streams', 'versionlock']},
 }
 
 

@@ -135,7 +135,7 @@ def _running_hosts() -> int:
             used = json.loads((paths.host_state(fleet, host) / "host.json").read_text()).get("base")
         except (OSError, ValueError):
             used = None
-        n += used in (None, str(paths.BASE_DIR))
+        n += used is None or str(paths.BASE_DIR) in used.split(":")
     return n
 
 

@@ -21,8 +21,11 @@ DRIVER_SOURCES = ("", "runfile")
 DEFAULT_BASE_PORT = 22200
 
 HOST_KEYS = {"name", "count", "start", "port", "groups", "gpus", "driver", "vgpu_host", "vars", "remote_user", "services",
-             "nvidia_drm"}
-DEFAULT_KEYS = {"groups", "driver", "vars", "vgpu_host", "remote_user", "services", "nvidia_drm"}
+             "nvidia_drm", "os"}
+DEFAULT_KEYS = {"groups", "driver", "vars", "vgpu_host", "remote_user", "services", "nvidia_drm", "os"}
+# The OS a host looks like (sim/lib/gpusim_fleet/oslayer.py): debian12 (the base), rhel9-like (Debian's rpm and dnf,
+# named Rocky Linux 9).
+OS_KINDS = ("debian12", "rhel9-like")
 # Stand-in NVIDIA services a host may run (installed enabled: they start at boot and hold the GPUs through NVML).
 SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager")
 TOP_KEYS = {"fleet", "base_port", "defaults", "vars", "hosts"}
@@ -109,6 +112,7 @@ class HostSpec:
     # Stand-in NVIDIA services installed enabled (SERVICES), and whether nvidia_drm is loaded at boot.
     services: list[str] = field(default_factory=list)
     nvidia_drm: bool = False
+    os: str = "debian12"
 
     def gpu_args(self) -> list[str]:
         return [f"{m}:{c}" for m, c in self.gpus]
@@ -198,6 +202,12 @@ def _driver(where: str, value, default: tuple[str | None, str, str]) -> tuple[st
     return (version, flavour, source)
 
 
+def _os(where: str, value: object) -> str:
+    if value not in OS_KINDS:
+        raise FleetError(f"{where}: os must be one of {', '.join(OS_KINDS)}, not {value!r}")
+    return str(value)
+
+
 def _groups(where: str, value) -> list[str]:
     if value is None:
         return []
@@ -233,6 +243,7 @@ def parse(data, path: Path) -> Fleet:
     d_vars = defaults.get("vars") or {}
     d_services = _services(f"{path}: defaults", defaults.get("services"))
     d_drm = _flag(f"{path}: defaults", "nvidia_drm", defaults.get("nvidia_drm", False))
+    d_os = _os(f"{path}: defaults", defaults.get("os", OS_KINDS[0]))
     fleet_vars = data.get("vars") or {}
     if not isinstance(fleet_vars, dict) or not isinstance(d_vars, dict):
         raise FleetError(f"{path}: vars must be a mapping")
@@ -282,6 +293,7 @@ def parse(data, path: Path) -> Fleet:
                 remote_sudo=sudo,
                 services=_services(hw, entry["services"]) if "services" in entry else list(d_services),
                 nvidia_drm=_flag(hw, "nvidia_drm", entry.get("nvidia_drm", d_drm)),
+                os=_os(hw, entry.get("os", d_os)),
             ))
 
     seen: dict[str, int] = {}

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import base, host as hostmod, paths
+from . import base, host as hostmod, oslayer, paths
 from .config import Fleet, HostSpec
 
 
@@ -265,6 +265,8 @@ def fleet_lock(fleet: str):
 
 def up(fleet: Fleet, inventory: Path, timeout: float = 180) -> int:
     base.build_base()
+    for kind in sorted({spec.os for spec in fleet.hosts}):
+        oslayer.ensure(kind)
     with fleet_lock(fleet.name):
         return _up(fleet, inventory, timeout)
 
@@ -337,6 +339,7 @@ def inventory_data(fleet: Fleet) -> dict:
             "gpusim_gpus": dict(h.gpus),
             "gpusim_driver_version": h.driver_version,
             "gpusim_driver_flavour": h.driver_flavour,
+            "gpusim_os": h.os,
             "gpusim_vgpu_host": h.vgpu_host,
             "gpusim_vgpu_sriov": h.vgpu_sriov,
         }

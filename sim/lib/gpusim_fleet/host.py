@@ -10,7 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from . import paths
+from . import oslayer, paths
 from .config import Fleet, HostSpec
 
 NVRM_LINE = {
@@ -505,7 +505,7 @@ def prepare(fleet: Fleet, spec: HostSpec, pubkey: str) -> list[str]:
     notes.append(boot_settings(spec, upper / "var/lib/gpusim"))
     cfg = {
         "fleet": fleet.name, "name": spec.name, "port": spec.port, "repo": str(paths.REPO),
-        "base": str(paths.BASE_DIR), "upper": str(upper), "work": str(work), "merged": str(merged),
+        "base": oslayer.lowerdir(spec.os), "upper": str(upper), "work": str(work), "merged": str(merged),
         "spec": spec.to_json(), "cgroup_mode": paths.CGROUP_MODE, "cgroup": str(paths.host_cgroup(fleet.name, spec.name)),
     }
     (st / "host.json").write_text(json.dumps(cfg, indent=1) + "\n")

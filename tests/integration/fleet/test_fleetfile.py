@@ -149,3 +149,11 @@ hosts:
         parse("defaults: {services: nvidia-persistenced}\nhosts: [{name: e, gpus: {a30: 1}}]")
     with pytest.raises(config.FleetError, match=r"nvidia_drm must be true or false"):
         parse("hosts: [{name: f, gpus: {a30: 1}, nvidia_drm: yes please}]")
+
+
+def test_os_kind_defaults_to_debian12_and_is_checked():
+    f = parse("defaults: {os: rhel9-like}\nhosts:\n  - {name: a, gpus: {a30: 1}}\n  - {name: b, gpus: {a30: 1}, os: debian12}\n")
+    assert [h.os for h in f.hosts] == ["rhel9-like", "debian12"]
+    assert parse("hosts: [{name: c, gpus: {a30: 1}}]").hosts[0].os == "debian12"
+    with pytest.raises(config.FleetError, match=r"hosts\[0\] \(d\): os must be one of debian12, rhel9-like, not 'rhel8'"):
+        parse("hosts: [{name: d, gpus: {a30: 1}, os: rhel8}]")

@@ -300,13 +300,3 @@ def test_installed_driver_version():
     assert _driver.installed_driver_version({}) is None
     mixed = dict(INSTALLED_95, **{'libnvidia-compute-580': _pkg('580.159.04-1')})
     assert _driver.installed_driver_version(mixed) == 'mixed:580.95.05,580.159.04'
-
-
-# ---- RHEL family (plan level) --------------------------------------------------------------
-def test_dnf_plan_stream_packages_and_versionlock():
-    steps = _driver.dnf_plan('580.95.05', 'open', nvswitch=True)
-    argvs = [' '.join(s['argv']) for s in steps]
-    assert 'dnf -y module enable nvidia-driver:580-open' in argvs
-    assert any('kmod-nvidia-open-dkms-580.95.05' in a and 'nvidia-fabric-manager-580.95.05' in a for a in argvs)
-    assert argvs[-1] == 'dnf versionlock add *nvidia*-580.95.05*'
-    assert 'nvidia-driver:580-dkms' in ' '.join(' '.join(s['argv']) for s in _driver.dnf_plan('580.95.05', 'proprietary'))

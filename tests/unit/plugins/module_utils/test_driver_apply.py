@@ -233,18 +233,16 @@ def test_branch_resolves_to_the_newest_offered_after_the_cache_update(monkeypatc
     assert commands(out)[0] == 'apt-get update -q' and out['version'] == '580.159.04'
 
 
-@pytest.mark.parametrize('check_mode, failed', [(True, False), (False, True)])
-def test_rhel_family_is_planned_only(monkeypatch, tmp_path, check_mode, failed):
-    out = run(FakeHost(), monkeypatch, tmp_path, binaries=('dnf',), check_mode=check_mode, diff=True)
-    assert out['plan'] == _driver.dnf_plan('580.95.05', 'open', True) and out['version'] == '580.95.05' and out['commands'] == []
-    assert 'diff' not in out and out.get('failed', False) is failed
-    assert not failed or out['msg'].startswith('the RHEL family is planned (see plan) but not applied')
+def test_rhel_family_refuses_a_version_not_whitelisted_before_any_command(monkeypatch, tmp_path):
+    out = run(FakeHost(), monkeypatch, tmp_path, binaries=('dnf',), version='580.159.05')
+    assert out['failed'] and out['commands'] == []
+    assert out['msg'].startswith('refused, nothing changed: driver version 580.159.05 is not whitelisted')
 
 
 def test_no_package_manager(monkeypatch, tmp_path):
     out = run(FakeHost(), monkeypatch, tmp_path, binaries=())
     assert out == {'changed': False, 'failed': True, 'plan': [], 'commands': [],
-                   'msg': 'neither apt-get nor dnf found: this module supports Debian, Ubuntu and (planning only) the RHEL family'}
+                   'msg': 'neither apt-get nor dnf found: this module supports Debian, Ubuntu and the RHEL family'}
 
 
 def test_kernel_modules_read_the_given_proc_root(tmp_path):
