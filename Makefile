@@ -126,7 +126,7 @@ rules: venv collection
 	$(BIN)/python tests/unit/monitoring_rules/promtool_rules.py .build/rules
 
 units: venv collection
-	$(BIN)/python -m pytest -q -n 2 -m "not sweep" tests/unit
+	GPUVIRT_NO_SKIPS=1 $(BIN)/python -m pytest -q -n 2 -m "not sweep" tests/unit
 
 # The property tests with the fuzz profile: thousands of random examples per property, failures kept in .build/hypothesis.
 fuzz: venv collection
@@ -143,7 +143,7 @@ sweep: venv collection
 # own fleet name and ports; most of their time is spent waiting on SSH and simulated reboots).
 integration: venv collection .build/exporter-wheels/.stamp
 	sim/fleet base
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not sweep" --durations=12 tests/integration
+	GPUVIRT_NO_SKIPS=1 $(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not sweep" --durations=12 tests/integration
 
 # The default scenario: create = sim/fleet up, converge = playbooks/facts.yml, verify, destroy = sim/fleet down.
 molecule: venv collection
