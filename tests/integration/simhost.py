@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,7 +71,10 @@ class SimHost:
         if extra_path:
             env['PYTHONPATH'] = extra_path + os.pathsep + env['PYTHONPATH']
         payload = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
-        proc = subprocess.run([sys.executable, os.path.join(MODULES, name + '.py')], input=json.dumps({'ANSIBLE_MODULE_ARGS': payload}),
+        # in a PID namespace of its own where we are root: the simulated GPUs are held by nobody, whatever else runs on
+        # this machine (fleet hosts' daemons show in this machine's /proc with their /dev/nvidia<minor> open)
+        isolate = ['unshare', '--pid', '--fork', '--mount-proc'] if os.geteuid() == 0 and shutil.which('unshare') else []
+        proc = subprocess.run(isolate + [sys.executable, os.path.join(MODULES, name + '.py')], input=json.dumps({'ANSIBLE_MODULE_ARGS': payload}),
                               capture_output=True, text=True, env=env, check=False)
         try:
             return json.loads(proc.stdout)
