@@ -29,13 +29,13 @@ def _set_comm(name: str) -> None:
         pass
 
 
-def _persistence(enabled: bool) -> None:
+def persistence_mode(enabled: bool) -> None:
     """Persistence mode of every GPU in the simulator's state (the daemon's own effect, not an NVML call: the real
     daemon sets it through the driver, and no NVML mutation is counted)."""
     from gpusim import settings, store  # pylint: disable=import-outside-toplevel
     try:
         with store.transaction() as state:
-            settings.set_persistence(state, enabled)
+            settings.setpersistence_mode(state, enabled)
     except (OSError, store.StateMissing) as exc:
         print("nvidia-persistenced: cannot set persistence mode: %s" % exc, file=sys.stderr)
 
@@ -60,10 +60,10 @@ def main(daemon: str, argv: list[str]) -> int:
         return 1
     persistence = daemon == "nvidia-persistenced" and "--no-persistence-mode" not in argv
     if persistence:
-        _persistence(True)
+        persistence_mode(True)
     print("%s: holding %d GPU(s)" % (daemon, pynvml.nvmlDeviceGetCount()), flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     if persistence:
-        _persistence(False)
+        persistence_mode(False)
     pynvml.nvmlShutdown()
     return 0
