@@ -35,7 +35,7 @@ def persistence_mode(enabled: bool) -> None:
     from gpusim import settings, store  # pylint: disable=import-outside-toplevel
     try:
         with store.transaction() as state:
-            settings.setpersistence_mode(state, enabled)
+            settings.set_persistence(state, enabled)
     except (OSError, store.StateMissing) as exc:
         print("nvidia-persistenced: cannot set persistence mode: %s" % exc, file=sys.stderr)
 
