@@ -36,7 +36,7 @@ CLOCK_EVENT_REASONS = {
 }
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
 NVML_FI_DEV_MEMORY_TEMP = 82
-DRIFT_KINDS = ('mig', 'vgpu')
+DRIFT_KINDS = ('mig', 'vgpu', 'settings')
 # the gpuvirt_* series kept when only dcgm names are asked for: the exporter's own, the GPU's NVML answer, the health
 # gates' XID baseline (tasks/scrape.yml) and the declaration drift
 KEPT_IN_DCGM_MODE = ('gpuvirt_exporter_', 'gpuvirt_gpu_up', 'gpuvirt_gpu_xid_events', 'gpuvirt_declaration_')
@@ -282,6 +282,7 @@ class GpuCollector:
         try:
             self._gpu_telemetry(fam, gpu, reading)
             self._gpu_health(fam, gpu, reading)
+            self._gpu_settings(fam, gpu)
             self._mig(fam, gpu, reading)
             self._vgpus(fam, gpu)
             if self.dcgm is not None:
@@ -358,6 +359,23 @@ class GpuCollector:
         features = n.call(s, 'nvmlDeviceGetGridLicensableFeatures_v4', h)
         if features is not None:
             rd.vgpu_licensed = vgpu_licensed(features)
+
+    def _gpu_settings(self, fam: Families, gpu: Gpu) -> None:
+        """The settings gpu_settings declares, current and pending (ECC), as NVML reports them."""
+        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+        ecc = n.call(s, 'nvmlDeviceGetEccMode', h)
+        for i, state in enumerate(('current', 'pending')):
+            fam.gauge('gpuvirt_gpu_ecc_mode', 'ECC mode: 1 enabled, 0 disabled; pending takes effect at the next GPU reset.',
+                      GPU_LABELS + ['state'], lab + [state], None if ecc is None else int(ecc[i]))
+        fam.gauge('gpuvirt_gpu_persistence_mode', 'Persistence mode: 1 on, 0 off.', GPU_LABELS, lab, n.call(s, 'nvmlDeviceGetPersistenceMode', h))
+        fam.gauge('gpuvirt_gpu_compute_mode', 'Compute mode, the NVML value (0 default, 2 prohibited, 3 exclusive process).', GPU_LABELS, lab,
+                  n.call(s, 'nvmlDeviceGetComputeMode', h))
+        default = n.call(s, 'nvmlDeviceGetPowerManagementDefaultLimit', h)
+        fam.gauge('gpuvirt_gpu_power_limit_default_watts', 'Default power limit.', GPU_LABELS, lab, None if default is None else default / 1000)
+        for clock, kind in (('graphics', 0), ('mem', 2)):
+            value = n.call(s, 'nvmlDeviceGetApplicationsClock', h, kind)
+            fam.gauge('gpuvirt_gpu_applications_clock_hz', 'Application clock.', GPU_LABELS + ['clock'], lab + [clock],
+                      None if value is None else value * 1e6)
 
     def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
