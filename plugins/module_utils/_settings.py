@@ -286,9 +286,10 @@ def _persistence_steps(plan: HostPlan, gpus: Sequence[Mapping[str, Any]], wanted
     enabled = values.pop()
     plan.persistence = enabled
     selected = [g for g in gpus if g['index'] in wanted and 'persistence' in wanted[g['index']]]
+    # without the service's state (the fleet report has facts only) the GPUs' persistence mode alone is compared
+    differs = any(bool(g.get('persistence_mode')) != enabled for g in selected) or (
+        service is not None and (bool(service.get('active')) != enabled or bool(service.get('enabled')) != enabled))
     service = service or {}
-    differs = (bool(service.get('active')) != enabled or bool(service.get('enabled')) != enabled
-               or any(bool(g.get('persistence_mode')) != enabled for g in selected))
     if not differs:
         return []
     return [{'action': 'set_persistence', 'gpu': None, 'uuid': None, 'enabled': enabled,
