@@ -352,7 +352,8 @@ def apply_settings(hostname: str, declaration: Any, *, run_command: RunCommand, 
             run.result.update(plan.as_dict())
             if run.drm:
                 for entry in run.result['reboot_required']:
-                    entry['reason'] = 'the nvidia_drm kernel module is loaded and holds every GPU, so no GPU can be reset; the ECC change stays pending until the next reboot'
+                    entry['reason'] = ('the nvidia_drm kernel module is loaded and holds every GPU, so no GPU can be reset; the ECC change stays '
+                                       'pending until the next reboot')
             refusal = run.holders(plan, before) if plan.resets else None
             if refusal is not None and not check_mode:
                 run.result.update(failed=True, changed=False, msg=refusal)

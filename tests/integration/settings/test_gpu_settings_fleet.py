@@ -80,7 +80,8 @@ def test_the_boot_service_restores_power_limit_and_clocks_after_a_reboot(host):
 
 def test_out_of_range_values_are_refused_before_any_change(host):
     before, mutations = host.settings(), host.mutations()
-    bad = [{'name': 'too-much', 'devices': [0], 'power_limit': 800}, {'name': 'odd-clock', 'devices': [1], 'applications_clocks': {'memory': 3201, 'graphics': 1234}}]
+    bad = [{'name': 'too-much', 'devices': [0], 'power_limit': 800},
+           {'name': 'odd-clock', 'devices': [1], 'applications_clocks': {'memory': 3201, 'graphics': 1234}}]
     proc = host.play(gpu_settings=bad)
     assert proc.returncode != 0
     assert "entry 'too-much': power_limit 800 W is outside" in proc.stdout and 'minimum 200 W, maximum 700 W' in proc.stdout, proc.stdout[-4000:]
