@@ -216,6 +216,7 @@ def reload_driver(state: dict[str, Any]) -> None:
     if state["driver"].get("loaded"):
         for entry in state["gpus"]:
             entry["gpu_instances"] = []
+            settings.forget_volatile(entry)  # the power limit and the clocks live in the driver too
     load_installed_driver(state)
     state["driver"]["reloads"] = state["driver"].get("reloads", 0) + 1
 
@@ -435,7 +436,8 @@ def reset(state: dict[str, Any], index: int, others: list[dict[str, Any]] | None
 
 
 def reboot(state: dict[str, Any]) -> None:
-    """Pending modes take effect; instances, vGPUs and processes are gone; lost GPUs are back; the kernel module
+    """Pending modes take effect; instances, vGPUs and processes are gone, power limits and clocks back to their defaults;
+    lost GPUs are back; the kernel module
     of the installed driver is loaded (none when no driver is installed)."""
     load_installed_driver(state)
     drm = state.get("nvidia_drm")
