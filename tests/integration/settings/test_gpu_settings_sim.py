@@ -8,15 +8,17 @@ What the GPUs hold is read from the simulator's state, never from the module's r
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from simhost import SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
+from simhost import MODULES, SimHost  # noqa: E402 pylint: disable=import-error,wrong-import-position
 
 H200 = 'h200-141gb'
 # The NVML call behind each GPU step (the reset goes through nvidia-smi).
@@ -39,8 +41,21 @@ def held(host: SimHost) -> list[tuple]:
              g.get('applications_clocks') or {'graphics': 1980, 'mem': 3201}, g.get('locked_clocks')) for g in host.state()['gpus']]
 
 
+def _module(host: SimHost, args: dict, check_mode: bool) -> dict:
+    """gpu_settings as Ansible runs it, in a PID namespace of its own where we are root: the simulated GPUs are held by
+    nobody, whatever else runs on this machine (fleet hosts' exporters show in its /proc with /dev/nvidia0 open)."""
+    isolate = ['unshare', '--pid', '--fork', '--mount-proc'] if os.geteuid() == 0 and shutil.which('unshare') else []
+    payload = json.dumps({'ANSIBLE_MODULE_ARGS': dict(args, _ansible_check_mode=check_mode)})
+    proc = subprocess.run(isolate + [sys.executable, os.path.join(MODULES, 'gpu_settings.py')], input=payload, capture_output=True, text=True,
+                          env=host.env, check=False)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError as exc:
+        raise AssertionError('gpu_settings printed no JSON result: %s %s' % (proc.stdout, proc.stderr)) from exc
+
+
 def _run(host: SimHost, config, record: str, check_mode: bool = False, expect_failure: bool = False) -> dict:
-    result = host.module('gpu_settings', {'config': config, 'state_file': record}, check_mode=check_mode)
+    result = _module(host, {'config': config, 'state_file': record}, check_mode)
     assert bool(result.get('failed')) == expect_failure, result.get('msg') or result
     return result
 
