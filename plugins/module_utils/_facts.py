@@ -40,6 +40,8 @@ SMI_VIRTUALIZATION_MODES = {
     'host vsga': 'host_vsga',
 }
 HOST_VGPU_MODES = {0: 'non_sriov', 1: 'sriov'}
+# NVML_COMPUTEMODE_* values and the names gpu_settings declares them by.
+COMPUTE_MODES = {0: 'default', 1: 'exclusive_thread', 2: 'prohibited', 3: 'exclusive_process'}
 SMI_HOST_VGPU_MODES = {'non sr-iov': 'non_sriov', 'sr-iov': 'sriov'}
 
 # The value NVML puts in gpuInstanceId/computeInstanceId of a process that runs outside MIG.
@@ -146,9 +148,24 @@ def new_gpu(index: int) -> dict:
         'mig': {'capable': False, 'current': None, 'pending': None, 'profiles': [], 'gpu_instances': []},
         'vgpu': {'virtualization_mode': None, 'host_mode': None, 'supported_types': [], 'creatable_types': [], 'active': []},
         'sriov': {'total_vfs': None, 'num_vfs': None},
+        'settings': new_settings(),
         'processes': [],
         'unsupported': [],
         'errors': {},
+    }
+
+
+def new_settings() -> dict:
+    """The settings gpu_settings declares, as NVML reports them (persistence and ECC are the GPU's own keys). Power in
+    milliwatts (nvmlDeviceGetPowerManagementLimit, ...Default..., ...Constraints, nvmlDeviceGetEnforcedPowerLimit),
+    clocks in MHz; `supported_clocks` lists, per supported memory clock, the graphics clocks supported with it. NVML
+    has no call that reads locked clocks back."""
+    return {
+        'compute_mode': None,
+        'power_limit': {'limit_mw': None, 'default_mw': None, 'min_mw': None, 'max_mw': None, 'enforced_mw': None},
+        'applications_clocks': {'graphics_mhz': None, 'memory_mhz': None},
+        'default_applications_clocks': {'graphics_mhz': None, 'memory_mhz': None},
+        'supported_clocks': [],
     }
 
 

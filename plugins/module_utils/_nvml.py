@@ -150,6 +150,7 @@ def read_gpu(index: int) -> dict:
         _read_memory_and_modes(reader)
         _read_mig(reader)
         _read_vgpu(reader)
+        _read_settings(reader)
         _read_processes(reader)
     except GpuLost as exc:
         _facts.mark_lost(gpu, str(exc))
@@ -291,6 +292,29 @@ def _read_vgpu(r: _GpuReader) -> None:
         })
 
 
+def _read_settings(r: _GpuReader) -> None:
+    gpu, h = r.gpu, r.handle
+    settings = gpu['settings']
+    mode = r.call('settings.compute_mode', pynvml.nvmlDeviceGetComputeMode, h)
+    settings['compute_mode'] = None if mode is None else _facts.COMPUTE_MODES.get(int(mode), 'unknown')
+    limits = r.call('settings.power_limit', pynvml.nvmlDeviceGetPowerManagementLimitConstraints, h)
+    if limits is not None:
+        power = settings['power_limit']
+        power['min_mw'], power['max_mw'] = int(limits[0]), int(limits[1])
+        for key, func in (('limit_mw', pynvml.nvmlDeviceGetPowerManagementLimit), ('default_mw', pynvml.nvmlDeviceGetPowerManagementDefaultLimit),
+                          ('enforced_mw', pynvml.nvmlDeviceGetEnforcedPowerLimit)):
+            value = r.call('settings.power_limit', func, h)
+            power[key] = None if value is None else int(value)
+    for key, func in (('applications_clocks', pynvml.nvmlDeviceGetApplicationsClock),
+                      ('default_applications_clocks', pynvml.nvmlDeviceGetDefaultApplicationsClock)):
+        graphics = r.call('settings.' + key, func, h, pynvml.NVML_CLOCK_GRAPHICS)
+        memory = r.call('settings.' + key, func, h, pynvml.NVML_CLOCK_MEM) if graphics is not None else None
+        settings[key] = {'graphics_mhz': graphics, 'memory_mhz': memory}
+    for memory in r.call('settings.supported_clocks', pynvml.nvmlDeviceGetSupportedMemoryClocks, h) or []:
+        graphics = r.call('settings.supported_clocks', pynvml.nvmlDeviceGetSupportedGraphicsClocks, h, memory) or []
+        settings['supported_clocks'].append({'memory_mhz': int(memory), 'graphics_mhz': [int(g) for g in graphics]})
+
+
 def _read_processes(r: _GpuReader) -> None:
     procs = r.call('processes', pynvml.nvmlDeviceGetComputeRunningProcesses, r.handle)
     for proc in procs or []:
@@ -395,3 +419,48 @@ def read_mig_mode(index: int) -> tuple[bool, bool]:
     """(current, pending) MIG mode of one GPU."""
     current, pending = _nvml_call('nvmlDeviceGetMigMode', device_handle(index))
     return bool(current), bool(pending)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings (gpu_settings): one NVML setter per planned step. Each needs root; NVML answers NO_PERMISSION otherwise.
+
+ERROR_NO_PERMISSION = 4  # NVML_ERROR_NO_PERMISSION
+_LOCKED_CLOCK_CALLS = {'gpu': ('nvmlDeviceSetGpuLockedClocks', 'nvmlDeviceResetGpuLockedClocks'),
+                       'memory': ('nvmlDeviceSetMemoryLockedClocks', 'nvmlDeviceResetMemoryLockedClocks')}
+
+
+def set_power_limit(index: int, milliwatts: int) -> None:
+    _nvml_call('nvmlDeviceSetPowerManagementLimit', device_handle(index), int(milliwatts))
+
+
+def set_ecc_mode(index: int, enabled: bool) -> None:
+    """The pending ECC mode; it becomes current at the next GPU reset or reboot."""
+    _nvml_call('nvmlDeviceSetEccMode', device_handle(index), 1 if enabled else 0)
+
+
+def read_ecc_mode(index: int) -> tuple[bool, bool]:
+    """(current, pending) ECC mode of one GPU."""
+    current, pending = _nvml_call('nvmlDeviceGetEccMode', device_handle(index))
+    return bool(current), bool(pending)
+
+
+def set_compute_mode(index: int, mode: str) -> None:
+    value = {name: number for number, name in _facts.COMPUTE_MODES.items()}[mode]
+    _nvml_call('nvmlDeviceSetComputeMode', device_handle(index), value)
+
+
+def set_applications_clocks(index: int, memory_mhz: int | None, graphics_mhz: int | None) -> None:
+    """The application clocks, or (both None) back to the default ones."""
+    if memory_mhz is None and graphics_mhz is None:
+        _nvml_call('nvmlDeviceResetApplicationsClocks', device_handle(index))
+    else:
+        _nvml_call('nvmlDeviceSetApplicationsClocks', device_handle(index), int(memory_mhz), int(graphics_mhz))
+
+
+def set_locked_clocks(index: int, which: str, low: int | None, high: int | None) -> None:
+    """Lock the GPU (`which` 'gpu') or memory ('memory') clocks to low..high MHz, or (both None) unlock them."""
+    set_call, reset_call = _LOCKED_CLOCK_CALLS[which]
+    if low is None and high is None:
+        _nvml_call(reset_call, device_handle(index))
+    else:
+        _nvml_call(set_call, device_handle(index), int(low), int(high))

@@ -11,13 +11,14 @@ Input is a list of host entries, one per inventory host::
      'reachable': True,                # false: the host did not answer (then `error` says why)
      'error': None,                    # why facts are missing (unreachable, gpu_facts failed)
      'gpu_host': {...}, 'gpus': [...], # what gpuvirt.fleet.gpu_facts returned (ansible_facts.gpu_host, .gpus)
-     'gpu_mig': [...], 'gpu_vgpu': [...], 'driver_version': '580.159.04', 'driver_branch': '', 'driver_flavor': 'auto'}
+     'gpu_mig': [...], 'gpu_vgpu': [...], 'gpu_settings': [...], 'driver_version': '580.159.04', 'driver_branch': '', 'driver_flavor': 'auto'}
 
 The declarations are the host's inventory variables (absent, null or empty: nothing declared). Drift is what the
 planners say: `_mig.plan_host` + `_mig.mismatches` and `_vgpu.plan_host` + `_vgpu.verify` against the observed facts,
 with the vGPU planner's view of the facts from `_vgpu.views_from_facts` (so the report, the capacity planner and the
 roles never disagree on what "matches" means), plus the loaded driver version and kernel-module flavour against
-`driver_version` / `driver_branch` / `driver_flavor`. MIG drift is read from verify's structured mismatches, never
+`driver_version` / `driver_branch` / `driver_flavor`, and `_settings.plan_host` for `gpu_settings` (locked clocks aside:
+NVML cannot read them back). MIG drift is read from verify's structured mismatches, never
 from its sentences. `analyse(hosts)` is the model `_report_html.render_html` draws. Nothing here reads a file, runs a
 command or imports pynvml.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _driver, _mig, _vgpu
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _driver, _mig, _settings, _vgpu
 
 NO_FACTS = ('unreachable', 'failed')
 
@@ -103,6 +104,17 @@ def _vgpu_drift(host: str, gpus: Sequence[Mapping[str, Any]], declaration: Any) 
     return problems
 
 
+def _settings_drift(host: str, gpus: Sequence[Mapping[str, Any]], declaration: Any) -> list[str]:
+    """What gpu_settings would change, from the facts. Locked clocks are left out: NVML cannot read them back (the
+    role's verify checks them against the module's record on the host)."""
+    try:
+        plan = _settings.plan_host(host, gpus, declaration)
+    except _settings.SettingsPlanError as exc:
+        return ['settings: the declaration cannot be met: ' + _strip_host(host, e) for e in exc.errors]
+    return ['settings: %s: %s' % ('GPU %s' % step['gpu'] if step['gpu'] is not None else 'host', _settings.step_text(step))
+            for step in plan.steps if step['action'] not in ('set_gpu_locked_clocks', 'set_memory_locked_clocks', 'reset_gpu')]
+
+
 def _driver_drift(gpu_host: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
     problems = []
     loaded = gpu_host.get('driver_version')
@@ -135,6 +147,8 @@ def host_drift(entry: Mapping[str, Any]) -> list[str]:
         problems += _mig_drift(host, gpus, entry.get('gpu_mig'))
     if _declared(entry.get('gpu_vgpu')):
         problems += _vgpu_drift(host, gpus, entry.get('gpu_vgpu'))
+    if _declared(entry.get('gpu_settings')):
+        problems += _settings_drift(host, gpus, entry.get('gpu_settings'))
     return problems
 
 

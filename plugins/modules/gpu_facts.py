@@ -204,6 +204,24 @@ ansible_facts:
           description: ECC mode, C(current) and C(pending).
           type: dict
           sample: {"current": true, "pending": true}
+        settings:
+          description:
+            - The settings M(gpuvirt.fleet.gpu_settings) declares, as NVML reports them (null with the nvidia-smi
+              backend; a field NVML does not support is null and listed in C(unsupported)). Persistence and ECC are
+              C(persistence_mode) and C(ecc) above.
+            - C(compute_mode) (V(default), V(exclusive_process), V(prohibited)); C(power_limit) in milliwatts
+              (C(limit_mw) the limit set, C(default_mw), C(min_mw) and C(max_mw) the constraints, C(enforced_mw));
+              C(applications_clocks) and C(default_applications_clocks) (C(graphics_mhz), C(memory_mhz));
+              C(supported_clocks), per supported memory clock the graphics clocks supported with it. NVML cannot read
+              locked clocks back.
+          type: dict
+          version_added: 0.6.0
+          sample:
+            compute_mode: default
+            power_limit: {limit_mw: 700000, default_mw: 700000, min_mw: 200000, max_mw: 700000, enforced_mw: 700000}
+            applications_clocks: {graphics_mhz: 1980, memory_mhz: 3201}
+            default_applications_clocks: {graphics_mhz: 1980, memory_mhz: 3201}
+            supported_clocks: [{memory_mhz: 3201, graphics_mhz: [1980, 1965, 1950]}, {memory_mhz: 2201, graphics_mhz: [1980, 1965, 1950]}]
         mig:
           description: MIG state.
           type: dict

@@ -37,6 +37,7 @@ from gpusim import host as _host  # noqa: E402
 from gpusim import mig as _mig  # noqa: E402
 from gpusim import models as _models  # noqa: E402
 from gpusim import sessions as _sessions  # noqa: E402
+from gpusim import settings as _settings  # noqa: E402
 from gpusim import store as _store  # noqa: E402
 from gpusim.errors import ERROR_STRINGS as _LIB_ERROR_STRINGS  # noqa: E402
 from gpusim.errors import SimError as _SimError  # noqa: E402
@@ -1345,13 +1346,73 @@ def nvmlDeviceGetPersistenceMode(handle):
 
 
 def nvmlDeviceGetEccMode(handle):
-    ecc = _dev(handle, "nvmlDeviceGetEccMode").gpu["ecc"]
+    dev = _dev(handle, "nvmlDeviceGetEccMode")
+    if not _settings.ecc_supported(dev.model):
+        _raise(NVML_ERROR_NOT_SUPPORTED)
+    ecc = dev.gpu["ecc"]
     return [int(ecc["current"]), int(ecc["pending"])]
 
 
 def nvmlDeviceGetComputeMode(handle):
     dev = _dev(handle, "nvmlDeviceGetComputeMode")
-    return int(dev.gpu.get("compute_mode", dev.model.get("compute_mode", 0)))
+    return _settings.compute_mode(dev.gpu, dev.model)
+
+
+def _setter(handle, name, change):
+    """A setting's setter: root only (NO_PERMISSION otherwise, as the driver answers; the call is still counted), then
+    ``change(dev)`` on the state (gpusim.settings), under the state lock."""
+    def action(dev):
+        if os.geteuid() != 0:
+            _raise(NVML_ERROR_NO_PERMISSION)
+        return _sim(change, dev)
+    _mutate(handle, name, (_KIND_DEVICE,), action)
+
+
+def nvmlDeviceSetEccMode(handle, mode):
+    _setter(handle, "nvmlDeviceSetEccMode", lambda dev: _settings.set_ecc_mode(dev.gpu, dev.model, mode))
+
+
+def nvmlDeviceSetComputeMode(handle, mode):
+    _setter(handle, "nvmlDeviceSetComputeMode", lambda dev: _settings.set_compute_mode(dev.gpu, mode))
+
+
+def nvmlDeviceSetPowerManagementLimit(handle, limit):
+    _setter(handle, "nvmlDeviceSetPowerManagementLimit", lambda dev: _settings.set_power_limit(dev.gpu, dev.model, limit))
+
+
+def nvmlDeviceSetApplicationsClocks(handle, maxMemClockMHz, maxGraphicsClockMHz):
+    _setter(handle, "nvmlDeviceSetApplicationsClocks",
+            lambda dev: _settings.set_applications_clocks(dev.gpu, dev.model, maxMemClockMHz, maxGraphicsClockMHz))
+
+
+def nvmlDeviceResetApplicationsClocks(handle):
+    _setter(handle, "nvmlDeviceResetApplicationsClocks", lambda dev: _settings.reset_applications_clocks(dev.gpu, dev.model))
+
+
+def nvmlDeviceSetGpuLockedClocks(handle, minGpuClockMHz, maxGpuClockMHz):
+    _setter(handle, "nvmlDeviceSetGpuLockedClocks",
+            lambda dev: _settings.set_locked_clocks(dev.gpu, dev.model, "gpu", minGpuClockMHz, maxGpuClockMHz))
+
+
+def nvmlDeviceResetGpuLockedClocks(handle):
+    _setter(handle, "nvmlDeviceResetGpuLockedClocks", lambda dev: _settings.reset_locked_clocks(dev.gpu, dev.model, "gpu"))
+
+
+def nvmlDeviceSetMemoryLockedClocks(handle, minMemClockMHz, maxMemClockMHz):
+    _setter(handle, "nvmlDeviceSetMemoryLockedClocks",
+            lambda dev: _settings.set_locked_clocks(dev.gpu, dev.model, "memory", minMemClockMHz, maxMemClockMHz))
+
+
+def nvmlDeviceResetMemoryLockedClocks(handle):
+    _setter(handle, "nvmlDeviceResetMemoryLockedClocks", lambda dev: _settings.reset_locked_clocks(dev.gpu, dev.model, "memory"))
+
+
+def nvmlDeviceGetSupportedMemoryClocks(handle):
+    return _sim(_settings.memory_clocks, _dev(handle, "nvmlDeviceGetSupportedMemoryClocks").model)
+
+
+def nvmlDeviceGetSupportedGraphicsClocks(handle, memoryClockMHz):
+    return _sim(_settings.graphics_clocks, _dev(handle, "nvmlDeviceGetSupportedGraphicsClocks").model, memoryClockMHz)
 
 
 def nvmlDeviceGetVirtualizationMode(handle):
@@ -1844,11 +1905,13 @@ def nvmlDeviceGetTotalEnergyConsumption(handle):
 
 
 def nvmlDeviceGetEnforcedPowerLimit(handle):
-    return int(_dev(handle, "nvmlDeviceGetEnforcedPowerLimit").model["power"]["enforced_limit_mw"])
+    dev = _dev(handle, "nvmlDeviceGetEnforcedPowerLimit")
+    return _settings.power_limit(dev.gpu, dev.model)
 
 
 def nvmlDeviceGetPowerManagementLimit(handle):
-    return int(_dev(handle, "nvmlDeviceGetPowerManagementLimit").model["power"]["enforced_limit_mw"])
+    dev = _dev(handle, "nvmlDeviceGetPowerManagementLimit")
+    return _settings.power_limit(dev.gpu, dev.model)
 
 
 def nvmlDeviceGetPowerManagementDefaultLimit(handle):
@@ -1856,8 +1919,7 @@ def nvmlDeviceGetPowerManagementDefaultLimit(handle):
 
 
 def nvmlDeviceGetPowerManagementLimitConstraints(handle):
-    power = _dev(handle, "nvmlDeviceGetPowerManagementLimitConstraints").model["power"]
-    return [int(power["min_limit_mw"]), int(power["max_limit_mw"])]
+    return list(_sim(_settings.power_constraints, _dev(handle, "nvmlDeviceGetPowerManagementLimitConstraints").model))
 
 
 _CLOCK_KEYS = {NVML_CLOCK_GRAPHICS: "graphics", NVML_CLOCK_SM: "sm", NVML_CLOCK_MEM: "mem", NVML_CLOCK_VIDEO: "video"}
@@ -1870,19 +1932,27 @@ def _clock(dev, kind, type):
 
 
 def nvmlDeviceGetClockInfo(handle, type):
-    return _clock(_dev(handle, "nvmlDeviceGetClockInfo"), "current", type)
+    dev = _dev(handle, "nvmlDeviceGetClockInfo")
+    return _settings.clamp_clock(dev.gpu, _CLOCK_KEYS.get(type, ""), _clock(dev, "current", type))
 
 
 def nvmlDeviceGetMaxClockInfo(handle, type):
     return _clock(_dev(handle, "nvmlDeviceGetMaxClockInfo"), "max", type)
 
 
+def _app_clock(clocks, type):
+    if type not in (NVML_CLOCK_GRAPHICS, NVML_CLOCK_SM, NVML_CLOCK_MEM):
+        _raise(NVML_ERROR_NOT_SUPPORTED if type == NVML_CLOCK_VIDEO else NVML_ERROR_INVALID_ARGUMENT)
+    return int(clocks["mem" if type == NVML_CLOCK_MEM else "graphics"])
+
+
 def nvmlDeviceGetApplicationsClock(handle, type):
-    return _clock(_dev(handle, "nvmlDeviceGetApplicationsClock"), "max", type)
+    dev = _dev(handle, "nvmlDeviceGetApplicationsClock")
+    return _app_clock(_settings.applications_clocks(dev.gpu, dev.model), type)
 
 
 def nvmlDeviceGetDefaultApplicationsClock(handle, type):
-    return _clock(_dev(handle, "nvmlDeviceGetDefaultApplicationsClock"), "max", type)
+    return _app_clock(_settings.default_applications_clocks(_dev(handle, "nvmlDeviceGetDefaultApplicationsClock").model), type)
 
 
 def nvmlDeviceGetPerformanceState(handle):

@@ -2,7 +2,9 @@
 
 Each opens an NVML session at start (so it holds every GPU, in /proc/<pid>/fd and in the simulator's sessions) and
 keeps it until SIGTERM or SIGINT; then nvmlShutdown and exit 0. It stays in the foreground (its unit is
-Type=simple); the real options the NVIDIA units pass are accepted and change nothing else.
+Type=simple); the real options the NVIDIA units pass are accepted. nvidia-persistenced enables persistence mode on
+every GPU once it holds them (unless --no-persistence-mode) and disables it again when it stops, as the real daemon
+does; nothing else changes.
 """
 from __future__ import annotations
 
@@ -27,6 +29,17 @@ def _set_comm(name: str) -> None:
         pass
 
 
+def persistence_mode(enabled: bool) -> None:
+    """Persistence mode of every GPU in the simulator's state (the daemon's own effect, not an NVML call: the real
+    daemon sets it through the driver, and no NVML mutation is counted)."""
+    from gpusim import settings, store  # pylint: disable=import-outside-toplevel
+    try:
+        with store.transaction() as state:
+            settings.set_persistence(state, enabled)
+    except (OSError, store.StateMissing) as exc:
+        print("nvidia-persistenced: cannot set persistence mode: %s" % exc, file=sys.stderr)
+
+
 def main(daemon: str, argv: list[str]) -> int:
     comm, with_value, flags = DAEMONS[daemon]
     i = 0
@@ -45,7 +58,12 @@ def main(daemon: str, argv: list[str]) -> int:
     except pynvml.NVMLError as exc:
         print("%s: failed to initialize NVML: %s" % (daemon, exc), file=sys.stderr)
         return 1
+    persistence = daemon == "nvidia-persistenced" and "--no-persistence-mode" not in argv
+    if persistence:
+        persistence_mode(True)
     print("%s: holding %d GPU(s)" % (daemon, pynvml.nvmlDeviceGetCount()), flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    if persistence:
+        persistence_mode(False)
     pynvml.nvmlShutdown()
     return 0

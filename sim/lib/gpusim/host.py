@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from . import mig, models
+from . import mig, models, settings
 from .errors import (NVML_ERROR_IN_USE, NVML_ERROR_INSUFFICIENT_RESOURCES, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED,
                      NVML_ERROR_RESET_REQUIRED, SimError, error_name)
 from .store import FORMAT_VERSION
@@ -216,6 +216,7 @@ def reload_driver(state: dict[str, Any]) -> None:
     if state["driver"].get("loaded"):
         for entry in state["gpus"]:
             entry["gpu_instances"] = []
+            settings.forget_volatile(entry)  # the power limit and the clocks live in the driver too
     load_installed_driver(state)
     state["driver"]["reloads"] = state["driver"].get("reloads", 0) + 1
 
@@ -413,7 +414,8 @@ def set_mig_mode(entry: dict[str, Any], mode: int, state: dict[str, Any] | None 
 
 
 def reset(state: dict[str, Any], index: int, others: list[dict[str, Any]] | None = None, force: bool = False) -> None:
-    """nvidia-smi -r: pending MIG mode becomes current; instances are gone. Refused (IN_USE, naming the holders)
+    """nvidia-smi -r: pending MIG and ECC modes become current; instances are gone, power limit and clocks are back to
+    their defaults. Refused (IN_USE, naming the holders)
     while anything holds the GPU (``others``: live NVML sessions of other processes); ``force`` (test set-up only,
     ``gpusimctl reset --force``) resets a held GPU, dropping its registered processes."""
     entry = gpu(state, index)
@@ -429,11 +431,13 @@ def reset(state: dict[str, Any], index: int, others: list[dict[str, Any]] | None
     entry["ecc"]["current"] = entry["ecc"]["pending"]
     entry["gpu_instances"] = []
     entry["lost"] = False
+    settings.forget_volatile(entry)
     entry["resets"] = entry.get("resets", 0) + 1
 
 
 def reboot(state: dict[str, Any]) -> None:
-    """Pending modes take effect; instances, vGPUs and processes are gone; lost GPUs are back; the kernel module
+    """Pending modes take effect; instances, vGPUs and processes are gone, power limits and clocks back to their defaults;
+    lost GPUs are back; the kernel module
     of the installed driver is loaded (none when no driver is installed)."""
     load_installed_driver(state)
     drm = state.get("nvidia_drm")
@@ -442,6 +446,7 @@ def reboot(state: dict[str, Any]) -> None:
     for entry in state["gpus"]:
         entry["mig"]["current"] = entry["mig"]["pending"]
         entry["ecc"]["current"] = entry["ecc"]["pending"]
+        settings.forget_volatile(entry)
         entry["gpu_instances"] = []
         entry["processes"] = []
         entry["vgpu_instances"] = []

@@ -248,6 +248,14 @@ def test_simulated_h100_gives_the_facts_the_real_h100_gave(host, backend):
         sim['gpus'][0].pop(key)
     # The capture predates minor_number (0.4.0); the real H100's nvidia-smi -q -x says <minor_number>0</minor_number>.
     assert 'minor_number' not in gpu and sim['gpus'][0].pop('minor_number') == 0
+    # The capture predates settings (0.6.0); the real H100 reported these constraints and clocks (shared fixtures/real).
+    settings = sim['gpus'][0].pop('settings')
+    if backend == 'nvidia-smi':
+        assert settings['power_limit']['limit_mw'] is None and settings['supported_clocks'] == []  # read through NVML only
+        settings = None
+    assert settings is None or settings['power_limit'] == {'limit_mw': 700000, 'default_mw': 700000, 'min_mw': 200000, 'max_mw': 700000, 'enforced_mw': 700000}
+    assert settings is None or [t['memory_mhz'] for t in settings['supported_clocks']] == [2619, 1593]
+    assert settings is None or settings['default_applications_clocks'] == {'graphics_mhz': 1980, 'memory_mhz': 2619}
     real['gpus'][0]['mig']['profiles'] = sorted(gpu['mig']['profiles'], key=lambda p: p['id'])
     sim['gpus'][0]['mig']['profiles'] = sorted(sim['gpus'][0]['mig']['profiles'], key=lambda p: p['id'])
     assert sim['gpus'] == real['gpus']

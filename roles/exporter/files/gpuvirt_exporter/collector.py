@@ -40,7 +40,7 @@ CLOCK_EVENT_REASONS = {
 }
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
 NVML_FI_DEV_MEMORY_TEMP = 82
-DRIFT_KINDS = ('mig', 'vgpu')
+DRIFT_KINDS = ('mig', 'vgpu', 'settings')
 # the gpuvirt_* series kept when only dcgm names are asked for: the exporter's own, the GPU's NVML answer, the health
 # gates' XID baseline (tasks/scrape.yml) and the declaration drift
 KEPT_IN_DCGM_MODE = ('gpuvirt_exporter_', 'gpuvirt_gpu_up', 'gpuvirt_gpu_xid_events', 'gpuvirt_declaration_',
@@ -349,6 +349,7 @@ class GpuCollector:
             features = n.call(s, 'nvmlDeviceGetGridLicensableFeatures_v4', h)
             out['licensed'] = None if features is None else vgpu_licensed(features)
         out['mig'] = self._read_mig(gpu)
+        out['settings'] = self._read_settings(gpu)
         gpu.gi_ids = tuple(sorted(out['mig'][1])) if out['mig'] is not None else ()
         return out
 
@@ -380,6 +381,33 @@ class GpuCollector:
                           GPU_LABELS + ['direction'], lab + [direction], kbps * 1024)
             fam.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', GPU_LABELS, lab, age)
         self._mig(fam, gpu, rd, values['mig'])
+        self._settings(fam, gpu, values.get('settings'))
+
+    def _read_settings(self, gpu: Gpu) -> dict:
+        """The settings gpu_settings declares, current and pending (ECC), as NVML reports them (background: they change
+        only when set, and the ECC mode is a slow call)."""
+        n, s, h = self.nvml, gpu.scope, gpu.handle
+        return {'ecc': n.call(s, 'nvmlDeviceGetEccMode', h), 'persistence': n.call(s, 'nvmlDeviceGetPersistenceMode', h),
+                'compute': n.call(s, 'nvmlDeviceGetComputeMode', h),
+                'default_limit': n.call(s, 'nvmlDeviceGetPowerManagementDefaultLimit', h),
+                'app_clocks': {clock: n.call(s, 'nvmlDeviceGetApplicationsClock', h, kind) for clock, kind in (('graphics', 0), ('mem', 2))}}
+
+    def _settings(self, fam: Families, gpu: Gpu, values: dict | None) -> None:
+        if values is None:
+            return
+        lab, ecc = gpu.labels, values['ecc']
+        for i, state in enumerate(('current', 'pending')):
+            fam.gauge('gpuvirt_gpu_ecc_mode', 'ECC mode: 1 enabled, 0 disabled; pending takes effect at the next GPU reset.',
+                      GPU_LABELS + ['state'], lab + [state], None if ecc is None else int(ecc[i]))
+        fam.gauge('gpuvirt_gpu_persistence_mode', 'Persistence mode: 1 on, 0 off.', GPU_LABELS, lab, values['persistence'])
+        fam.gauge('gpuvirt_gpu_compute_mode', 'Compute mode, the NVML value (0 default, 2 prohibited, 3 exclusive process).',
+                  GPU_LABELS, lab, values['compute'])
+        default = values['default_limit']
+        fam.gauge('gpuvirt_gpu_power_limit_default_watts', 'Default power limit.', GPU_LABELS, lab,
+                  None if default is None else default / 1000)
+        for clock, value in values['app_clocks'].items():
+            fam.gauge('gpuvirt_gpu_applications_clock_hz', 'Application clock.', GPU_LABELS + ['clock'], lab + [clock],
+                      None if value is None else value * 1e6)
 
     def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels

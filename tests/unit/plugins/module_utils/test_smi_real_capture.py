@@ -97,6 +97,8 @@ def test_module_fallback_run_on_the_real_gpu_matches_the_parser(parsed):
     gpu = dict(parsed[1][0], sriov={'total_vfs': None, 'num_vfs': None})
     # The capture predates minor_number (0.4.0); the parser reads it from the same XML (<minor_number>0</minor_number>).
     assert gpu.pop('minor_number') == 0
+    # It predates settings too (0.6.0), which the nvidia-smi backend leaves unread (NVML only).
+    assert gpu.pop('settings') == _facts.new_settings()
     assert module['gpus'] == [gpu]
     assert module['gpu_host']['backend'] == 'nvidia-smi'
     assert module['gpu_host']['kernel_module'] == {'loaded': True, 'flavor': 'open', 'version': '580.159.04'}
