@@ -167,7 +167,7 @@ def parse_systemctl_show(text: str) -> dict[str, dict[str, str]]:
                 units[block['Id']] = block
             block = {}
             continue
-        key, _, value = line.partition('=')
+        key, value = line.split('=', 1) if '=' in line else (line, '')
         block[key] = value
     return units
 

@@ -12,8 +12,9 @@ short_description: Record in the declaration drift file whether a host's GPUs ho
 version_added: 0.6.0
 description:
   - Merges one kind's entry (V(mig), V(vgpu), ...) into the declaration drift file that the gpuvirt exporter publishes
-    as C(gpuvirt_declaration_drift{kind}) and C(gpuvirt_declaration_checked_timestamp_seconds{kind}), in one call: a
-    JSON object of kind -> C({"drift": bool, "checked": epoch seconds}). Other kinds' entries are kept as they are.
+    as C(gpuvirt_declaration_drift{kind}) and C(gpuvirt_declaration_checked_timestamp_seconds{kind}), in one call.
+    The file is a JSON object that maps each kind to its C(drift) (true or false) and C(checked) (epoch seconds).
+    Other kinds' entries are kept as they are.
   - The file is rewritten on every call that sets an entry (the time is a heartbeat), but the task reports a change
     only when the entry appears, goes, or its drift flips.
   - A file that exists but is not a JSON object fails the task naming it, and is left as it was.
