@@ -94,7 +94,7 @@ def test_the_verify_entry_points_publish_the_drift_and_keep_the_gate(host):
     time.sleep(1.1)
     proc, writes = host.verify(MIG_OFF)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert writes == {'mig': 'ok', 'vgpu': 'skipping'}
+    assert writes == {'mig': 'ok', 'vgpu': 'ok'}  # the vGPU kind: nothing declared, no entry, nothing written
     assert re.search(r'localhost\s+: ok=\d+\s+changed=0 ', proc.stdout), proc.stdout[-1500:]
     second = host.entries()
     assert second['mig']['drift'] is False and second['mig']['checked'] > first['mig']['checked']
@@ -109,7 +109,7 @@ def test_the_verify_entry_points_publish_the_drift_and_keep_the_gate(host):
     # 4. MIG no longer declared: its entry goes
     proc, writes = host.verify([])
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert writes == {'mig': 'changed', 'vgpu': 'skipping'}
+    assert writes == {'mig': 'changed', 'vgpu': 'ok'}
     assert host.entries() == {'other': {'drift': False, 'checked': 5}}
 
     # 5. a file that is not JSON: the run fails naming it, before the gate, and the file is left as it was
@@ -117,7 +117,7 @@ def test_the_verify_entry_points_publish_the_drift_and_keep_the_gate(host):
     proc, writes = host.verify(MIG_OFF)
     assert proc.returncode != 0
     assert '%s is not a JSON object of kind -> {' % host.drift_file in proc.stdout
-    assert writes == {}
+    assert writes == {'mig': 'fatal'}  # the write task read it and refused
     assert host.drift_file.read_text() == '{"mig": {"drift": tru'
 
 

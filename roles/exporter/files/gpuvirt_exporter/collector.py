@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import socket
 import threading
 import time
@@ -609,6 +610,9 @@ class GpuCollector:
     # -- self ---------------------------------------------------------------------------------------------------
     def _self_metrics(self, fam: Families, lost: int, duration: float) -> None:
         fam.gauge('gpuvirt_exporter_build_info', 'Exporter version (value 1).', ['version'], [__version__], 1)
+        if os.environ.get('INVOCATION_ID'):  # systemd's id of this start of the unit: the health gates' XID baseline reads it here
+            fam.gauge('gpuvirt_exporter_invocation_info', "The systemd unit's invocation id of this exporter process (value 1).",
+                      ['invocation_id'], [os.environ['INVOCATION_ID']], 1)
         fam.gauge('gpuvirt_exporter_nvml_up', '1 when NVML is initialized, 0 when it failed to start (no driver).', [], [],
                   1 if self.nvml.initialized else 0)
         fam.gauge('gpuvirt_exporter_gpus', 'GPUs the exporter watches.', [], [], len(self.gpus))

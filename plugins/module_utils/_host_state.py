@@ -1,0 +1,296 @@
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One observation of what a role installed on a host, and the files of it written in the same call (host_state).
+
+A role declares what it leaves on a host (files with their content or checksum, directories, absent files, systemd
+units enabled or running, a system account, the pinned packages of a virtualenv) and learns in one call whether all
+of it is as declared. Each difference is one line naming the item, so a rerun on an unchanged host can skip the
+role's install and configure steps, and any drift sends it back through them. Files given with their content are
+written where they differ (the only change this makes); everything else is observed only.
+Standard library only: the module runs it on the host.
+"""
+from __future__ import annotations
+
+import glob
+import grp
+import hashlib
+import os
+import pwd
+import re
+import stat
+import tempfile
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+FILE_STATES = ('file', 'directory', 'absent', 'present')
+
+
+class HostStateError(Exception):
+    """A declaration that cannot be observed (bad entry): names the entry."""
+
+
+def sha1_bytes(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()  # nosec - the checksum Ansible's copy and stat use, not a security control
+
+
+def _sha1_file(path: str) -> str:
+    digest = hashlib.sha1()  # nosec - as above
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(65536), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _owner_ids(entry: Mapping[str, Any]) -> tuple[Optional[int], Optional[int], list[str]]:
+    """The uid and gid the entry asks for (None: not asked), and what cannot be resolved."""
+    missing, uid, gid = [], None, None
+    if entry.get('owner'):
+        try:
+            uid = pwd.getpwnam(entry['owner']).pw_uid
+        except KeyError:
+            missing.append('%s: owner %s does not exist' % (entry['path'], entry['owner']))
+    if entry.get('group'):
+        try:
+            gid = grp.getgrnam(entry['group']).gr_gid
+        except KeyError:
+            missing.append('%s: group %s does not exist' % (entry['path'], entry['group']))
+    return uid, gid, missing
+
+
+def check_entries(files: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a bad file entry before anything is read or written, naming it."""
+    for index, entry in enumerate(files):
+        where = 'files[%d] (%s)' % (index, entry.get('path'))
+        if not entry.get('path') or not os.path.isabs(entry['path']):
+            raise HostStateError('%s: path must be absolute' % where)
+        if entry.get('state', 'file') not in FILE_STATES:
+            raise HostStateError('%s: state must be one of %s' % (where, ', '.join(FILE_STATES)))
+        if entry.get('content') is not None and entry.get('checksum'):
+            raise HostStateError('%s: give content or checksum, not both' % where)
+        if entry.get('state', 'file') != 'file' and (entry.get('content') is not None or entry.get('checksum')):
+            raise HostStateError('%s: content and checksum are for state=file only' % where)
+        mode = entry.get('mode')
+        if mode is not None and not re.fullmatch(r'0?[0-7]{3,4}', str(mode)):
+            raise HostStateError('%s: mode must be octal digits such as 0644, not %r' % (where, mode))
+
+
+def _attribute_differences(entry: Mapping[str, Any], info: os.stat_result, uid, gid) -> list[str]:
+    out = []
+    if uid is not None and info.st_uid != uid:
+        out.append('%s: owner is uid %d, not %s' % (entry['path'], info.st_uid, entry['owner']))
+    if gid is not None and info.st_gid != gid:
+        out.append('%s: group is gid %d, not %s' % (entry['path'], info.st_gid, entry['group']))
+    if entry.get('mode') is not None and stat.S_IMODE(info.st_mode) != int(str(entry['mode']), 8):
+        out.append('%s: mode is %04o, not %s' % (entry['path'], stat.S_IMODE(info.st_mode), entry['mode']))
+    return out
+
+
+def _write_file(entry: Mapping[str, Any], data: bytes, uid, gid) -> None:
+    """Replace the file atomically (a temporary file beside it), with its owner and mode set before it appears."""
+    directory = os.path.dirname(entry['path'])
+    fd, tmp = tempfile.mkstemp(prefix='.host_state-', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+        os.chown(tmp, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.chmod(tmp, int(str(entry.get('mode') or '0644'), 8))
+        os.replace(tmp, entry['path'])
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fix_attributes(entry: Mapping[str, Any], uid, gid) -> None:
+    os.chown(entry['path'], -1 if uid is None else uid, -1 if gid is None else gid)
+    if entry.get('mode') is not None:
+        os.chmod(entry['path'], int(str(entry['mode']), 8))
+
+
+def converge_file(entry: Mapping[str, Any], write: bool) -> tuple[list[str], bool]:
+    """The differences of one file entry (before any write) and whether it was (or, with write false, would be)
+    fixed here. Only entries with content, directories and absent files can be fixed; the rest are observed."""
+    path, state = entry['path'], entry.get('state', 'file')
+    uid, gid, missing = _owner_ids(entry)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    if state == 'absent':
+        if info is None:
+            return [], False
+        if stat.S_ISDIR(info.st_mode):
+            return ['%s: is a directory, should be absent (not removed)' % path], False
+        if write:
+            os.unlink(path)
+        return ['%s: exists, should be absent' % path], True
+    if state == 'present':
+        return (['%s: does not exist' % path] if info is None else []), False
+    if missing:
+        return missing, False
+    if state == 'directory':
+        if info is not None and not stat.S_ISDIR(info.st_mode):
+            return ['%s: is not a directory' % path], False
+        diffs = ['%s: directory does not exist' % path] if info is None else _attribute_differences(entry, info, uid, gid)
+        if diffs and write:
+            if info is None:
+                os.makedirs(path, mode=int(str(entry.get('mode') or '0755'), 8), exist_ok=True)
+            _fix_attributes(entry, uid, gid)
+        return diffs, bool(diffs)
+    content = entry.get('content')
+    data = None if content is None else content.encode('utf-8')
+    wanted = sha1_bytes(data) if data is not None else entry.get('checksum')
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        return ['%s: is not a regular file' % path], False
+    if info is None:
+        diffs = ['%s: does not exist' % path]
+    else:
+        diffs = ['%s: content differs' % path] if wanted and _sha1_file(path) != wanted else []
+        diffs += _attribute_differences(entry, info, uid, gid)
+    if not diffs:
+        return [], False
+    if data is None:
+        return diffs, False
+    if write:
+        if info is None or wanted != _sha1_file(path):
+            _write_file(entry, data, uid, gid)
+        else:
+            _fix_attributes(entry, uid, gid)
+    return diffs, True
+
+
+def parse_systemctl_show(text: str) -> dict[str, dict[str, str]]:
+    """`systemctl show --property=Id,...` of several units: unit id -> its properties (blocks apart by blank lines)."""
+    units, block = {}, {}
+    for line in text.splitlines() + ['']:
+        if not line.strip():
+            if block.get('Id'):
+                units[block['Id']] = block
+            block = {}
+            continue
+        key, value = line.split('=', 1) if '=' in line else (line, '')
+        block[key] = value
+    return units
+
+
+def unit_differences(wanted: Sequence[Mapping[str, Any]], shown: Mapping[str, Mapping[str, str]]) -> list[str]:
+    out = []
+    for unit in wanted:
+        name = unit['name'] if '.' in unit['name'] else unit['name'] + '.service'
+        props = shown.get(name)
+        if props is None or props.get('LoadState') != 'loaded':
+            out.append('unit %s: not loaded (%s)' % (name, (props or {}).get('LoadState', 'unknown')))
+            continue
+        if props.get('NeedDaemonReload') == 'yes':
+            out.append('unit %s: its file changed on disk since systemd loaded it' % name)
+        if unit.get('enabled') is not None and (props.get('UnitFileState') == 'enabled') != unit['enabled']:
+            out.append('unit %s: %s, not %s' % (name, props.get('UnitFileState'), 'enabled' if unit['enabled'] else 'disabled'))
+        if unit.get('active') is not None and (props.get('ActiveState') == 'active') != unit['active']:
+            out.append('unit %s: %s, not %s' % (name, props.get('ActiveState'), 'active' if unit['active'] else 'inactive'))
+    return out
+
+
+def group_differences(names: Sequence[str]) -> list[str]:
+    out = []
+    for name in names:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            out.append('group %s: does not exist' % name)
+    return out
+
+
+def user_differences(users: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for user in users:
+        try:
+            entry = pwd.getpwnam(user['name'])
+        except KeyError:
+            out.append('user %s: does not exist' % user['name'])
+            continue
+        try:
+            primary = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            primary = str(entry.pw_gid)
+        if user.get('group') and primary != user['group']:
+            out.append('user %s: primary group %s, not %s' % (user['name'], primary, user['group']))
+        for name in user.get('groups') or []:
+            try:
+                members = grp.getgrnam(name).gr_mem
+            except KeyError:
+                out.append('user %s: group %s does not exist' % (user['name'], name))
+                continue
+            if user['name'] not in members and primary != name:
+                out.append('user %s: not in group %s' % (user['name'], name))
+        if user.get('shell') and entry.pw_shell != user['shell']:
+            out.append('user %s: shell %s, not %s' % (user['name'], entry.pw_shell, user['shell']))
+        if user.get('home') and entry.pw_dir != user['home']:
+            out.append('user %s: home %s, not %s' % (user['name'], entry.pw_dir, user['home']))
+    return out
+
+
+def normalize(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def installed_distributions(venv: str) -> dict[str, str]:
+    """normalized name -> version of every distribution in the virtualenv's site-packages (its .dist-info METADATA)."""
+    found = {}
+    for meta in glob.glob(os.path.join(venv, 'lib', 'python3*', 'site-packages', '*.dist-info', 'METADATA')):
+        name = version = None
+        with open(meta, encoding='utf-8', errors='replace') as handle:
+            for line in handle:
+                if not line.strip():
+                    break
+                if line.startswith('Name:'):
+                    name = line.split(':', 1)[1].strip()
+                elif line.startswith('Version:'):
+                    version = line.split(':', 1)[1].strip()
+        if name and version:
+            found[normalize(name)] = version
+    return found
+
+
+def package_differences(venv: str, requirements: Sequence[str]) -> list[str]:
+    """What keeps the pinned requirements (name==version) from being what the virtualenv holds. A requirement that is
+    not pinned with == cannot be proven met by looking, so it counts as a difference (the role then runs pip)."""
+    if not os.path.exists(os.path.join(venv, 'bin', 'python')):
+        return ['virtualenv %s: no bin/python' % venv]
+    installed = installed_distributions(venv)
+    out = []
+    for requirement in requirements:
+        match = re.fullmatch(r'\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*', requirement)
+        if not match:
+            out.append('virtualenv %s: requirement %r is not pinned with ==, so it is not proven met' % (venv, requirement))
+            continue
+        have = installed.get(normalize(match.group(1)))
+        if have != match.group(2):
+            out.append('virtualenv %s: %s is %s, not %s' % (venv, match.group(1), have or 'not installed', match.group(2)))
+    return out
+
+
+def observe(params: Mapping[str, Any], write: bool, systemctl: Callable[[list[str]], tuple[int, str, str]]) -> dict:
+    """The whole observation: differences (before any write), the files written (or, without write, to write),
+    and in_place (nothing differed). `systemctl(argv)` runs systemctl (rc, stdout, stderr)."""
+    files = params.get('files') or []
+    check_entries(files)
+    differences, written = [], []
+    for entry in files:
+        diffs, fixed = converge_file(entry, write)
+        differences += diffs
+        if fixed:
+            written.append(entry['path'])
+    differences += group_differences(params.get('groups') or [])
+    differences += user_differences(params.get('users') or [])
+    units = params.get('units') or []
+    if units:
+        names = [u['name'] if '.' in u['name'] else u['name'] + '.service' for u in units]
+        rc, out, err = systemctl(['show', '--property=Id,LoadState,UnitFileState,ActiveState,NeedDaemonReload', '--'] + names)
+        if rc != 0:
+            differences.append('systemctl show failed (rc=%d): %s' % (rc, (err or out).strip()[:200]))
+        else:
+            differences += unit_differences(units, parse_systemctl_show(out))
+    venv = params.get('python_packages')
+    if venv:
+        differences += package_differences(venv['venv'], venv.get('requirements') or [])
+    return {'differences': differences, 'written': written, 'in_place': not differences}

@@ -1,0 +1,249 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuvirt.fleet contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: host_state
+short_description: Observe in one call whether what a role installed on a host is as declared, and write its files
+version_added: 0.6.0
+description:
+  - One observation of a role's concern on a host, so that a rerun on an unchanged host costs one call instead of a
+    check per file, unit and account, and any drift (a changed file, a stopped or disabled unit, a missing package)
+    is still seen.
+  - Compares the O(files) (content by SHA-1, owner, group, mode, or that they are directories, exist or are absent),
+    the systemd O(units) (enabled, active, loaded from the file now on disk), the O(groups), the O(users) and the
+    pinned packages of a virtualenv (O(python_packages)) with the declaration, and returns each difference as one line
+    naming the item (RV(differences)); RV(in_place) is true only where there is none.
+  - With O(write_files=true), the files given with their O(files[].content), the O(files[].state=directory) entries and
+    the O(files[].state=absent) entries that differ are written, created or removed (atomically, owner and mode set
+    before the file appears). Nothing else is ever changed; units, accounts and packages are only observed.
+author:
+  - gpuvirt.fleet maintainers (@gpuvirt)
+extends_documentation_fragment:
+  - gpuvirt.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports what it would write; writes nothing.
+  diff_mode:
+    support: none
+options:
+  files:
+    description:
+      - Files and directories the role leaves on the host.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      state:
+        description:
+          - V(file) a regular file (with O(files[].content) or O(files[].checksum), its content is compared too),
+            V(directory) a directory, V(absent) nothing at O(files[].path), V(present) anything at O(files[].path)
+            (following links).
+        type: str
+        choices: [file, directory, absent, present]
+        default: file
+      content:
+        description:
+          - The file's content (text, written as UTF-8). Such a file is written where it differs and O(write_files=true).
+        type: str
+      checksum:
+        description:
+          - The SHA-1 of the file's content, where the content is not given (observed only).
+        type: str
+      owner:
+        description: The owner's user name (not compared where unset).
+        type: str
+      group:
+        description: The group's name (not compared where unset).
+        type: str
+      mode:
+        description: Octal permission digits, such as V(0644) (not compared where unset).
+        type: str
+  units:
+    description:
+      - systemd units and the state they must be in. A unit whose file changed on disk since systemd loaded it
+        (it needs a daemon-reload) counts as a difference.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The unit name (C(.service) is added where the name has no suffix).
+        type: str
+        required: true
+      enabled:
+        description: Whether the unit must be enabled (not compared where unset).
+        type: bool
+      active:
+        description: Whether the unit must be active (not compared where unset).
+        type: bool
+  groups:
+    description: Groups that must exist.
+    type: list
+    elements: str
+    default: []
+  users:
+    description: Accounts that must exist, with the given primary group, supplementary groups, shell and home.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The user name.
+        type: str
+        required: true
+      group:
+        description: The primary group's name.
+        type: str
+      groups:
+        description: Groups the user must be a member of (others are allowed).
+        type: list
+        elements: str
+      shell:
+        description: The login shell.
+        type: str
+      home:
+        description: The home directory.
+        type: str
+  python_packages:
+    description:
+      - A virtualenv and the requirements it must hold. Only requirements pinned with C(==) can be proven by looking
+        (the C(.dist-info) metadata of its site-packages); any other requirement counts as a difference.
+    type: dict
+    suboptions:
+      venv:
+        description: The virtualenv's directory (it must have C(bin/python)).
+        type: path
+        required: true
+      requirements:
+        description: Requirements such as C(prometheus-client==0.26.0).
+        type: list
+        elements: str
+        default: []
+  write_files:
+    description:
+      - Write, create or remove the O(files) entries that differ and can be fixed here (content given, directories,
+        absent files). With V(false) the call only observes.
+    type: bool
+    default: true
+notes:
+  - A file given by O(files[].checksum) only, a directory that should be absent, owners or groups that do not exist,
+    units, accounts and packages are never changed; they are reported in RV(differences) for the role to fix.
+seealso:
+  - name: docs/scaling.md
+    description: How the roles use one observation per concern to make a rerun cheap.
+    link: https://github.com/gpuvirt/gpuvirt.fleet/blob/main/docs/scaling.md
+'''
+
+EXAMPLES = r'''
+---
+- name: Observe the exporter's files, unit, account and packages in one call
+  gpuvirt.fleet.host_state:
+    write_files: false
+    files:
+      - {path: /etc/systemd/system/gpuvirt-exporter.service, checksum: "{{ lookup('ansible.builtin.template', 'unit.j2') | hash('sha1') }}"}
+      - {path: /etc/gpuvirt-exporter, state: directory, owner: root, group: gpuvirt-exporter, mode: "0750"}
+    units:
+      - {name: gpuvirt-exporter, enabled: true, active: true}
+    users:
+      - {name: gpuvirt-exporter, group: gpuvirt-exporter, shell: /usr/sbin/nologin}
+    python_packages:
+      venv: /opt/gpuvirt-exporter/venv
+      requirements: [prometheus-client==0.26.0]
+  register: observed
+
+- name: Write a set of files in one call
+  gpuvirt.fleet.host_state:
+    files:
+      - {path: /opt/app/lib/a.py, content: "{{ lookup('ansible.builtin.file', 'a.py', rstrip=false) }}", owner: root, group: root, mode: "0644"}
+'''
+
+RETURN = r'''
+in_place:
+  description: Whether everything was as declared before this call (no difference).
+  returned: always
+  type: bool
+  sample: true
+differences:
+  description: Each difference found before anything was written, one line naming the item.
+  returned: always
+  type: list
+  elements: str
+  sample: ["/etc/systemd/system/gpuvirt-exporter.service: content differs", "unit gpuvirt-exporter.service: inactive, not active"]
+written:
+  description: The O(files) paths written, created or removed (in check mode or with O(write_files=false), those that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: ["/opt/gpuvirt-exporter/lib/gpuvirt_exporter/server.py"]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results
+
+
+def main():
+    module = _results.checked(
+        AnsibleModule,
+        argument_spec={
+            'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
+                'path': {'type': 'path', 'required': True},
+                'state': {'type': 'str', 'default': 'file', 'choices': list(_host_state.FILE_STATES)},
+                'content': {'type': 'str', 'no_log': True},
+                'checksum': {'type': 'str'},
+                'owner': {'type': 'str'},
+                'group': {'type': 'str'},
+                'mode': {'type': 'str'},
+            }},
+            'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
+                'name': {'type': 'str', 'required': True},
+                'enabled': {'type': 'bool'},
+                'active': {'type': 'bool'},
+            }},
+            'groups': {'type': 'list', 'elements': 'str', 'default': []},
+            'users': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
+                'name': {'type': 'str', 'required': True},
+                'group': {'type': 'str'},
+                'groups': {'type': 'list', 'elements': 'str'},
+                'shell': {'type': 'str'},
+                'home': {'type': 'str'},
+            }},
+            'python_packages': {'type': 'dict', 'options': {
+                'venv': {'type': 'path', 'required': True},
+                'requirements': {'type': 'list', 'elements': 'str', 'default': []},
+            }},
+            'write_files': {'type': 'bool', 'default': True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    write = p['write_files'] and not module.check_mode
+    systemctl = module.get_bin_path('systemctl')
+
+    def run_systemctl(argv):
+        if systemctl is None:
+            return 127, '', 'systemctl not found'
+        return module.run_command([systemctl] + argv, environ_update={'LC_ALL': 'C'})
+
+    try:
+        result = _host_state.observe(p, write, run_systemctl)
+    except _host_state.HostStateError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg='cannot write %s: %s' % (exc.filename, exc.strerror))
+    module.exit_json(changed=bool(p['write_files'] and result['written']), **result)
+
+
+if __name__ == '__main__':
+    main()
