@@ -4,7 +4,8 @@
 
 What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once, and
 again when a GPU that was lost at start answers. Calls the driver answers slowly (PCIe throughput 21 ms, energy and
-field values 3 ms, the PCIe replay counter and MIG mode 0.2 ms each on an H200; MIG layout and per-instance memory) run
+field values 3 ms, the PCIe replay counter, MIG and ECC mode 0.2 ms each on an H200; MIG layout and per-instance memory),
+and what changes only when set or on a memory error (the GPU settings, ECC and remapped-row counters), run
 in a background thread every --pcie-interval and are served with their age, never older than twice that interval
 (else dropped and counted). A scrape makes only the calls NVML answers in microseconds, and its text is built from
 header and label prefixes rendered once (exposition.py). XID events arrive through an NVML event set in another
@@ -262,7 +263,6 @@ class GpuCollector:
             if gpu.handle is None:
                 raise GpuLost('no handle')
             self._gpu_telemetry(fam, gpu, reading)
-            self._gpu_health(fam, gpu, reading)
             self._slow_values(fam, gpu, reading)
             self._vgpus(fam, gpu)
             if self.dcgm is not None:
@@ -351,6 +351,7 @@ class GpuCollector:
             out['licensed'] = None if features is None else vgpu_licensed(features)
         out['mig'] = self._read_mig(gpu)
         out['settings'] = self._read_settings(gpu)
+        out['health'] = self._read_health(gpu)
         gpu.gi_ids = tuple(sorted(out['mig'][1])) if out['mig'] is not None else ()
         return out
 
@@ -383,6 +384,7 @@ class GpuCollector:
             fam.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', GPU_LABELS, lab, age)
         self._mig(fam, gpu, rd, values['mig'])
         self._settings(fam, gpu, values.get('settings'))
+        self._gpu_health(fam, gpu, rd, values.get('health'))
 
     def _read_settings(self, gpu: Gpu) -> dict:
         """The settings gpu_settings declares, current and pending (ECC), as NVML reports them (background: they change
@@ -410,17 +412,26 @@ class GpuCollector:
             fam.gauge('gpuvirt_gpu_applications_clock_hz', 'Application clock.', GPU_LABELS + ['clock'], lab + [clock],
                       None if value is None else value * 1e6)
 
-    def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
-        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
-        for kind, error_type in (('corrected', 0), ('uncorrected', 1)):
-            # aggregate (lifetime) counters, NVML_AGGREGATE_ECC = 1
-            fam.counter('gpuvirt_gpu_ecc_errors', 'ECC errors over the GPU lifetime.', GPU_LABELS + ['error_type'], lab + [kind],
-                        n.call(s, 'nvmlDeviceGetTotalEccErrors', h, error_type, 1))
-        for cause, source in (('multiple_single_bit', 0), ('double_bit', 1)):
-            pages = n.call(s, 'nvmlDeviceGetRetiredPages', h, source)
+    def _read_health(self, gpu: Gpu) -> dict:
+        """Memory error counters (background: they change only with an error, and alerting on them tolerates the
+        sampler's interval, as it does dcgm-exporter's 30 s collection)."""
+        n, s, h = self.nvml, gpu.scope, gpu.handle
+        # aggregate (lifetime) counters, NVML_AGGREGATE_ECC = 1
+        ecc = {kind: n.call(s, 'nvmlDeviceGetTotalEccErrors', h, error_type, 1) for kind, error_type in (('corrected', 0), ('uncorrected', 1))}
+        pages = {cause: n.call(s, 'nvmlDeviceGetRetiredPages', h, source) for cause, source in (('multiple_single_bit', 0), ('double_bit', 1))}
+        return {'ecc': ecc, 'retired': {cause: None if found is None else len(found) for cause, found in pages.items()},
+                'rows': n.call(s, 'nvmlDeviceGetRemappedRows', h)}
+
+    def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading, values: dict | None) -> None:
+        if values is None:
+            return
+        lab = gpu.labels
+        for kind, count in values['ecc'].items():
+            fam.counter('gpuvirt_gpu_ecc_errors', 'ECC errors over the GPU lifetime.', GPU_LABELS + ['error_type'], lab + [kind], count)
+        for cause, count in values['retired'].items():
             fam.gauge('gpuvirt_gpu_retired_pages', 'Retired framebuffer pages (pre-Ampere GPUs; Hopper remaps rows instead).',
-                      GPU_LABELS + ['cause'], lab + [cause], None if pages is None else len(pages))
-        rows = rd.rows = n.call(s, 'nvmlDeviceGetRemappedRows', h)
+                      GPU_LABELS + ['cause'], lab + [cause], count)
+        rows = rd.rows = values['rows']
         if rows is not None:
             corr, unc, pending, failure = rows
             fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
