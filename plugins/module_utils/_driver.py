@@ -379,21 +379,8 @@ def plan(current: dict, desired: dict) -> dict:
         steps.append({'action': 'install', 'packages': install, 'remove': remove, 'repair': broken})
     if must_install or hold_needed:
         steps.append({'action': 'hold', 'packages': to_hold if must_install else hold_needed})
-    reboot_required, reason = False, None
     flavor = desired['flavor']
-    if must_install:
-        if desired.get('reload'):
-            steps.append({'action': 'load_modules', 'modules': list(MODULES_LOAD)})
-        else:
-            reboot_required, reason = True, 'the new driver is installed; module reload is off'
-        if clients:
-            steps.append({'action': 'start_clients', 'units': clients})
-    elif loaded.get('loaded') and (loaded.get('version') != version or loaded.get('flavor') not in (flavor, 'unknown')):
-        reboot_required = True
-        reason = 'loaded kernel module %s (%s) differs from the installed driver %s (%s)' % (
-            loaded.get('version'), loaded.get('flavor'), version, flavor)
-    elif not loaded.get('loaded'):
-        reboot_required, reason = True, 'no NVIDIA kernel module is loaded'
+    reboot_required, reason = finish_steps(steps, must_install, desired, loaded, clients)
     before = {n: i['version'] for n, i in sorted(installed.items()) if i.get('installed') and is_driver_package(n)}
     after = {n: v for n, v in before.items() if n not in remove}
     for name, wanted in install.items():
@@ -464,3 +451,26 @@ def verify(observed: dict, desired: dict, planned: dict) -> list[str]:
     if observed.get('preferences') != apt_preferences(version):
         problems.append('the apt pin %s is missing or differs' % PREFERENCES_FILE)
     return problems
+
+
+def loaded_mismatch(loaded: dict, version: str, flavor: str) -> str | None:
+    """Why the loaded kernel module is not the installed driver (version, flavor), or None when it is."""
+    if not loaded.get('loaded'):
+        return 'no NVIDIA kernel module is loaded'
+    if loaded.get('version') != version or loaded.get('flavor') not in (flavor, 'unknown'):
+        return 'loaded kernel module %s (%s) differs from the installed driver %s (%s)' % (
+            loaded.get('version'), loaded.get('flavor'), version, flavor)
+    return None
+
+
+def finish_steps(steps: list, must_install: bool, desired: dict, loaded: dict, clients: list) -> tuple[bool, str | None]:
+    """The steps after an install (load the modules, start the clients), on apt and dnf hosts alike, and whether a
+    reboot is needed, with its reason."""
+    if not must_install:
+        reason = loaded_mismatch(loaded, desired['version'], desired['flavor'])
+        return reason is not None, reason
+    if desired.get('reload'):
+        steps.append({'action': 'load_modules', 'modules': list(MODULES_LOAD)})
+    if clients:
+        steps.append({'action': 'start_clients', 'units': clients})
+    return (False, None) if desired.get('reload') else (True, 'the new driver is installed; module reload is off')

@@ -261,12 +261,7 @@ class _Run:
         problems = _driver.verify(observed, desired, planned)
         packages = _versions(observed['installed'])
         loaded = observed['loaded']
-        reason = None
-        if not loaded['loaded']:
-            reason = 'no NVIDIA kernel module is loaded'
-        elif loaded['version'] != desired['version'] or loaded['flavor'] not in (desired['flavor'], 'unknown'):
-            reason = 'loaded kernel module %s (%s) differs from the installed driver %s (%s)' % (
-                loaded['version'], loaded['flavor'], desired['version'], desired['flavor'])
+        reason = _driver.loaded_mismatch(loaded, desired['version'], desired['flavor'])
         if reason and outcome['reload_failed']:
             reason += '; the modules could not be reloaded: %s' % outcome['reload_failed']
         if outcome['clients_not_started']:

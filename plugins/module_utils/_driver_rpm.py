@@ -196,20 +196,7 @@ def plan(current: dict, desired: dict) -> dict:
         steps.append({'action': 'lock', 'content': lock})
     if must_install:
         steps.append({'action': 'install', 'packages': install, 'remove': remove})
-    reboot_required, reason = False, None
-    if must_install:
-        if desired.get('reload'):
-            steps.append({'action': 'load_modules', 'modules': list(_driver.MODULES_LOAD)})
-        else:
-            reboot_required, reason = True, 'the new driver is installed; module reload is off'
-        if clients:
-            steps.append({'action': 'start_clients', 'units': clients})
-    elif loaded.get('loaded') and (loaded.get('version') != version or loaded.get('flavor') not in (flavor, 'unknown')):
-        reboot_required = True
-        reason = 'loaded kernel module %s (%s) differs from the installed driver %s (%s)' % (
-            loaded.get('version'), loaded.get('flavor'), version, flavor)
-    elif not loaded.get('loaded'):
-        reboot_required, reason = True, 'no NVIDIA kernel module is loaded'
+    reboot_required, reason = _driver.finish_steps(steps, must_install, desired, loaded, clients)
     before = {n: i['evr'] for n, i in sorted(installed.items()) if is_driver_package(n)}
     after = {n: v for n, v in before.items() if n not in remove}
     after.update(install)

@@ -45,12 +45,32 @@ DEFAULT_LABEL = 'current'
 RunCommand = Callable[[list], tuple]
 
 
-class _StepFailed(Exception):
+class StepFailed(Exception):
     """A step could not be run: `reason` says why, in words."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def run_step(run: Callable[[Mapping[str, Any]], dict | None], step: Mapping[str, Any],
+             nvml_reason: Callable[[Mapping[str, Any], Exception], str]) -> dict:
+    """run(step), every failure but an impossible reset turned into StepFailed (an NVML error in nvml_reason's words),
+    so that any surprise in a step is rolled back too. Shared by the MIG and the GPU settings paths."""
+    try:
+        return run(step) or {}
+    except _nvml.NvmlCallError as exc:
+        raise StepFailed(nvml_reason(step, exc)) from exc
+    except _nvml.DriverUnavailable as exc:
+        raise StepFailed('NVML could not be started again after the reset: %s' % exc) from exc
+    except _smi.SmiResetImpossible:
+        raise
+    except _smi.SmiError as exc:
+        raise StepFailed(str(exc)) from exc
+    except StepFailed:
+        raise
+    except Exception as exc:  # pylint: disable=broad-exception-caught  # any surprise in a step is rolled back too
+        raise StepFailed('unexpected error: %r' % (exc,)) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -203,7 +223,7 @@ def observe() -> list[dict]:
 
 
 class _Executor:
-    """Runs one step through its seam and returns what it created; failures become _StepFailed."""
+    """Runs one step through its seam and returns what it created; failures become StepFailed."""
 
     def __init__(self, nvml: _nvml.NvmlSession, smi: _smi.SmiRunner | None):
         self.nvml = nvml
@@ -211,20 +231,7 @@ class _Executor:
         self.created_at: dict[tuple[int, int], int] = {}  # (GPU, start) -> id of a GPU instance created here
 
     def run(self, step: Mapping[str, Any]) -> dict:
-        try:
-            return self._run(step)
-        except _nvml.NvmlCallError as exc:
-            raise _StepFailed(self._nvml_reason(step, exc)) from exc
-        except _nvml.DriverUnavailable as exc:
-            raise _StepFailed('NVML could not be started again after the reset: %s' % exc) from exc
-        except _smi.SmiResetImpossible:
-            raise
-        except _smi.SmiError as exc:
-            raise _StepFailed(str(exc)) from exc
-        except _StepFailed:
-            raise
-        except Exception as exc:  # pylint: disable=broad-exception-caught  # any surprise in a step is rolled back too
-            raise _StepFailed('unexpected error: %r' % (exc,)) from exc
+        return run_step(self._run, step, self._nvml_reason)
 
     @staticmethod
     def _nvml_reason(step: Mapping[str, Any], exc: _nvml.NvmlCallError) -> str:
@@ -256,10 +263,10 @@ class _Executor:
             if gi_id is None:
                 gi_id = _nvml.gpu_instance_id_at(gpu, step['gpu_instance_start'])
             if gi_id is None:
-                raise _StepFailed('no GPU instance starts at %s' % step['gpu_instance_start'])
+                raise StepFailed('no GPU instance starts at %s' % step['gpu_instance_start'])
             return {'gpu_instance_id': gi_id, 'compute_instance_id': _nvml.create_compute_instance(gpu, gi_id, step['profile_id'], step['start'])}
         else:
-            raise _StepFailed('unknown step %r' % action)
+            raise StepFailed('unknown step %r' % action)
         return {}
 
     def _reset(self, step: Mapping[str, Any]) -> dict:
@@ -363,7 +370,7 @@ class _Run:
                 self.result['applied'].append(dict(step, **self.executor.run(step)))
             except _smi.SmiResetImpossible as exc:
                 waiting[step['gpu']] = self._wait_for_reboot(step, str(exc), desired)
-            except _StepFailed as exc:
+            except StepFailed as exc:
                 message = '%s: step %d of %d (%s) failed: %s' % (_where(self.hostname, step, entries), number, len(steps), step_text(step), exc.reason)
                 self.result['failure'] = {'step': step, 'step_number': number, 'error': exc.reason}
                 return message
@@ -433,7 +440,7 @@ class _Restorer:
     def _try(self, step: Mapping[str, Any], into: list) -> bool:
         """Run one step with retries; True if it ran (recorded in `into`), False if it failed (recorded in errors)."""
         try:
-            done, tries = self.retrier.run(lambda: self.executor.run(step), (_StepFailed, _smi.SmiError))
+            done, tries = self.retrier.run(lambda: self.executor.run(step), (StepFailed, _smi.SmiError))
         except _retry.GaveUp as exc:
             self.rollback['errors'].append('GPU %s: %s failed%s: %s' % (
                 step['gpu'], step_text(step), ' (%d tries)' % exc.tries if exc.tries > 1 else '', exc.error))

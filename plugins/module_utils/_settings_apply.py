@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _holders, _nvml, _retry, _settings, _smi, _sysfs
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._mig_apply import StepFailed, run_step
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._settings_declaration import parse_entry
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._selector import parse_entries
 
@@ -41,10 +42,10 @@ _ENABLED_STATES = ('enabled', 'enabled-runtime', 'static', 'alias', 'indirect', 
 RunCommand = Callable[[list], tuple]
 
 
-class _StepFailed(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+def _nvml_reason(_step: Mapping[str, Any], exc: _nvml.NvmlCallError) -> str:
+    if exc.code == _nvml.ERROR_NO_PERMISSION:
+        return '%s (the setting needs root: run with become)' % exc
+    return str(exc)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Service:
         for argv in commands:
             rc, out, err = self.run_command(argv)
             if rc != 0:
-                raise _StepFailed('%s failed (rc=%d): %s' % (' '.join(argv), rc, ((err or out or '').strip().splitlines() or ['no output'])[-1]))
+                raise StepFailed('%s failed (rc=%d): %s' % (' '.join(argv), rc, ((err or out or '').strip().splitlines() or ['no output'])[-1]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,23 +118,7 @@ class _Executor:
         self.locked = locked  # the record, kept up to date as clocks are locked and unlocked
 
     def run(self, step: Mapping[str, Any]) -> dict:
-        try:
-            return self._run(step) or {}
-        except _nvml.NvmlCallError as exc:
-            reason = str(exc)
-            if exc.code == _nvml.ERROR_NO_PERMISSION:
-                reason += ' (the setting needs root: run with become)'
-            raise _StepFailed(reason) from exc
-        except _nvml.DriverUnavailable as exc:
-            raise _StepFailed('NVML could not be started again after the reset: %s' % exc) from exc
-        except _smi.SmiResetImpossible:
-            raise
-        except _smi.SmiError as exc:
-            raise _StepFailed(str(exc)) from exc
-        except _StepFailed:
-            raise
-        except Exception as exc:  # pylint: disable=broad-exception-caught  # any surprise in a step is rolled back too
-            raise _StepFailed('unexpected error: %r' % (exc,)) from exc
+        return run_step(self._run, step, _nvml_reason)
 
     def _run(self, step: Mapping[str, Any]) -> dict | None:
         action, gpu, value = step['action'], step['gpu'], step.get('value')
@@ -158,7 +143,7 @@ class _Executor:
             else:
                 entry.pop(which, None)
         else:
-            raise _StepFailed('unknown step %r' % action)
+            raise StepFailed('unknown step %r' % action)
         return None
 
     def _reset(self, step: Mapping[str, Any]) -> dict:
@@ -241,7 +226,7 @@ class _Run:
             except _smi.SmiResetImpossible as exc:
                 self.impossible.add(step['gpu'])
                 self.result['reboot_required'].append({'gpu': step['gpu'], 'uuid': step.get('uuid'), 'reason': str(exc)})
-            except _StepFailed as exc:
+            except StepFailed as exc:
                 where = 'host %s: %s' % (self.hostname, 'GPU %s (%s)' % (step['gpu'], step.get('uuid')) if step['gpu'] is not None else 'persistence')
                 self.result['failure'] = {'step': step, 'step_number': number, 'error': exc.reason}
                 return '%s: step %d of %d (%s) failed: %s' % (where, number, len(steps), _settings.step_text(step), exc.reason)
@@ -287,9 +272,9 @@ class _Run:
         for step in steps:
             try:
                 if step['action'] == 'restore_persistence':
-                    self.retrier.run(lambda s=step: self.executor.service.set(s['service']['active'], s['service']['enabled']), (_StepFailed,))
+                    self.retrier.run(lambda s=step: self.executor.service.set(s['service']['active'], s['service']['enabled']), (StepFailed,))
                 else:
-                    self.retrier.run(lambda s=step: self.executor.run(s), (_StepFailed, _smi.SmiError))
+                    self.retrier.run(lambda s=step: self.executor.run(s), (StepFailed, _smi.SmiError))
                 rollback['steps'].append(step)
             except (_retry.GaveUp, _smi.SmiResetImpossible) as exc:
                 rollback['errors'].append('%s: %s failed: %s' % ('GPU %s' % step['gpu'] if step['gpu'] is not None else 'host',
