@@ -271,17 +271,22 @@ def test_a_request_body_this_server_does_not_read_closes_the_connection(running)
     server = running()
     with server.connect() as sock:
         sock.sendall(b'POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 24\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n')
-        answer = b''
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = _until_closed(sock)
     assert answer.startswith(b'HTTP/1.1 405 ') and b'Connection: close' in answer
     assert answer.count(b'HTTP/1.1') == 1  # the body was not taken for a request
 
 
 # oversized and pipelined requests ------------------------------------------------------------------------------------
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    answer = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+
+
 def _raw(server: Running, data: bytes) -> bytes:
     with server.connect() as sock:
         sock.sendall(data)
@@ -301,12 +306,7 @@ def test_pipelined_requests_are_answered_in_order(running):
     server = running()
     with server.connect() as sock:
         sock.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
-        answer = b''
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = _until_closed(sock)
     statuses = re.findall(rb'HTTP/1\.1 (\d{3}) ', answer)
     assert statuses == [b'200', b'200', b'404']
     assert answer.index(b'<html>') < answer.index(b'gpuvirt_gpu_up')
