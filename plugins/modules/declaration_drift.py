@@ -35,9 +35,17 @@ options:
     type: path
     default: /var/lib/gpuvirt/drift.json
   kind:
-    description: The entry's kind, such as V(mig) or V(vgpu).
+    description:
+      - The entry's kind, such as V(mig) or V(vgpu). One of O(kind) and O(entries) is required.
     type: str
-    required: true
+  entries:
+    description:
+      - Several kinds at once, in one read and one write of the file, as a mapping of kind to C({drift, checked}), or
+        to null to remove that kind's entry (nothing of it is declared). Each entry is checked as O(drift) and
+        O(checked) are; a bad entry fails the task naming its kind, before the file is touched.
+      - Mutually exclusive with O(kind), O(drift) and O(checked).
+    type: dict
+    version_added: 0.7.0
   drift:
     description:
       - Whether the GPUs differ from the declaration of this kind. Unset (null) removes the kind's entry (nothing of
@@ -60,6 +68,13 @@ EXAMPLES = r'''
     drift: false
     checked: "{{ now().timestamp() | int }}"
 
+- name: Publish the MIG layout's drift and remove the vGPU and settings entries, in one call
+  gpuvirt.fleet.declaration_drift:
+    entries:
+      mig: {drift: false, checked: "{{ now().timestamp() | int }}"}
+      vgpu:
+      settings:
+
 - name: Nothing of the vGPU kind is declared any more
   gpuvirt.fleet.declaration_drift:
     kind: vgpu
@@ -67,9 +82,11 @@ EXAMPLES = r'''
 
 RETURN = r'''
 previous:
-  description: The kind's drift before this call (null where it had no entry).
+  description:
+    - The kind's drift before this call (null where it had no entry).
+    - With O(entries), a mapping of each kind given to its drift before this call.
   returned: always
-  type: bool
+  type: raw
   sample: false
 written:
   description: Whether the file was (in check mode, would be) written.
@@ -83,30 +100,60 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _drift_file, _results
 
 
+def _entries(module):
+    """[(kind, drift, checked)] from the module's parameters, checked before the file is read."""
+    p = module.params
+    if p['entries'] is None:
+        return [(p['kind'], p['drift'], p['checked'])]
+    out = []
+    for kind, entry in sorted(p['entries'].items()):
+        if entry is None:
+            out.append((kind, None, None))
+            continue
+        if not isinstance(entry, dict) or set(entry) - {'drift', 'checked'} or not isinstance(entry.get('drift'), bool):
+            module.fail_json(msg='entries.%s: expected null or {drift: true|false, checked: epoch seconds}, got %r' % (kind, entry))
+        try:
+            checked = int(entry.get('checked'))
+        except (TypeError, ValueError):
+            module.fail_json(msg='entries.%s.checked: expected epoch seconds, got %r' % (kind, entry.get('checked')))
+        out.append((kind, entry['drift'], checked))
+    return out
+
+
 def main():
     module = _results.checked(
         AnsibleModule,
         argument_spec={
             'path': {'type': 'path', 'default': '/var/lib/gpuvirt/drift.json'},
-            'kind': {'type': 'str', 'required': True},
+            'kind': {'type': 'str'},
+            'entries': {'type': 'dict'},
             'drift': {'type': 'bool'},
             'checked': {'type': 'int'},
         },
         required_by={'drift': 'checked'},
+        required_one_of=[('kind', 'entries')],
+        mutually_exclusive=[('kind', 'entries'), ('entries', 'drift'), ('entries', 'checked')],
         supports_check_mode=True,
     )
     p = module.params
+    entries = _entries(module)
     try:
-        old = _drift_file.read(p['path'])
+        content = _drift_file.read(p['path'])
     except _drift_file.DriftFileError as exc:
         module.fail_json(msg=str(exc))
-    new, was = _drift_file.merge(old, p['kind'], p['drift'], p['checked'])
-    if new is not None and not module.check_mode:
+    previous, changed, write = {}, False, False
+    for kind, drift, checked in entries:
+        new, was = _drift_file.merge(content, kind, drift, checked)
+        previous[kind] = was
+        changed = changed or was != drift
+        if new is not None:
+            content, write = new, True
+    if write and not module.check_mode:
         try:
-            _drift_file.write(p['path'], new)
+            _drift_file.write(p['path'], content)
         except OSError as exc:
             module.fail_json(msg='cannot write %s: %s' % (p['path'], exc.strerror))
-    module.exit_json(changed=was != p['drift'], previous=was, written=new is not None)
+    module.exit_json(changed=changed, previous=previous if p['entries'] is not None else previous[p['kind']], written=write)
 
 
 if __name__ == '__main__':

@@ -27,3 +27,32 @@ def test_a_file_that_is_not_a_json_object_is_named(tmp_path, text):
     with pytest.raises(df.DriftFileError, match='%s is not a JSON object' % path):
         df.read(str(path))
     assert path.read_text() == text
+
+
+def _module(args):
+    from ansible_collections.gpuvirt.fleet.plugins.modules import declaration_drift
+    from tests.unit.properties.prop_support import run_module
+    return run_module(declaration_drift.main, args)
+
+
+def test_entries_write_several_kinds_in_one_call_and_keep_the_others(tmp_path):
+    path = tmp_path / 'drift.json'
+    df.write(str(path), {'mig': {'drift': True, 'checked': 5}, 'vgpu': {'drift': False, 'checked': 5}, 'other': {'drift': True, 'checked': 1}})
+    result = _module({'path': str(path), 'entries': {'mig': {'drift': False, 'checked': 9}, 'vgpu': None, 'settings': None}})
+    assert result['changed'] is True and result['written'] is True
+    assert result['previous'] == {'mig': True, 'vgpu': False, 'settings': None}
+    assert df.read(str(path)) == {'mig': {'drift': False, 'checked': 9}, 'other': {'drift': True, 'checked': 1}}
+    again = _module({'path': str(path), 'entries': {'mig': {'drift': False, 'checked': 10}, 'vgpu': None}})
+    assert again['changed'] is False and df.read(str(path))['mig'] == {'drift': False, 'checked': 10}  # the heartbeat moves on
+
+
+def test_a_bad_entry_is_named_and_the_file_is_left_as_it_was(tmp_path):
+    path = tmp_path / 'drift.json'
+    df.write(str(path), {'mig': {'drift': True, 'checked': 5}})
+    before = path.read_text()
+    result = _module({'path': str(path), 'entries': {'mig': {'drift': False, 'checked': 9}, 'vgpu': {'drift': 'maybe', 'checked': 9}}})
+    assert result['failed'] and 'entries.vgpu' in result['msg']
+    result = _module({'path': str(path), 'entries': {'mig': {'drift': False, 'checked': 'soon'}}})
+    assert result['failed'] and 'entries.mig.checked' in result['msg']
+    assert path.read_text() == before
+    assert _module({'path': str(path), 'kind': 'mig', 'entries': {'mig': None}})['failed']
