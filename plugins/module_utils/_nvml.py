@@ -444,6 +444,11 @@ def read_ecc_mode(index: int) -> tuple[bool, bool]:
     return bool(current), bool(pending)
 
 
+def set_persistence_mode(index: int, enabled: bool) -> None:
+    """Persistence mode on the GPU itself (what nvidia-smi -pm sets; nvidia-persistenced is the supported way on)."""
+    _nvml_call('nvmlDeviceSetPersistenceMode', device_handle(index), 1 if enabled else 0)
+
+
 def set_compute_mode(index: int, mode: str) -> None:
     value = {name: number for number, name in _facts.COMPUTE_MODES.items()}[mode]
     _nvml_call('nvmlDeviceSetComputeMode', device_handle(index), value)

@@ -289,9 +289,17 @@ def _persistence_steps(plan: HostPlan, gpus: Sequence[Mapping[str, Any]], wanted
     # without the service's state (the fleet report has facts only) the GPUs' persistence mode alone is compared
     differs = any(bool(g.get('persistence_mode')) != enabled for g in selected) or (
         service is not None and (bool(service.get('active')) != enabled or bool(service.get('enabled')) != enabled))
-    service = service or {}
     if not differs:
         return []
+    if service is not None and not enabled and not service.get('active'):
+        # Persistence mode set on the GPUs themselves (nvidia-smi -pm 1, nvmlDeviceSetPersistenceMode) while no
+        # nvidia-persistenced runs that stopping would turn it off: turned off GPU by GPU, and the service (where it
+        # is installed) disabled too
+        steps = [dict(_base(g), action='set_persistence_mode', enabled=False, was=True) for g in selected if g.get('persistence_mode')]
+        if service.get('enabled'):
+            steps.insert(0, {'action': 'set_persistence', 'gpu': None, 'uuid': None, 'enabled': False, 'was': {'active': False, 'enabled': True}})
+        return steps
+    service = service or {}
     return [{'action': 'set_persistence', 'gpu': None, 'uuid': None, 'enabled': enabled,
              'was': {'active': bool(service.get('active')), 'enabled': bool(service.get('enabled'))}}]
 
@@ -339,6 +347,8 @@ def step_text(step: Mapping[str, Any]) -> str:
     if action == 'set_persistence':
         return '%s nvidia-persistenced (persistence mode %s)' % ('enable and start' if step['enabled'] else 'stop and disable',
                                                                  'on' if step['enabled'] else 'off')
+    if action == 'set_persistence_mode':
+        return 'turn persistence mode %s on the GPU itself (no nvidia-persistenced runs)' % ('on' if step['enabled'] else 'off')
     key = _KEY_OF.get(action)
     return 'set %s to %s (was %s)' % (key.replace('_mw', ''), shown(key, step.get('value')), shown(key, step.get('was')))
 

@@ -128,6 +128,8 @@ class _Executor:
             return self._reset(step)
         elif action == 'set_persistence':
             self.service.set(step['enabled'], step['enabled'])
+        elif action == 'set_persistence_mode':
+            _nvml.set_persistence_mode(gpu, step['enabled'])
         elif action == 'set_compute_mode':
             _nvml.set_compute_mode(gpu, value)
         elif action == 'set_power_limit':
@@ -269,6 +271,7 @@ class _Run:
                 steps.append({'action': 'set_ecc_mode', 'gpu': index, 'uuid': was[index].get('uuid'), 'enabled': ecc['pending'], 'was': None})
         if service is not None and any(s['action'] == 'set_persistence' for s in self.result['applied']):
             steps.insert(0, {'action': 'restore_persistence', 'gpu': None, 'uuid': None, 'service': service})
+        steps += [dict(s, enabled=s['was'], was=s['enabled']) for s in self.result['applied'] if s['action'] == 'set_persistence_mode']
         for step in steps:
             try:
                 if step['action'] == 'restore_persistence':

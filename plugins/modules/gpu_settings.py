@@ -18,7 +18,9 @@ description:
   - A value outside a GPU's constraints, a setting a GPU does not support, or a malformed entry is refused before any
     change; the message names the host, GPU, entry and reason, and for a power limit both bounds.
   - "Persistence is host-wide: O(config[].persistence=true) enables and starts the C(nvidia-persistenced) service (which
-    turns persistence mode on for every GPU), V(false) stops and disables it."
+    turns persistence mode on for every GPU), V(false) stops and disables it. Where no C(nvidia-persistenced) runs but a
+    GPU has persistence mode on by itself (set with C(nvidia-smi -pm 1)), V(false) turns it off on that GPU
+    (C(nvmlDeviceSetPersistenceMode), step V(set_persistence_mode)); V(true) without the service installed is refused."
   - An ECC change is pending until the GPU is reset. With O(reset=auto) the GPU is reset with C(nvidia-smi -r) through
     the same holder-aware path as M(gpuvirt.fleet.mig_layout) (refused, naming the processes, while anything holds the
     GPU; nothing is killed); where a reset is not possible (O(reset=never), a loaded C(nvidia_drm), a GPU that refuses
@@ -155,7 +157,7 @@ steps:
   description:
     - The ordered steps of the plan; in check mode, what would run. Each has C(action), C(gpu) (NVML index; null for
       V(set_persistence)), C(uuid), the value to set (C(value), or C(enabled)) and the value it replaces (C(was)).
-    - The actions are V(set_ecc_mode), V(reset_gpu), V(set_persistence), V(set_compute_mode), V(set_power_limit)
+    - The actions are V(set_ecc_mode), V(reset_gpu), V(set_persistence), V(set_persistence_mode), V(set_compute_mode), V(set_power_limit)
       (C(value) in milliwatts), V(set_applications_clocks) (C(value) [memory, graphics] MHz), V(set_gpu_locked_clocks)
       and V(set_memory_locked_clocks) (C(value) [min, max] MHz, null to unlock).
   returned: always

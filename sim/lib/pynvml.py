@@ -1372,6 +1372,10 @@ def nvmlDeviceSetEccMode(handle, mode):
     _setter(handle, "nvmlDeviceSetEccMode", lambda dev: _settings.set_ecc_mode(dev.gpu, dev.model, mode))
 
 
+def nvmlDeviceSetPersistenceMode(handle, mode):
+    _setter(handle, "nvmlDeviceSetPersistenceMode", lambda dev: _settings.set_gpu_persistence(dev.gpu, mode))
+
+
 def nvmlDeviceSetComputeMode(handle, mode):
     _setter(handle, "nvmlDeviceSetComputeMode", lambda dev: _settings.set_compute_mode(dev.gpu, mode))
 

@@ -79,6 +79,14 @@ def compute_mode(gpu: dict[str, Any], model: dict[str, Any]) -> int:
     return int(gpu.get("compute_mode", model.get("compute_mode", 0)))
 
 
+def set_gpu_persistence(gpu: dict[str, Any], mode: Any) -> None:
+    """nvmlDeviceSetPersistenceMode: one GPU's persistence mode (NVML_FEATURE_DISABLED 0 / ENABLED 1)."""
+    value = _int(mode, "mode")
+    if value not in (0, 1):
+        raise _invalid("persistence mode must be 0 or 1, not %d" % value)
+    gpu["persistence"] = value
+
+
 def set_compute_mode(gpu: dict[str, Any], mode: Any) -> None:
     value = _int(mode, "mode")
     if value == COMPUTE_MODE_EXCLUSIVE_THREAD:

@@ -130,3 +130,28 @@ def test_a_declaration_refused_by_shape_names_the_entry_and_changes_nothing(tmp_
     assert "entry 'x': power_limit must be watts" in result['msg']
     assert 'min 1500 MHz is above max 1400 MHz' in result['msg']
     assert host.mutations() == 0
+
+
+def test_persistence_off_without_the_daemon_is_turned_off_gpu_by_gpu_and_rolled_back_on_a_fault(tmp_path):
+    """Persistence mode set on the GPUs themselves (nvidia-smi -pm 1) where no nvidia-persistenced is installed: the
+    plan turns it off with nvmlDeviceSetPersistenceMode per GPU (stopping a daemon would not), a rerun has nothing to
+    do, and a fault on the second GPU turns the first one back on."""
+    host = SimHost(str(tmp_path / 'gpusim'))
+    host.ctl('init', '--hostname', 'node1', '--gpu', H200 + ':2')
+    host.nvml('for i in range(2):\n    pynvml.nvmlDeviceSetPersistenceMode(pynvml.nvmlDeviceGetHandleByIndex(i), 1)')
+    assert [g['persistence'] for g in host.state()['gpus']] == [1, 1]
+    record, off = str(tmp_path / 'r.json'), [{'devices': 'all', 'persistence': False}]
+    plan = _run(host, off, record, check_mode=True)
+    assert [(s['action'], s['gpu']) for s in plan['steps']] == [('set_persistence_mode', 0), ('set_persistence_mode', 1)]
+    host.ctl('fault', 'set', '--gpu', '1', '--call', 'nvmlDeviceSetPersistenceMode', '--error', 'NVML_ERROR_UNKNOWN', '--nth', '1')
+    failed = _run(host, off, record, expect_failure=True)
+    assert failed['rollback']['restored'] is True, failed['msg']
+    assert [g['persistence'] for g in host.state()['gpus']] == [1, 1]
+    host.ctl('fault', 'clear')
+    done = _run(host, off, record)
+    assert done['changed'] and [g['persistence'] for g in host.state()['gpus']] == [0, 0]
+    assert _run(host, off, record, check_mode=True)['steps'] == []
+    # on: the supported way is the daemon, which this host does not have: refused, nothing changed
+    refused = _run(host, [{'devices': 'all', 'persistence': True}], record, expect_failure=True)
+    assert 'needs the nvidia-persistenced service, which is not installed' in refused['msg']
+    assert [g['persistence'] for g in host.state()['gpus']] == [0, 0]
