@@ -11,7 +11,7 @@ short_description: M(gpuvirt.fleet.host_state) file entries with their content r
 version_added: 0.7.0
 description:
   - Turns the C(files) entries a role writes with M(gpuvirt.fleet.host_state) into the entries that observe them:
-    each C(content) becomes the SHA-1 C(checksum) of that content (UTF-8), every other key is kept, so the
+    each C(content) (or C(content_base64)) becomes the SHA-1 C(checksum) of that content, every other key is kept, so the
     observation sends no file content to the host.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
@@ -38,6 +38,8 @@ _value:
   elements: dict
 '''
 
+import base64
+import binascii
 import hashlib
 
 from ansible.errors import AnsibleFilterError
@@ -48,8 +50,13 @@ def observed(entries):
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise AnsibleFilterError('observed: entry %d is not a mapping: %r' % (index, entry))
-        new = {k: v for k, v in entry.items() if k != 'content'}
-        if 'content' in entry:
+        new = {k: v for k, v in entry.items() if k not in ('content', 'content_base64')}
+        if entry.get('content_base64') is not None:
+            try:
+                new['checksum'] = hashlib.sha1(base64.b64decode(str(entry['content_base64']), validate=True)).hexdigest()
+            except (binascii.Error, ValueError) as exc:
+                raise AnsibleFilterError('observed: entry %d (%s): content_base64 is not base64' % (index, entry.get('path'))) from exc
+        elif 'content' in entry:
             new['checksum'] = hashlib.sha1(str(entry['content']).encode('utf-8')).hexdigest()
         out.append(new)
     return out

@@ -32,6 +32,10 @@ options:
     description: Return C(checksum) (SHA-1 of the content) instead of C(content).
     type: bool
     default: false
+  base64:
+    description: Return the content as C(content_base64) (for binary files such as wheels) instead of C(content).
+    type: bool
+    default: false
   owner:
     description: The entries' owner.
     type: str
@@ -64,7 +68,10 @@ _list:
       description: O(dest)/<base name>.
       type: str
     content:
-      description: The file's text (without O(checksum)).
+      description: The file's text (without O(checksum) or O(base64)).
+      type: str
+    content_base64:
+      description: The file's content, base64 (with O(base64)).
       type: str
     checksum:
       description: The SHA-1 of the file's content, hex (with O(checksum)).
@@ -80,6 +87,7 @@ _list:
       type: str
 '''
 
+import base64
 import glob
 import hashlib
 import os
@@ -93,7 +101,7 @@ class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         self.set_options(var_options=variables, direct=kwargs)
         dest = self.get_option('dest').rstrip('/') or '/'
-        checksum = self.get_option('checksum')
+        checksum, binary = self.get_option('checksum'), self.get_option('base64')
         common = {'owner': self.get_option('owner'), 'group': self.get_option('group'), 'mode': self.get_option('mode')}
         found = []
         for term in terms:
@@ -111,6 +119,8 @@ class LookupModule(LookupBase):
             entry = {'path': os.path.join(dest, os.path.basename(path))}
             if checksum:
                 entry['checksum'] = hashlib.sha1(data).hexdigest()
+            elif binary:
+                entry['content_base64'] = base64.b64encode(data).decode('ascii')
             else:
                 try:
                     entry['content'] = data.decode('utf-8')

@@ -11,6 +11,8 @@ Standard library only: the module runs it on the host.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import glob
 import grp
 import hashlib
@@ -64,10 +66,16 @@ def check_entries(files: Sequence[Mapping[str, Any]]) -> None:
             raise HostStateError('%s: path must be absolute' % where)
         if entry.get('state', 'file') not in FILE_STATES:
             raise HostStateError('%s: state must be one of %s' % (where, ', '.join(FILE_STATES)))
-        if entry.get('content') is not None and entry.get('checksum'):
-            raise HostStateError('%s: give content or checksum, not both' % where)
-        if entry.get('state', 'file') != 'file' and (entry.get('content') is not None or entry.get('checksum')):
-            raise HostStateError('%s: content and checksum are for state=file only' % where)
+        given = [k for k in ('content', 'content_base64', 'checksum') if entry.get(k) is not None and (k != 'checksum' or entry[k])]
+        if len(given) > 1:
+            raise HostStateError('%s: give one of content, content_base64 and checksum, not %s' % (where, ' and '.join(given)))
+        if entry.get('state', 'file') != 'file' and given:
+            raise HostStateError('%s: content, content_base64 and checksum are for state=file only' % where)
+        if entry.get('content_base64') is not None:
+            try:
+                base64.b64decode(entry['content_base64'], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise HostStateError('%s: content_base64 is not base64 (%s)' % (where, exc)) from exc
         mode = entry.get('mode')
         if mode is not None and not re.fullmatch(r'0?[0-7]{3,4}', str(mode)):
             raise HostStateError('%s: mode must be octal digits such as 0644, not %r' % (where, mode))
@@ -138,6 +146,8 @@ def converge_file(entry: Mapping[str, Any], write: bool) -> tuple[list[str], boo
         return diffs, bool(diffs)
     content = entry.get('content')
     data = None if content is None else content.encode('utf-8')
+    if entry.get('content_base64') is not None:
+        data = base64.b64decode(entry['content_base64'])
     wanted = sha1_bytes(data) if data is not None else entry.get('checksum')
     if info is not None and not stat.S_ISREG(info.st_mode):
         return ['%s: is not a regular file' % path], False

@@ -56,6 +56,12 @@ options:
         description:
           - The file's content (text, written as UTF-8). Such a file is written where it differs and O(write_files=true).
         type: str
+      content_base64:
+        description:
+          - The file's content as base64, for a binary file (a wheel, an archive). Otherwise as O(files[].content).
+          - One of O(files[].content), O(files[].content_base64) and O(files[].checksum).
+        type: str
+        version_added: 0.7.0
       checksum:
         description:
           - The SHA-1 of the file's content, where the content is not given (observed only).
@@ -201,6 +207,7 @@ def main():
                 'path': {'type': 'path', 'required': True},
                 'state': {'type': 'str', 'default': 'file', 'choices': list(_host_state.FILE_STATES)},
                 'content': {'type': 'str', 'no_log': True},
+                'content_base64': {'type': 'str', 'no_log': True},
                 'checksum': {'type': 'str'},
                 'owner': {'type': 'str'},
                 'group': {'type': 'str'},

@@ -107,8 +107,10 @@ def test_accounts(tmp_path):
 
 @pytest.mark.parametrize('entry, words', [
     ({'path': 'relative'}, 'path must be absolute'),
-    ({'path': '/x', 'state': 'directory', 'content': 'a'}, 'content and checksum are for state=file only'),
-    ({'path': '/x', 'content': 'a', 'checksum': 'b'}, 'give content or checksum, not both'),
+    ({'path': '/x', 'state': 'directory', 'content': 'a'}, 'content, content_base64 and checksum are for state=file only'),
+    ({'path': '/x', 'content': 'a', 'checksum': 'b'}, 'give one of content, content_base64 and checksum, not content and checksum'),
+    ({'path': '/x', 'content_base64': 'AAE=', 'content': 'a'}, 'not content and content_base64'),
+    ({'path': '/x', 'content_base64': 'not base64!'}, 'content_base64 is not base64'),
     ({'path': '/x', 'mode': 'rw'}, 'mode must be octal digits'),
 ])
 def test_a_bad_entry_is_refused_by_name_before_anything_is_written(tmp_path, entry, words):
@@ -116,3 +118,19 @@ def test_a_bad_entry_is_refused_by_name_before_anything_is_written(tmp_path, ent
     with pytest.raises(hs.HostStateError, match=words):
         hs.observe({'files': [good, entry]}, True, _systemctl()[0])
     assert not (tmp_path / 'a.py').exists()
+
+
+def test_binary_files_are_written_from_base64_and_observed_by_checksum(tmp_path):
+    import base64
+    import hashlib
+    data = bytes(range(256)) * 4  # not UTF-8: a wheel's bytes
+    entry = dict(_file(tmp_path, 'pkg.whl'), content=None, content_base64=base64.b64encode(data).decode('ascii'))
+    del entry['content']
+    run, _calls = _systemctl()
+    assert hs.observe({'files': [entry]}, True, run)['written'] == [entry['path']]
+    assert (tmp_path / 'pkg.whl').read_bytes() == data
+    observed = {k: v for k, v in entry.items() if k != 'content_base64'}
+    observed['checksum'] = hashlib.sha1(data).hexdigest()
+    assert hs.observe({'files': [observed]}, False, run)['in_place'] is True
+    (tmp_path / 'pkg.whl').write_bytes(data[:-1])
+    assert hs.observe({'files': [observed]}, False, run)['differences'] == ['%s: content differs' % entry['path']]
