@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -69,7 +70,11 @@ def host_fixture(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('pull')
     with fleet_up(FLEET, HERE / 'fleet-pull.yml', workdir):
         _ok('apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git python3-venv >/dev/null')
-        _ok('python3 -m venv /opt/ansible && /opt/ansible/bin/pip install -q --disable-pip-version-check ansible-core==%s' % ANSIBLE_CORE)
+        # PyPI through whatever TLS setup the controller trusts (a proxy's CA, say): its CA bundle goes with the request
+        bundle = Path(os.environ.get('PIP_CERT') or os.environ.get('SSL_CERT_FILE') or '/etc/ssl/certs/ca-certificates.crt')
+        _ok('cat > /etc/ssl/certs/gpuvirt-controller-ca.crt', stdin=bundle.read_bytes())
+        _ok('python3 -m venv /opt/ansible && env -u PIP_FIND_LINKS -u PIP_CONSTRAINT /opt/ansible/bin/pip install -q '
+            '--disable-pip-version-check --cert /etc/ssl/certs/gpuvirt-controller-ca.crt ansible-core==%s' % ANSIBLE_CORE)
         _ok('mkdir -p /srv && tar -x -C /srv', stdin=_repository(workdir))
         _ok('cd /srv/fleet-config && git init -q && git add -A && git -c user.name=ci -c user.email=ci@example.invalid commit -qm declaration')
         yield HOST
