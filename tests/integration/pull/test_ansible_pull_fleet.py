@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 FLEET, HOST = 'pull20', 'pl-01'
 MIG = [{'name': 'pull', 'devices': 'all', 'enabled': True, 'instances': [{'profile': '2g.12gb'}, {'profile': '2g.12gb'}]}]
 ANSIBLE_CORE = re.search(r'^ansible-core==(\S+)', (REPO / 'requirements' / 'controller.txt').read_text(), re.M).group(1)
-PULL = ('LC_ALL=C.UTF-8 PATH=/opt/ansible/bin:$PATH ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull '
+PULL = ('env -i LC_ALL=C.UTF-8 HOME=/root PATH=/opt/ansible/bin:/usr/sbin:/usr/bin:/sbin:/bin ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull '
         '-i localhost, -c local pull.yml')
 
 
@@ -73,7 +73,8 @@ def host_fixture(tmp_path_factory):
         # PyPI through whatever TLS setup the controller trusts (a proxy's CA, say): its CA bundle goes with the request
         bundle = Path(os.environ.get('PIP_CERT') or os.environ.get('SSL_CERT_FILE') or '/etc/ssl/certs/ca-certificates.crt')
         _ok('cat > /etc/ssl/certs/gpuvirt-controller-ca.crt', stdin=bundle.read_bytes())
-        _ok('python3 -m venv /opt/ansible && env -u PIP_FIND_LINKS -u PIP_CONSTRAINT /opt/ansible/bin/pip install -q '
+        # a clean environment: the controller's PIP_* and REQUESTS_CA_BUNDLE (which requests prefers to --cert) name its files
+        _ok('python3 -m venv /opt/ansible && env -i PATH=/usr/bin:/bin HOME=/root /opt/ansible/bin/pip install -q '
             '--disable-pip-version-check --cert /etc/ssl/certs/gpuvirt-controller-ca.crt ansible-core==%s' % ANSIBLE_CORE)
         _ok('mkdir -p /srv && tar -x -C /srv', stdin=_repository(workdir))
         _ok('cd /srv/fleet-config && git init -q && git add -A && git -c user.name=ci -c user.email=ci@example.invalid commit -qm declaration')
