@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 FLEET, HOST = 'pull20', 'pl-01'
 MIG = [{'name': 'pull', 'devices': 'all', 'enabled': True, 'instances': [{'profile': '2g.12gb'}, {'profile': '2g.12gb'}]}]
 ANSIBLE_CORE = re.search(r'^ansible-core==(\S+)', (REPO / 'requirements' / 'controller.txt').read_text(), re.M).group(1)
-PULL = ('env -i LC_ALL=C.UTF-8 HOME=/root PATH=/opt/ansible/bin:/usr/sbin:/usr/bin:/sbin:/bin ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull '
+PULL = ('env -i LC_ALL=C.UTF-8 HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin:/opt/ansible/bin ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull '
         '-i localhost, -c local pull.yml')
 
 
@@ -56,7 +56,8 @@ def _repository(tmp: Path) -> bytes:
             info.size, info.mode = len(data), 0o644
             repo.addfile(info, io.BytesIO(data))
         add('pull.yml', '---\n- name: Converge this host\n  ansible.builtin.import_playbook: gpuvirt.fleet.site\n')
-        add('host_vars/localhost.yml', yaml.safe_dump({'gpu_mig': MIG, 'gpuvirt_exporter': False,
+        # the modules run with the host's own Python (where its NVML binding is), not ansible-core's virtualenv
+        add('host_vars/localhost.yml', yaml.safe_dump({'gpu_mig': MIG, 'gpuvirt_exporter': False, 'ansible_python_interpreter': '/usr/bin/python3',
                                                        'gpuvirt_output_dir': '/var/lib/gpuvirt-pull-output'}))
         with tarfile.open(tarball) as collection:
             for member in collection.getmembers():

@@ -30,6 +30,9 @@ from gpuvirt_exporter.exposition import Families, TextCache
 from gpuvirt_exporter.nvml import GpuLost, Nvml, text
 from gpuvirt_exporter.samplers import DcgmSampler, PeriodicSampler
 
+# The GPM metrics' gpuvirt series names per GPU and per GPU instance, made once.
+_GPM_GPU = [(metric_id, 'gpuvirt_gpu_' + suffix, factor, doc) for metric_id, (suffix, factor, doc) in GPM_GPUVIRT.items()]
+_GPM_MIG = [(metric_id, 'gpuvirt_mig_' + suffix, factor, doc) for metric_id, (suffix, factor, doc) in GPM_GPUVIRT.items()]
 GPU_LABELS = ['gpu', 'UUID', 'pci_bus_id', 'device', 'modelName', 'Hostname']
 MIG_LABELS = GPU_LABELS + ['GPU_I_ID', 'GPU_I_PROFILE']
 VGPU_LABELS = GPU_LABELS + ['vgpu_id', 'vgpu_uuid']
@@ -472,9 +475,9 @@ class GpuCollector:
             rd.gpm = sampler.gpm.get(index, {})
         elif taken is not None:
             self.stale_gpm += 1
-        for metric_id, (suffix, factor, doc) in GPM_GPUVIRT.items():
+        for metric_id, name, factor, doc in _GPM_GPU:
             if metric_id in rd.gpm:
-                fam.gauge('gpuvirt_gpu_' + suffix, doc, GPU_LABELS, lab, rd.gpm[metric_id] * factor)
+                fam.gauge(name, doc, GPU_LABELS, lab, rd.gpm[metric_id] * factor)
         for gi_id, profile, _memory, gpm in rd.instances:
             taken = sampler.mig_taken.get((index, gi_id))
             if taken is None:
@@ -483,9 +486,10 @@ class GpuCollector:
                 self.stale_gpm += 1
                 continue
             gpm.update(sampler.gpm_mig.get((index, gi_id), {}))
-            for metric_id, (suffix, factor, doc) in GPM_GPUVIRT.items():
+            ent = rd.entities.get(gi_id) or fam.entity(MIG_LABELS, lab + [str(gi_id), profile])
+            for metric_id, name, factor, doc in _GPM_MIG:
                 if metric_id in gpm:
-                    fam.gauge('gpuvirt_mig_' + suffix, doc, MIG_LABELS, lab + [str(gi_id), profile], gpm[metric_id] * factor)
+                    ent.gauge(name, doc, gpm[metric_id] * factor)
 
     # -- MIG ----------------------------------------------------------------------------------------------------
     def _read_mig(self, gpu: Gpu):
@@ -514,14 +518,13 @@ class GpuCollector:
             mlab = lab + [str(gi_id), profile]
             fam.gauge('gpuvirt_mig_instance_info', 'A MIG GPU instance and its placement (value 1).',
                       MIG_LABELS + ['placement_start', 'placement_size'], mlab + [str(start), str(size)], 1)
+            ent = rd.entities[gi_id] = fam.entity(MIG_LABELS, mlab)  # its series find their cached text by one small key
             total = used.get(gi_id, (None, memory))[1]
-            fam.gauge('gpuvirt_mig_memory_total_bytes', 'Memory of the GPU instance.', MIG_LABELS, mlab, total)
-            fam.gauge('gpuvirt_mig_memory_used_bytes', 'Memory used in the GPU instance (from its MIG devices).', MIG_LABELS, mlab,
-                      used.get(gi_id, (0, memory))[0])
+            ent.gauge('gpuvirt_mig_memory_total_bytes', 'Memory of the GPU instance.', total)
+            ent.gauge('gpuvirt_mig_memory_used_bytes', 'Memory used in the GPU instance (from its MIG devices).', used.get(gi_id, (0, memory))[0])
             rd.instances.append((gi_id, profile, (total - used[gi_id][0], used[gi_id][0]) if gi_id in used else None, {}))
             if gi_id in used and used[gi_id][2] is not None:
-                fam.gauge('gpuvirt_mig_utilization_percent', 'GPU instance utilization, where NVML offers it.', MIG_LABELS, mlab,
-                          used[gi_id][2])
+                ent.gauge('gpuvirt_mig_utilization_percent', 'GPU instance utilization, where NVML offers it.', used[gi_id][2])
 
     def _mig_memory_used(self, gpu: Gpu) -> dict[int, tuple[int, int, int | None]]:
         """GPU instance id -> (used, total, utilization or None), read through the MIG device handles."""

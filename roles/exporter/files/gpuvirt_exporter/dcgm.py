@@ -115,6 +115,7 @@ class Reading:
     nvlink_mbps: float | None = None
     gpm: dict = field(default_factory=dict)  # GPM metric id -> value in GPM's unit
     instances: list = field(default_factory=list)  # [(GPU_I_ID, GPU_I_PROFILE, (free, used) bytes or None, gpm dict)]
+    entities: dict = field(default_factory=dict)  # GPU_I_ID -> its gpuvirt_mig_* label set (exposition.Entity), this scrape
 
 
 class DcgmSeries:

@@ -103,6 +103,12 @@ class Entity:
         self.values = tuple(values)
         self.number = families.cache.entity(self.keys, self.values)
 
+    def gauge(self, name: str, doc: str, value) -> None:
+        """A gpuvirt gauge of this label set, kept as Families.gauge keeps it (naming mode)."""
+        fam = self.families
+        if value is not None and (fam.gpuvirt or name.startswith(fam.kept)):
+            self.add(name, doc, 'gauge', value, False)
+
     def add(self, name: str, doc: str, kind: str, value, verbatim: bool) -> None:
         fam = self.families
         cache = fam.cache
