@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A fleet host that converges itself with ansible-pull (docs/scaling.md, "Fleets that converge themselves"): git and
 ansible-core (the project's pinned version, from PyPI) installed on the host, a Git repository on the host holding a
-playbook that imports gpuvirt.fleet.site, the host's declaration in host_vars/localhost.yml and the collection vendored
-under collections/ (the Galaxy tarball, extracted). `ansible-pull -U file://... -c local` applies the MIG layout, and
+playbook that imports gpuvirt.fleet.site, an inventory with the host's declaration and the collection vendored under
+collections/ (the Galaxy tarball, extracted). `ansible-pull -U file://... -i inventory.yml` applies the MIG layout, and
 a second pull changes nothing. What the GPUs hold is read from the simulator's state.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ FLEET, HOST = 'pull20', 'pl-01'
 MIG = [{'name': 'pull', 'devices': 'all', 'enabled': True, 'instances': [{'profile': '2g.12gb'}, {'profile': '2g.12gb'}]}]
 ANSIBLE_CORE = re.search(r'^ansible-core==(\S+)', (REPO / 'requirements' / 'controller.txt').read_text(), re.M).group(1)
 PULL = ('env -i LC_ALL=C.UTF-8 HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin:/opt/ansible/bin ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull '
-        '-i localhost, -c local pull.yml')
+        '-i inventory.yml pull.yml')
 
 
 def _sh(command: str, stdin: bytes | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -56,9 +56,12 @@ def _repository(tmp: Path) -> bytes:
             info.size, info.mode = len(data), 0o644
             repo.addfile(info, io.BytesIO(data))
         add('pull.yml', '---\n- name: Converge this host\n  ansible.builtin.import_playbook: gpuvirt.fleet.site\n')
-        # the modules run with the host's own Python (where its NVML binding is), not ansible-core's virtualenv
-        add('host_vars/localhost.yml', yaml.safe_dump({'gpu_mig': MIG, 'gpuvirt_exporter': False, 'ansible_python_interpreter': '/usr/bin/python3',
-                                                       'gpuvirt_output_dir': '/var/lib/gpuvirt-pull-output'}))
+        # the host's declaration in the repository's inventory (host_vars beside pull.yml would not apply: the plays
+        # are those of the collection's playbook, in its own directory); the modules run with the host's own Python
+        # (where its NVML binding is), not ansible-core's virtualenv
+        add('inventory.yml', yaml.safe_dump({'all': {'hosts': {'localhost': {
+            'ansible_connection': 'local', 'ansible_python_interpreter': '/usr/bin/python3', 'gpu_mig': MIG,
+            'gpuvirt_exporter': False, 'gpuvirt_output_dir': '/var/lib/gpuvirt-pull-output'}}}}))
         with tarfile.open(tarball) as collection:
             for member in collection.getmembers():
                 member.name = 'fleet-config/collections/ansible_collections/gpuvirt/fleet/' + member.name
