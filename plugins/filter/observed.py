@@ -10,8 +10,8 @@ name: observed
 short_description: M(gpuvirt.fleet.host_state) file entries with their content replaced by its checksum
 version_added: 0.7.0
 description:
-  - Turns the C(files) entries a role writes with M(gpuvirt.fleet.host_state) into the entries that observe them:
-    each C(content) (or C(content_base64)) becomes the SHA-1 C(checksum) of that content, every other key is kept, so the
+  - Turns the C(files) entries a role writes with M(gpuvirt.fleet.host_state) into the entries that observe them.
+    Each C(content) (or C(content_base64)) becomes the SHA-1 C(checksum) of that content, every other key is kept, so the
     observation sends no file content to the host.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
