@@ -134,52 +134,54 @@ class DcgmSeries:
 
     def add(self, families, gpu_labels: list[str], driver_version: str, reading: Reading) -> None:
         keys, values = self.gpu_labels(gpu_labels, driver_version)
+        # the GPU-wide series, made once per GPU and repeated for each of its MIG instances (as dcgm-exporter does)
+        r = reading
+        before = _series((('DCGM_FI_DEV_SM_CLOCK', r.sm_clock_mhz), ('DCGM_FI_DEV_MEM_CLOCK', r.mem_clock_mhz),
+                          ('DCGM_FI_DEV_MEMORY_TEMP', _temperature(r.memory_temp_c)), ('DCGM_FI_DEV_GPU_TEMP', _temperature(r.gpu_temp_c)),
+                          ('DCGM_FI_DEV_POWER_USAGE', None if r.power_mw is None else r.power_mw / 1000),
+                          ('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', r.energy_mj), ('DCGM_FI_DEV_PCIE_REPLAY_COUNTER', r.replays),
+                          ('DCGM_FI_DEV_GPU_UTIL', r.util_gpu), ('DCGM_FI_DEV_MEM_COPY_UTIL', r.util_memory),
+                          ('DCGM_FI_DEV_ENC_UTIL', r.encoder), ('DCGM_FI_DEV_DEC_UTIL', r.decoder)))
+        after = _series((('DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL', r.nvlink_mbps), ('DCGM_FI_DEV_VGPU_LICENSE_STATUS', r.vgpu_licensed))
+                        + ((('DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS', r.rows[1]), ('DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS', r.rows[0]),
+                            ('DCGM_FI_DEV_ROW_REMAP_FAILURE', 1 if r.rows[3] else 0)) if r.rows is not None else ()))
         if not reading.instances:
-            self._entity(families, keys, values, reading, reading.fb, reading.gpm, whole=True)
+            self._entity(families, keys, values, reading, before, after, reading.fb, reading.gpm, whole=True)
             return
         for gi_id, profile, memory, gpm in reading.instances:
             fb = None if memory is None else (memory[0], memory[1], None)
-            self._entity(families, keys + ['GPU_I_PROFILE', 'GPU_I_ID'], values + [profile, str(gi_id)], reading, fb, gpm,
+            self._entity(families, keys + ['GPU_I_PROFILE', 'GPU_I_ID'], values + [profile, str(gi_id)], reading, before, after, fb, gpm,
                          whole=False)
 
-    def _entity(self, families, keys, values, r: Reading, fb, gpm, whole: bool) -> None:
-        entity = families.entity(keys, values)  # its series find their cached text by one small key
-
-        def put(name, value):
-            if value is not None:
-                entity.add(name, HELP[name], 'counter' if name in COUNTERS else 'gauge', value, True)
-
-        put('DCGM_FI_DEV_SM_CLOCK', r.sm_clock_mhz)
-        put('DCGM_FI_DEV_MEM_CLOCK', r.mem_clock_mhz)
-        put('DCGM_FI_DEV_MEMORY_TEMP', _temperature(r.memory_temp_c))
-        put('DCGM_FI_DEV_GPU_TEMP', _temperature(r.gpu_temp_c))
-        put('DCGM_FI_DEV_POWER_USAGE', None if r.power_mw is None else r.power_mw / 1000)
-        put('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', r.energy_mj)
-        put('DCGM_FI_DEV_PCIE_REPLAY_COUNTER', r.replays)
-        put('DCGM_FI_DEV_GPU_UTIL', r.util_gpu)
-        put('DCGM_FI_DEV_MEM_COPY_UTIL', r.util_memory)
-        put('DCGM_FI_DEV_ENC_UTIL', r.encoder)
-        put('DCGM_FI_DEV_DEC_UTIL', r.decoder)
+    def _entity(self, families, keys, values, r: Reading, before, after, fb, gpm, whole: bool) -> None:  # pylint: disable=too-many-arguments
+        add = families.entity(keys, values).add  # its series find their cached text by one small key
+        for name, doc, kind, value in before:
+            add(name, doc, kind, value, True)
         if fb is not None:
-            put('DCGM_FI_DEV_FB_FREE', fb[0] // MIB)
-            put('DCGM_FI_DEV_FB_USED', fb[1] // MIB)
+            add('DCGM_FI_DEV_FB_FREE', HELP['DCGM_FI_DEV_FB_FREE'], 'gauge', fb[0] // MIB, True)
+            add('DCGM_FI_DEV_FB_USED', HELP['DCGM_FI_DEV_FB_USED'], 'gauge', fb[1] // MIB, True)
             if whole and fb[2] is not None:
-                put('DCGM_FI_DEV_FB_RESERVED', fb[2] // MIB)
-        put('DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL', r.nvlink_mbps)
-        put('DCGM_FI_DEV_VGPU_LICENSE_STATUS', r.vgpu_licensed)
-        if r.rows is not None:
-            put('DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS', r.rows[1])
-            put('DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS', r.rows[0])
-            put('DCGM_FI_DEV_ROW_REMAP_FAILURE', 1 if r.rows[3] else 0)
-        for metric_id, (name, factor) in GPM_METRICS.items():
+                add('DCGM_FI_DEV_FB_RESERVED', HELP['DCGM_FI_DEV_FB_RESERVED'], 'gauge', fb[2] // MIB, True)
+        for name, doc, kind, value in after:
+            add(name, doc, kind, value, True)
+        for metric_id, name, doc, factor in _GPM_SERIES:
             if metric_id in gpm:
-                put(name, gpm[metric_id] * factor)
+                add(name, doc, 'gauge', gpm[metric_id] * factor, True)
         if r.last_xid is not None:
             xid = r.last_xid
             families.add('DCGM_FI_DEV_XID_ERRORS', HELP['DCGM_FI_DEV_XID_ERRORS'], 'gauge', keys + ['err_code', 'err_msg'],
                          list(values) + [str(xid), xid_text(xid)], xid, True)
 
 
+def _series(pairs) -> list[tuple]:
+    """(name, HELP, kind, value) of each (name, value) whose value was read."""
+    return [(name, HELP[name], 'counter' if name in COUNTERS else 'gauge', value) for name, value in pairs if value is not None]
+
+
 def _temperature(value):
     # DCGM drops temperature readings above 200 C as errors
     return None if value is None or value > 200 else value
+
+
+# The GPM metrics' dcgm series: (metric id, name, HELP, factor), made once.
+_GPM_SERIES = [(metric_id, name, HELP[name], factor) for metric_id, (name, factor) in GPM_METRICS.items()]
