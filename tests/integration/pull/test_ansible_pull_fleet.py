@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 FLEET, HOST = 'pull20', 'pl-01'
 MIG = [{'name': 'pull', 'devices': 'all', 'enabled': True, 'instances': [{'profile': '2g.12gb'}, {'profile': '2g.12gb'}]}]
 ANSIBLE_CORE = re.search(r'^ansible-core==(\S+)', (REPO / 'requirements' / 'controller.txt').read_text(), re.M).group(1)
-PULL = ('env -i LC_ALL=C.UTF-8 HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin:/opt/ansible/bin ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull '
-        '-i inventory.yml pull.yml')
+PULL = ('env -i LC_ALL=C.UTF-8 HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin:/opt/ansible/bin '
+        'ansible-pull -U file:///srv/fleet-config -d /var/lib/gpuvirt-pull -i inventory.yml pull.yml')
 
 
 def _sh(command: str, stdin: bytes | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
