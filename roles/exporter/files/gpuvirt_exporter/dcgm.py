@@ -12,11 +12,6 @@ and bare counter names (no _total). Values DCGM would report blank (not supporte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
-
 from gpuvirt_exporter.xid_text import xid_text
 
 MIB = 1024 * 1024
@@ -71,51 +66,28 @@ COUNTERS = {'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', 'DCGM_FI_DEV_PCIE_REPLAY_COU
             'DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS', 'DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS'}
 
 
-class VerbatimMetric(Metric):
-    """A family rendered with its name as is: dcgm-exporter's counters have no _total (see render_verbatim)."""
+class Reading:  # pylint: disable=too-many-instance-attributes,too-few-public-methods
+    """What one scrape read of one GPU, in NVML's units (None: not read, not supported or failed).
 
-    verbatim = True
+    sm_clock_mhz, mem_clock_mhz, gpu_temp_c, memory_temp_c, power_mw, energy_mj, replays, util_gpu, util_memory, encoder,
+    decoder, vgpu_licensed, last_xid, nvlink_mbps: numbers; fb: (free, used, reserved or None) bytes; rows:
+    nvmlDeviceGetRemappedRows (corrected, uncorrected, pending, failure); gpm: GPM metric id -> value in GPM's unit;
+    instances: [(GPU_I_ID, GPU_I_PROFILE, (free, used) bytes or None, gpm dict)]; entities: GPU_I_ID -> its gpuvirt_mig_*
+    label set (exposition.Entity), this scrape. (A plain class: dataclasses would cost the exporter 1.6 MiB to import.)
+    """
 
+    __slots__ = ('sm_clock_mhz', 'mem_clock_mhz', 'gpu_temp_c', 'memory_temp_c', 'power_mw', 'energy_mj', 'replays', 'util_gpu',
+                 'util_memory', 'encoder', 'decoder', 'fb', 'vgpu_licensed', 'rows', 'last_xid', 'nvlink_mbps', 'gpm', 'instances',
+                 'entities')
 
-def render_verbatim(metric: Metric) -> str:
-    """The text exposition of one family, names untouched, label and help escaping as prometheus_client does it.
-
-    A family the collector rendered from cached pieces (exposition.Rendered) is returned as it is."""
-    ready = getattr(metric, 'exposition', None)
-    if ready is not None:
-        return ready
-    doc = metric.documentation.replace('\\', r'\\').replace('\n', r'\n')
-    lines = ['# HELP %s %s\n' % (metric.name, doc), '# TYPE %s %s\n' % (metric.name, metric.type)]
-    for sample in metric.samples:
-        labels = ','.join('%s="%s"' % (k, v.replace('\\', r'\\').replace('\n', r'\n').replace('"', r'\"'))
-                          for k, v in sorted(sample.labels.items()))
-        lines.append('%s%s %s\n' % (sample.name, '{%s}' % labels if labels else '', floatToGoString(sample.value)))
-    return ''.join(lines)
-
-
-@dataclass
-class Reading:
-    """What one scrape read of one GPU, in NVML's units (None: not read, not supported or failed)."""
-
-    sm_clock_mhz: int | None = None
-    mem_clock_mhz: int | None = None
-    gpu_temp_c: int | None = None
-    memory_temp_c: int | None = None
-    power_mw: int | None = None
-    energy_mj: int | None = None
-    replays: int | None = None
-    util_gpu: int | None = None
-    util_memory: int | None = None
-    encoder: int | None = None
-    decoder: int | None = None
-    fb: tuple | None = None  # (free, used, reserved or None) in bytes
-    vgpu_licensed: int | None = None
-    rows: tuple | None = None  # nvmlDeviceGetRemappedRows: (corrected, uncorrected, pending, failure)
-    last_xid: int | None = None
-    nvlink_mbps: float | None = None
-    gpm: dict = field(default_factory=dict)  # GPM metric id -> value in GPM's unit
-    instances: list = field(default_factory=list)  # [(GPU_I_ID, GPU_I_PROFILE, (free, used) bytes or None, gpm dict)]
-    entities: dict = field(default_factory=dict)  # GPU_I_ID -> its gpuvirt_mig_* label set (exposition.Entity), this scrape
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, None)
+        self.gpm: dict = {}
+        self.instances: list = []
+        self.entities: dict = {}
+        for name, value in values.items():
+            setattr(self, name, value)
 
 
 class DcgmSeries:

@@ -1,43 +1,79 @@
 # Copyright (c) gpuvirt.fleet contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The text exposition of a scrape, built from pieces rendered once.
+"""The text exposition of a scrape (Prometheus text format 0.0.4), built from pieces rendered once.
 
-A family's HELP/TYPE header and each series' `name{labels} ` prefix are rendered the first time they are seen, by
-prometheus_client itself (gpuvirt names) or by dcgm.render_verbatim (dcgm names, counters without _total), and kept:
-a scrape then only formats values. Label sets repeat from scrape to scrape (a GPU's identity, a MIG instance, a vGPU), so
-the cache stays the size of one scrape; it is emptied if it ever grows past LIMIT (label values that keep changing).
+A family's HELP/TYPE header and each series' `name{labels} ` prefix are rendered the first time they are seen and kept:
+a scrape then only formats values. gpuvirt counters are written as prometheus_client writes them (name_total on the
+sample and in HELP/TYPE); dcgm names are written as is (dcgm-exporter's counters have no _total). Labels are sorted,
+label values and HELP escaped as the format asks. Label sets repeat from scrape to scrape (a GPU's identity, a MIG
+instance, a vGPU), so the cache stays the size of one scrape; it is emptied if it ever grows past LIMIT (label values
+that keep changing). The exporter needs no Prometheus client library: importing one costs more memory than the whole
+collector.
 """
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.utils import floatToGoString
-
-from gpuvirt_exporter.dcgm import VerbatimMetric, render_verbatim
+import math
 
 LIMIT = 100_000
 TEXT_LIMIT = 4096  # values seen often (0, 1, clocks, limits) keep their text; 1 and 1.0 are one key, as they are one value
+CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 _TEXT: dict = {}
 
 
-class _One:
-    def __init__(self, metric):
-        self.metric = metric
-
-    def collect(self):
-        return [self.metric]
+def escape_help(text: str) -> str:
+    return text.replace('\\', r'\\').replace('\n', r'\n')
 
 
-def _render_one(name: str, doc: str, kind: str, keys: list[str], values: list[str], verbatim: bool) -> str:
-    if verbatim:
-        metric = VerbatimMetric(name, doc, kind)
-        metric.add_sample(name, dict(zip(keys, values)), 0.0)
-        return render_verbatim(metric)
-    family = (CounterMetricFamily if kind == 'counter' else GaugeMetricFamily)(name, doc, labels=keys)
-    family.add_metric(values, 0.0)
-    return generate_latest(_One(family)).decode('utf-8')
+def escape_label(text: str) -> str:
+    return text.replace('\\', r'\\').replace('\n', r'\n').replace('"', r'\"')
+
+
+def sample_name(name: str, kind: str, verbatim: bool) -> str:
+    """The name a series is written under: gpuvirt counters end in _total, dcgm names stay as they are."""
+    return name + '_total' if kind == 'counter' and not verbatim and not name.endswith('_total') else name
+
+
+def header(name: str, doc: str, kind: str, verbatim: bool) -> str:
+    shown = sample_name(name, kind, verbatim)
+    return '# HELP %s %s\n# TYPE %s %s\n' % (shown, escape_help(doc), shown, kind)
+
+
+def series_prefix(name: str, keys, values) -> str:
+    """`name{k="v",...} `, labels sorted by name."""
+    labels = ','.join('%s="%s"' % (key, escape_label(str(value))) for key, value in sorted(zip(keys, values)))
+    return '%s{%s} ' % (name, labels) if labels else name + ' '
+
+
+def go_float(value) -> str:
+    """A sample value as Go (and so Prometheus and prometheus_client) writes it: NaN, +Inf, -Inf; Python's shortest
+    repr, except that a positive number of 7 or more integer digits is written with an exponent (1.5e+11)."""
+    value = float(value)
+    if math.isnan(value):
+        return 'NaN'
+    if math.isinf(value):
+        return '+Inf' if value > 0 else '-Inf'
+    text = repr(value)
+    if value > 0 and 'e' not in text:
+        whole, _dot, fraction = text.partition('.')
+        if len(whole) > 6:
+            digits = (whole + fraction).rstrip('0')
+            return '%s%se+%02d' % (digits[0], '.' + digits[1:] if len(digits) > 1 else '', len(whole) - 1)
+    return text
+
+
+def render_family(metric) -> str:
+    """The text of a family from another collector (name, documentation, type, samples with name, labels, value), or
+    the cached text of one of ours."""
+    ready = getattr(metric, 'exposition', None)
+    if ready is not None:
+        return ready
+    verbatim = getattr(metric, 'verbatim', False)
+    lines = [header(metric.name, metric.documentation, metric.type, verbatim)]
+    for sample in metric.samples:
+        labels = sample.labels
+        lines.append(series_prefix(sample.name, list(labels), list(labels.values())) + go_float(sample.value) + '\n')
+    return ''.join(lines)
 
 
 class Rendered:
@@ -46,9 +82,9 @@ class Rendered:
     verbatim = True
     __slots__ = ('name', 'documentation', 'type', 'lines')
 
-    def __init__(self, name: str, doc: str, kind: str, header: str):
+    def __init__(self, name: str, doc: str, kind: str, head: str):
         self.name, self.documentation, self.type = name, doc, kind
-        self.lines = [header]
+        self.lines = [head]
 
     @property
     def exposition(self) -> str:
@@ -56,7 +92,9 @@ class Rendered:
 
     @property
     def samples(self) -> list:
-        """The series as prometheus_client samples, for a caller that reads them (read back from the text)."""
+        """The series as prometheus_client samples, for a caller that reads them (read back from the text with
+        prometheus_client's parser, imported only then)."""
+        from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
         return [sample for family in text_string_to_metric_families(self.exposition) for sample in family.samples]
 
 
@@ -84,11 +122,9 @@ class TextCache:
         if found is None:
             if len(self.prefixes) >= LIMIT:
                 self.prefixes.clear()
-            text = _render_one(name, doc, kind, keys, values, verbatim)
-            head = [line for line in text.splitlines(True) if line.startswith('#')]
-            line = next(line for line in text.splitlines() if not line.startswith('#'))
-            self.headers.setdefault(name, ''.join(head))
-            found = self.prefixes[key] = line[:line.rindex(' ') + 1]
+            if name not in self.headers:
+                self.headers[name] = header(name, doc, kind, verbatim)
+            found = self.prefixes[key] = series_prefix(sample_name(name, kind, verbatim), keys, values)
         return found
 
 
@@ -126,7 +162,7 @@ class Entity:
 
 def _text(value) -> str:
     value = float(value)
-    text = floatToGoString(value)
+    text = go_float(value)
     if len(_TEXT) < TEXT_LIMIT:
         _TEXT[value] = text
     return text

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
-import hashlib
-import hmac
 import json
 import os
 import queue
@@ -30,7 +28,6 @@ import select
 import selectors
 import signal
 import socket
-import ssl
 import struct
 import sys
 import threading
@@ -38,13 +35,40 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
 from gpuvirt_exporter import DEFAULT_PORT, __version__, wire
-from gpuvirt_exporter.dcgm import HOST_LABEL_CHOICES, NAME_MODES, render_verbatim
+from gpuvirt_exporter.dcgm import HOST_LABEL_CHOICES, NAME_MODES
+from gpuvirt_exporter.exposition import CONTENT_TYPE, render_family
 
 if TYPE_CHECKING:
+    import ssl
+
     from gpuvirt_exporter.collector import GpuCollector
+
+
+class _NoTls:
+    """Stands in for the ssl module until a TLS configuration loads it (tls_context): the exception classes the
+    connection code names are never raised without TLS, and the exporter does not pay for OpenSSL (5 MiB resident)
+    where it serves plain HTTP. BasicAuth loads hashlib and hmac (OpenSSL's libcrypto) the same way."""
+
+    class SSLError(OSError):
+        """Never raised."""
+
+    class SSLWantReadError(SSLError):
+        """Never raised."""
+
+    class SSLWantWriteError(SSLError):
+        """Never raised."""
+
+
+_ssl = _NoTls  # pylint: disable=invalid-name
+
+
+def _load_ssl():
+    """The ssl module, from now on also the one the connection code's exception handlers name."""
+    global _ssl  # pylint: disable=global-statement,invalid-name
+    import ssl  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    _ssl = ssl
+    return ssl
 
 LANDING = b'<html><head><title>gpuvirt exporter</title></head><body><h1>gpuvirt exporter</h1><a href="/metrics">Metrics</a></body></html>\n'
 ALLOWED_METHODS = 'GET, HEAD'
@@ -92,6 +116,7 @@ def load_web_config(path: str) -> dict:
 
 
 def tls_context(tls: dict) -> ssl.SSLContext:
+    ssl = _load_ssl()  # pylint: disable=redefined-outer-name
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2 if tls.get('min_version', 'TLS12') == 'TLS12' else ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(tls['cert_file'], tls['key_file'])
@@ -118,7 +143,10 @@ class BasicAuth:
             import bcrypt  # pylint: disable=import-outside-toplevel
         except ImportError as exc:
             raise ConfigError('basic_auth_users needs the Python package bcrypt') from exc
+        import hashlib  # pylint: disable=import-outside-toplevel
+        import hmac  # pylint: disable=import-outside-toplevel
         self._bcrypt = bcrypt
+        self._hmac, self._sha256 = hmac, hashlib.sha256
         self._key = os.urandom(32)
         self._users = [(self._digest(str(name).encode('utf-8')), str(hashed).encode('ascii')) for name, hashed in users.items()]
         costs = {_bcrypt_cost(str(hashed)) for hashed in users.values()}
@@ -134,7 +162,7 @@ class BasicAuth:
         return len(self._verified)
 
     def _digest(self, data: bytes) -> bytes:
-        return hmac.new(self._key, data, hashlib.sha256).digest()
+        return self._hmac.new(self._key, data, self._sha256).digest()
 
     @staticmethod
     def _credentials(header: str | None) -> tuple[bytes, bytes] | None:
@@ -168,7 +196,7 @@ class BasicAuth:
         presented = self._digest(user)
         hashed = None
         for name_digest, user_hash in self._users:  # every name compared, in constant time each
-            if hmac.compare_digest(name_digest, presented):
+            if self._hmac.compare_digest(name_digest, presented):
                 hashed = user_hash
         with self._bcrypt_lock:
             matched = self._bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed if hashed is not None else self._dummy)
@@ -185,8 +213,8 @@ class SharedScrape:
     """One NVML read for the scrapes that arrived before it started: a scrape whose request was complete when the last
     read began takes that read's result instead of reading again."""
 
-    def __init__(self, registry: CollectorRegistry):
-        self.registry = registry
+    def __init__(self, source):
+        self.source = source  # what collect() returns families from: the GpuCollector, or any prometheus_client registry
         self._lock = threading.Lock()
         self._started = -1.0
         self._body = b''
@@ -197,29 +225,13 @@ class SharedScrape:
             if self._started >= arrived:
                 return self._body
             self._started = time.monotonic()
-            self._body = render(self.registry)
+            self._body = render(self.source)
             return self._body
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    """The text exposition: prometheus_client's for the gpuvirt families, names as is for dcgm's (no _total on counters)."""
-    parts = []
-    for metric in registry.collect():
-        if getattr(metric, 'verbatim', False):
-            parts.append(render_verbatim(metric).encode('utf-8'))
-        else:
-            parts.append(generate_latest(_One(metric)))
-    return b''.join(parts)
-
-
-class _One:
-    """A collector of one family, so that prometheus_client renders each gpuvirt family exactly as before."""
-
-    def __init__(self, metric):
-        self.metric = metric
-
-    def collect(self):
-        return [self.metric]
+def render(source) -> bytes:
+    """The text exposition of every family source.collect() returns (exposition.render_family)."""
+    return ''.join([render_family(metric) for metric in source.collect()]).encode('utf-8')
 
 
 class _Conn:
@@ -256,6 +268,8 @@ class Server:  # pylint: disable=too-many-instance-attributes
         self.scrape = scrape
         self.auth = auth
         self.tls = tls
+        if tls is not None:
+            _load_ssl()
         self.read_timeout = float(read_timeout)
         self.max_connections = int(max_connections)
         family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
@@ -388,7 +402,7 @@ class Server:  # pylint: disable=too-many-instance-attributes
             if self.tls is not None:
                 try:
                     sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                except (ssl.SSLError, OSError):
+                except (_ssl.SSLError, OSError):
                     sock.close()
                     continue
             conn = _Conn(sock, peer, self.tls is not None, time.monotonic())
@@ -434,13 +448,13 @@ class Server:  # pylint: disable=too-many-instance-attributes
     def _handshake(self, conn: _Conn) -> None:
         try:
             conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
+        except _ssl.SSLWantReadError:
             self._watch(conn, selectors.EVENT_READ)
             return
-        except ssl.SSLWantWriteError:
+        except _ssl.SSLWantWriteError:
             self._watch(conn, selectors.EVENT_WRITE)
             return
-        except (ssl.SSLError, OSError):
+        except (_ssl.SSLError, OSError):
             self._close(conn)
             return
         conn.handshaking = False
@@ -451,9 +465,9 @@ class Server:  # pylint: disable=too-many-instance-attributes
         while len(conn.buffer) <= wire.MAX_HEAD:
             try:
                 chunk = conn.sock.recv(65536)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
                 break
-            except (ssl.SSLError, OSError):
+            except (_ssl.SSLError, OSError):
                 self._close(conn)
                 return
             if not chunk:
@@ -500,7 +514,7 @@ class Server:  # pylint: disable=too-many-instance-attributes
         if code == 0 and request.method not in ('GET', 'HEAD'):
             code, body, extra = 405, wire.error_body(405), (('Allow', ALLOWED_METHODS),)
         elif code == 0 and request.path == '/metrics':
-            code, body, content_type = 200, self.scrape.body(conn.arrived), CONTENT_TYPE_LATEST
+            code, body, content_type = 200, self.scrape.body(conn.arrived), CONTENT_TYPE
         elif code == 0 and request.path == '/':
             code, body, content_type = 200, LANDING, 'text/html; charset=utf-8'
         elif code == 0:
@@ -520,13 +534,13 @@ class Server:  # pylint: disable=too-many-instance-attributes
         while conn.out is not None:
             try:
                 sent = conn.sock.send(conn.out)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            except (BlockingIOError, InterruptedError, _ssl.SSLWantWriteError):
                 self._watch(conn, selectors.EVENT_WRITE)
                 return False
-            except ssl.SSLWantReadError:
+            except _ssl.SSLWantReadError:
                 self._watch(conn, selectors.EVENT_READ)
                 return False
-            except (ssl.SSLError, OSError):
+            except (_ssl.SSLError, OSError):
                 self._close(conn)
                 return False
             conn.since = time.monotonic()
@@ -594,8 +608,6 @@ def parse_address(value: str) -> tuple[str, int]:
 
 def build_server(listen: str, web_config: str | None, collector: GpuCollector, read_timeout: float = 10.0,
                  max_connections: int = 64) -> Server:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
     auth = tls = None
     if web_config:
         config = load_web_config(web_config)
@@ -606,7 +618,7 @@ def build_server(listen: str, web_config: str | None, collector: GpuCollector, r
                       'users of a lower cost from unknown ones; give them all one cost', file=sys.stderr, flush=True)
         if config.get('tls_server_config'):
             tls = tls_context(config['tls_server_config'])
-    return Server(parse_address(listen), SharedScrape(registry), auth, tls, read_timeout, max_connections)
+    return Server(parse_address(listen), SharedScrape(collector), auth, tls, read_timeout, max_connections)
 
 
 def _positive(kind):
@@ -653,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                              gpm_interval=args.gpm_interval)
     try:
         server = build_server(args.listen, args.web_config, collector, args.read_timeout, args.max_connections)
-    except (ConfigError, OSError, ssl.SSLError, KeyError) as exc:
+    except (ConfigError, OSError, _ssl.SSLError, KeyError) as exc:
         print('gpuvirt-exporter: %s' % exc, file=sys.stderr)
         return 2
 
