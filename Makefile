@@ -86,7 +86,7 @@ $(COLLECTION_LINK):
 # The exporter's wheels for hosts without PyPI access (the simulated hosts), downloaded once.
 .build/exporter-wheels/.stamp: requirements/test.txt | venv
 	$(BIN)/python -m pip download -q --disable-pip-version-check -d $(dir $@) --only-binary=:all: --python-version 3.11 \
-	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 prometheus-client==0.26.0 bcrypt==5.0.0 pip
+	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 bcrypt==5.0.0 pip
 	@touch $@
 
 demo: venv collection .build/exporter-wheels/.stamp

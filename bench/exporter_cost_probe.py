@@ -100,6 +100,13 @@ def main() -> None:
         'nvmlDeviceGetCurrentClocksEventReasons': lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle),
         'nvmlDeviceGetActiveVgpus': lambda: pynvml.nvmlDeviceGetActiveVgpus(handle),
     }
+    mem1 = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    try:
+        mem2 = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+        print('# memory v1 total/free/used %d/%d/%d; v2 total/free/used/reserved %d/%d/%d/%d' % (
+            mem1.total, mem1.free, mem1.used, mem2.total, mem2.free, mem2.used, mem2.reserved))
+    except pynvml.NVMLError as exc:
+        print('# memory v2: %s' % exc)
     total = 0.0
     for name, func in calls.items():
         value = median_us(func, args.repeat)

@@ -132,7 +132,7 @@ options:
         type: path
         required: true
       requirements:
-        description: Requirements such as C(prometheus-client==0.26.0).
+        description: Requirements such as C(bcrypt==5.0.0).
         type: list
         elements: str
         default: []
@@ -165,7 +165,7 @@ EXAMPLES = r'''
       - {name: gpuvirt-exporter, group: gpuvirt-exporter, shell: /usr/sbin/nologin}
     python_packages:
       venv: /opt/gpuvirt-exporter/venv
-      requirements: [prometheus-client==0.26.0]
+      requirements: [bcrypt==5.0.0]
   register: observed
 
 - name: Write a set of files in one call

@@ -31,7 +31,7 @@ FLEET = 'exptest'
 VENV_BIN = REPO / '.venv' / 'bin'
 PORTS = {'et-h100': 23350, 'et-a40': 23351}
 PROMETHEUS_PORT = 23390
-WHEELS = ['prometheus-client==0.26.0', 'bcrypt==5.0.0', 'pip']
+WHEELS = ['bcrypt==5.0.0', 'pip']
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root'),
               pytest.mark.skipif(not shutil.which('prometheus') or not shutil.which('promtool'),

@@ -268,8 +268,6 @@ class GpuCollector:
             self._gpu_telemetry(fam, gpu, reading)
             self._slow_values(fam, gpu, reading)
             self._vgpus(fam, gpu)
-            if self.dcgm is not None:
-                self._dcgm_only(gpu, reading)
         except GpuLost:
             up = 0
         else:
@@ -297,17 +295,16 @@ class GpuCollector:
             if value is not None:
                 setattr(rd, engine.lower(), value[0])
                 fam.gauge('gpuvirt_gpu_%s_utilization_percent' % engine.lower(), '%s utilization.' % engine, GPU_LABELS, lab, value[0])
-        mem = n.call(s, 'nvmlDeviceGetMemoryInfo', h)
+        mem = self._memory(gpu)
         if mem is not None:
-            rd.fb = (mem.free, mem.used, None)
-            for key in ('used', 'free', 'total'):
-                fam.gauge('gpuvirt_gpu_memory_%s_bytes' % key, 'Framebuffer memory %s.' % key, GPU_LABELS, lab, getattr(mem, key))
+            free, used, total, dcgm_used, reserved = mem
+            rd.fb = (free, dcgm_used, reserved)
+            for key, value in (('used', used), ('free', free), ('total', total)):
+                fam.gauge('gpuvirt_gpu_memory_%s_bytes' % key, 'Framebuffer memory %s.' % key, GPU_LABELS, lab, value)
         rd.gpu_temp_c = n.call(s, 'nvmlDeviceGetTemperature', h, 0)
         fam.gauge('gpuvirt_gpu_temperature_celsius', 'GPU core temperature.', GPU_LABELS, lab, rd.gpu_temp_c)
         power = rd.power_mw = n.call(s, 'nvmlDeviceGetPowerUsage', h)
         fam.gauge('gpuvirt_gpu_power_watts', 'Power draw.', GPU_LABELS, lab, None if power is None else power / 1000)
-        limit = n.call(s, 'nvmlDeviceGetEnforcedPowerLimit', h)
-        fam.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit.', GPU_LABELS, lab, None if limit is None else limit / 1000)
         for clock, kind in CLOCKS.items():
             value = n.call(s, 'nvmlDeviceGetClockInfo', h, kind)
             if clock in ('sm', 'mem'):
@@ -326,12 +323,15 @@ class GpuCollector:
                 fam.gauge('gpuvirt_gpu_clocks_event_reason', 'Whether a clock event (throttle) reason is active (1) or not (0).',
                           GPU_LABELS + ['reason'], lab + [name], 1 if reasons & bit else 0)
 
-    def _dcgm_only(self, gpu: Gpu, rd: Reading) -> None:
-        """NVML reads only the dcgm names need in the scrape: memory v2 (reserved)."""
+    def _memory(self, gpu: Gpu):
+        """(free, used as nvmlDeviceGetMemoryInfo reports it: total - free, total, used without the reserved memory
+        (dcgm's FB_USED), reserved or None), in one call: the v2 structure where the driver has it."""
         n, s, h = self.nvml, gpu.scope, gpu.handle
         mem = n.run(s, 'nvmlDeviceGetMemoryInfo_v2', lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2))
         if mem is not None:
-            rd.fb = (mem.free, mem.used, mem.reserved)
+            return mem.free, mem.total - mem.free, mem.total, mem.used, mem.reserved
+        mem = n.call(s, 'nvmlDeviceGetMemoryInfo', h)
+        return None if mem is None else (mem.free, mem.used, mem.total, mem.used, None)
 
     # -- the slow calls (background) ----------------------------------------------------------------------------
     def _read_slow(self, gpu: Gpu) -> dict:
@@ -396,6 +396,7 @@ class GpuCollector:
         return {'ecc': n.call(s, 'nvmlDeviceGetEccMode', h), 'persistence': n.call(s, 'nvmlDeviceGetPersistenceMode', h),
                 'compute': n.call(s, 'nvmlDeviceGetComputeMode', h),
                 'default_limit': n.call(s, 'nvmlDeviceGetPowerManagementDefaultLimit', h),
+                'enforced_limit': n.call(s, 'nvmlDeviceGetEnforcedPowerLimit', h),
                 'app_clocks': {clock: n.call(s, 'nvmlDeviceGetApplicationsClock', h, kind) for clock, kind in (('graphics', 0), ('mem', 2))}}
 
     def _settings(self, fam: Families, gpu: Gpu, values: dict | None) -> None:
@@ -408,6 +409,9 @@ class GpuCollector:
         fam.gauge('gpuvirt_gpu_persistence_mode', 'Persistence mode: 1 on, 0 off.', GPU_LABELS, lab, values['persistence'])
         fam.gauge('gpuvirt_gpu_compute_mode', 'Compute mode, the NVML value (0 default, 2 prohibited, 3 exclusive process).',
                   GPU_LABELS, lab, values['compute'])
+        limit = values['enforced_limit']
+        fam.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit (read in the background: it changes when set).', GPU_LABELS, lab,
+                  None if limit is None else limit / 1000)
         default = values['default_limit']
         fam.gauge('gpuvirt_gpu_power_limit_default_watts', 'Default power limit.', GPU_LABELS, lab,
                   None if default is None else default / 1000)

@@ -126,19 +126,15 @@ class DcgmSeries:
                          whole=False)
 
     def _entity(self, families, keys, values, r: Reading, before, after, fb, gpm, whole: bool) -> None:  # pylint: disable=too-many-arguments
-        add = families.entity(keys, values).add  # its series find their cached text by one small key
-        for name, doc, kind, value in before:
-            add(name, doc, kind, value, True)
+        series = list(before)
         if fb is not None:
-            add('DCGM_FI_DEV_FB_FREE', HELP['DCGM_FI_DEV_FB_FREE'], 'gauge', fb[0] // MIB, True)
-            add('DCGM_FI_DEV_FB_USED', HELP['DCGM_FI_DEV_FB_USED'], 'gauge', fb[1] // MIB, True)
+            series.append(('DCGM_FI_DEV_FB_FREE', HELP['DCGM_FI_DEV_FB_FREE'], 'gauge', fb[0] // MIB))
+            series.append(('DCGM_FI_DEV_FB_USED', HELP['DCGM_FI_DEV_FB_USED'], 'gauge', fb[1] // MIB))
             if whole and fb[2] is not None:
-                add('DCGM_FI_DEV_FB_RESERVED', HELP['DCGM_FI_DEV_FB_RESERVED'], 'gauge', fb[2] // MIB, True)
-        for name, doc, kind, value in after:
-            add(name, doc, kind, value, True)
-        for metric_id, name, doc, factor in _GPM_SERIES:
-            if metric_id in gpm:
-                add(name, doc, 'gauge', gpm[metric_id] * factor, True)
+                series.append(('DCGM_FI_DEV_FB_RESERVED', HELP['DCGM_FI_DEV_FB_RESERVED'], 'gauge', fb[2] // MIB))
+        series += after
+        series += [(name, doc, 'gauge', gpm[metric_id] * factor) for metric_id, name, doc, factor in _GPM_SERIES if metric_id in gpm]
+        families.entity(keys, values).add_many(series, True)  # its series find their cached text by one small key
         if r.last_xid is not None:
             xid = r.last_xid
             families.add('DCGM_FI_DEV_XID_ERRORS', HELP['DCGM_FI_DEV_XID_ERRORS'], 'gauge', keys + ['err_code', 'err_msg'],

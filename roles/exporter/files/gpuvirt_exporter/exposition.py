@@ -103,7 +103,8 @@ class TextCache:
 
     def __init__(self):
         self.headers: dict[str, str] = {}  # name -> HELP and TYPE lines
-        self.prefixes: dict[tuple, str] = {}  # (name, label values or entity number) -> 'sample_name{labels} '
+        self.prefixes: dict[tuple, str] = {}  # (name, label values) -> 'sample_name{labels} '
+        self.lines: dict[tuple, list] = {}  # (name, entity number) -> [prefix, last value, last line]
         self.entities: dict[tuple, int] = {}  # (label keys, label values) -> entity number
 
     def entity(self, keys: tuple, values: tuple) -> int:
@@ -113,6 +114,7 @@ class TextCache:
             if len(self.entities) >= LIMIT:
                 self.entities.clear()
                 self.prefixes.clear()
+                self.lines.clear()
             found = self.entities[(keys, values)] = len(self.entities) + 1
         return found
 
@@ -146,18 +148,29 @@ class Entity:
             self.add(name, doc, 'gauge', value, False)
 
     def add(self, name: str, doc: str, kind: str, value, verbatim: bool) -> None:
+        self.add_many(((name, doc, kind, value),), verbatim)
+
+    def add_many(self, series, verbatim: bool) -> None:
+        """Several series of this label set, (name, HELP, kind, value) each, in one loop (a MIG instance has about 25)."""
         fam = self.families
-        cache = fam.cache
-        prefix = cache.prefixes.get((name, self.number))
-        if prefix is None:
-            prefix = cache.prefixes[(name, self.number)] = cache.prefix(name, doc, kind, self.keys, self.values, verbatim)
-        family = fam.items.get(name)
-        if family is None:
-            family = fam.items[name] = Rendered(name, doc, kind, cache.headers[name])
-        text = _TEXT.get(value)
-        if text is None:
-            text = _text(value)
-        family.lines.append(prefix + text + '\n')
+        cache, items, number = fam.cache, fam.items, self.number
+        lines = cache.lines
+        for name, doc, kind, value in series:
+            # [prefix, the last value, its line]: a value that did not change since the last scrape reuses its line
+            last = lines.get((name, number))
+            if last is None:
+                if len(lines) >= LIMIT:
+                    lines.clear()
+                last = lines[(name, number)] = [cache.prefix(name, doc, kind, self.keys, self.values, verbatim), None, '']
+            if value != last[1] or last[1] is None:
+                text = _TEXT.get(value)
+                if text is None:
+                    text = _text(value)
+                last[1], last[2] = value, last[0] + text + '\n'
+            family = items.get(name)
+            if family is None:
+                family = items[name] = Rendered(name, doc, kind, cache.headers[name])
+            family.lines.append(last[2])
 
 
 def _text(value) -> str:
