@@ -67,7 +67,14 @@ def test_a_family_is_written_as_prometheus_client_writes_it(kind, doc, rows):
     keys = ['zone', 'UUID']
     # a negative zero may come out as 0.0 (values share their text by equality, and -0.0 == 0.0 there as in Prometheus)
     theirs = _theirs('gpuvirt_test_value', doc, kind, keys, rows).replace('} -0.0\n', '} 0.0\n')
-    assert _ours('gpuvirt_test_value', doc, kind, keys, rows) == theirs
+    assert _ours('gpuvirt_test_value', doc, kind, keys, rows).replace('} -0.0\n', '} 0.0\n') == theirs
+
+
+def test_a_negative_zero_never_becomes_the_text_of_zero():
+    fam = exposition.Families(exposition.TextCache())
+    fam.add('gpuvirt_test_sign', 'Sign.', 'gauge', ['n'], ['a'], -0.0, False)
+    fam.add('gpuvirt_test_sign', 'Sign.', 'gauge', ['n'], ['b'], 0, False)
+    assert fam.items['gpuvirt_test_sign'].exposition.endswith('gpuvirt_test_sign{n="b"} 0.0\n')
 
 
 def test_dcgm_names_stay_as_they_are_and_the_text_parses_back():

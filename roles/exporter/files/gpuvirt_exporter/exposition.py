@@ -104,7 +104,7 @@ class TextCache:
     def __init__(self):
         self.headers: dict[str, str] = {}  # name -> HELP and TYPE lines
         self.prefixes: dict[tuple, str] = {}  # (name, label values) -> 'sample_name{labels} '
-        self.lines: dict[tuple, list] = {}  # (name, entity number) -> [prefix, last value, last line]
+        self.lines: dict[tuple, list] = {}  # (name, entity number or label values) -> [prefix, last value, last line]
         self.entities: dict[tuple, int] = {}  # (label keys, label values) -> entity number
 
     def entity(self, keys: tuple, values: tuple) -> int:
@@ -176,7 +176,7 @@ class Entity:
 def _text(value) -> str:
     value = float(value)
     text = go_float(value)
-    if len(_TEXT) < TEXT_LIMIT:
+    if len(_TEXT) < TEXT_LIMIT and text != '-0.0':  # -0.0 == 0.0: it must not become the text of every zero
         _TEXT[value] = text
     return text
 
@@ -205,13 +205,18 @@ class Families:
         """One series; verbatim: rendered the dcgm way (name as is, no _total)."""
         if values.__class__ is not tuple:
             values = tuple(values)
-        prefix = self.cache.prefixes.get((name, values))
-        if prefix is None:
-            prefix = self.cache.prefix(name, doc, kind, keys, values, verbatim)
+        cache = self.cache
+        last = cache.lines.get((name, values))  # as in Entity.add_many: [prefix, the last value, its line]
+        if last is None:
+            if len(cache.lines) >= LIMIT:
+                cache.lines.clear()
+            last = cache.lines[(name, values)] = [cache.prefix(name, doc, kind, keys, values, verbatim), None, '']
+        if value != last[1] or last[1] is None:
+            text = _TEXT.get(value)
+            if text is None:
+                text = _text(value)
+            last[1], last[2] = value, last[0] + text + '\n'
         family = self.items.get(name)
         if family is None:
-            family = self.items[name] = Rendered(name, doc, kind, self.cache.headers[name])
-        text = _TEXT.get(value)
-        if text is None:
-            text = _text(value)
-        family.lines.append(prefix + text + '\n')
+            family = self.items[name] = Rendered(name, doc, kind, cache.headers[name])
+        family.lines.append(last[2])

@@ -9,6 +9,7 @@ degrades that one series. GpuIsLost is raised to the caller, which marks the who
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pynvml
@@ -85,7 +86,16 @@ class Nvml:
         if func is None:
             self._unsupported.add((scope, name))
             return default
-        return self.run(scope, name, func, *args, default=default, remember=remember)
+        try:  # run()'s body, written out: a scrape makes about 12 calls per GPU, and a frame less is 10 % of a call
+            value = func(*args)
+        except pynvml.NVMLError:
+            return self._failed(scope, name, remember, default)
+        except AttributeError:
+            self._unsupported.add((scope, name))
+            return default
+        tally = self._tally
+        tally.ok = getattr(tally, 'ok', 0) + 1
+        return value
 
     def run(self, scope: str, name: str, func, *args, default=None, remember: bool = True):
         """func(*args) with the bookkeeping of call(); name is what errors are counted under."""
@@ -93,23 +103,29 @@ class Nvml:
             return default
         try:
             value = func(*args)
-        except pynvml.NVMLError_GpuIsLost as exc:
-            self.count_error(name)
-            self._count(False)
-            raise GpuLost(text(exc)) from exc
-        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound):
-            self._count(True)
-            if remember:
-                self._unsupported.add((scope, name))
-        except pynvml.NVMLError_NotFound:
-            self._count(True)  # an index with nothing behind it (a MIG device slot, a vGPU gone since it was listed)
         except pynvml.NVMLError:
-            self.count_error(name)
-            self._count(False)
+            return self._failed(scope, name, remember, default)
         except AttributeError:
             # the binding has no such function, or the loaded library lacks it
             self._unsupported.add((scope, name))
-        else:
+            return default
+        self._count(True)
+        return value
+
+    def _failed(self, scope: str, name: str, remember: bool, default):
+        """The bookkeeping of a call that raised an NVMLError (the one being handled): GpuLost raised for a lost GPU."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, pynvml.NVMLError_GpuIsLost):
+            self.count_error(name)
+            self._count(False)
+            raise GpuLost(text(exc)) from exc
+        if isinstance(exc, (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound)):
             self._count(True)
-            return value
+            if remember:
+                self._unsupported.add((scope, name))
+        elif isinstance(exc, pynvml.NVMLError_NotFound):
+            self._count(True)  # an index with nothing behind it (a MIG device slot, a vGPU gone since it was listed)
+        else:
+            self.count_error(name)
+            self._count(False)
         return default
