@@ -150,11 +150,11 @@ def series_counts() -> None:
                 print('%-26s %-8s %8d %8d %8d' % (label, mode, counts['all'], counts['gpuvirt'], counts['dcgm']))
 
 
-def real(count: int, save: str | None, gpm_interval: float) -> None:
+def real(count: int, save: str | None, gpm_interval: float, python: str) -> None:
     # keep the caller's PYTHONPATH (a read-only guard's sitecustomize, a wheel folder) behind the exporter's
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (EXPORTER_LIB, os.environ.get('PYTHONPATH', '')) if p))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port,
+    proc = subprocess.Popen([python, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port,
                              '--gpm-interval', str(gpm_interval)], env=env)
     url = 'http://127.0.0.1:%d/metrics' % port
     try:
@@ -175,7 +175,7 @@ def real(count: int, save: str | None, gpm_interval: float) -> None:
         proc.terminate()
         proc.wait(10)
     smi = smi_figures(count)
-    print('# %s' % _gpus_found())
+    print('# %s; exporter run by %s' % (_gpus_found(), python))
     print(_line('exporter, connection kept open', exporter))
     print(_line('exporter, new connection per scrape', fresh))
     print(_line('nvidia-smi --query-gpu per scrape', smi))
@@ -199,13 +199,15 @@ def main() -> None:
     parser.add_argument('--save', default=None)
     parser.add_argument('--count', type=int, default=200)
     parser.add_argument('--gpm-interval', type=float, default=2.0, help='--real: the exporter\'s GPM interval (default %(default)s s)')
+    parser.add_argument('--python', default=sys.executable,
+                        help="--real: the exporter's interpreter, e.g. a virtualenv's as the role deploys it (default: this one)")
     parser.add_argument('--series', action='store_true', help='print the series count of each naming mode (simulator) and stop')
     args = parser.parse_args()
     if args.series:
         series_counts()
         return
     if args.real:
-        real(args.count, args.save, args.gpm_interval)
+        real(args.count, args.save, args.gpm_interval, args.python)
         return
     one = _sim_host('sim: 1 x H100', ['h100-80gb-hbm3:1'], args.count)
     mig = _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))

@@ -41,6 +41,17 @@ def top_mappings(count: int) -> list[tuple[float, str]]:
     return sorted(((size, path) for path, size in sizes.items()), reverse=True)[:count]
 
 
+def shared_objects() -> set[str]:
+    """The shared libraries mapped in this process (their file names)."""
+    found = set()
+    with open('/proc/self/maps', encoding='utf-8', errors='replace') as handle:
+        for line in handle:
+            path = line.split()[-1]
+            if '.so' in path:
+                found.add(os.path.basename(path))
+    return found
+
+
 def median_us(func, repeat: int) -> float | str:
     import pynvml  # pylint: disable=import-outside-toplevel
     times = []
@@ -69,6 +80,7 @@ def main() -> None:
     stages.append(('import gpuvirt_exporter', rss_mib()))
     pynvml.nvmlInit()
     stages.append(('nvmlInit', rss_mib()))
+    loaded_at_init = shared_objects()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     pynvml.nvmlDeviceGetUUID(handle)
     stages.append(('a handle and its UUID', rss_mib()))
@@ -81,6 +93,18 @@ def main() -> None:
     for _round in range(20):
         server.render(registry)
     stages.append(('after GPM samples and 20 scrapes', rss_mib()))
+    try:  # what glibc keeps of freed memory (NVML's start-up allocations among them)
+        import ctypes  # pylint: disable=import-outside-toplevel
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+        stages.append(('after malloc_trim(0)', rss_mib()))
+        for _round in range(20):
+            server.render(registry)
+        stages.append(('20 scrapes later', rss_mib()))
+    except (OSError, AttributeError) as exc:
+        stages.append(('malloc_trim: %s' % exc, rss_mib()))
+    later = sorted(shared_objects() - loaded_at_init)
+    print('# shared objects mapped after nvmlInit: %s' % ' '.join(sorted(loaded_at_init)))
+    print('# mapped later (by the collector calls): %s' % (' '.join(later) or 'none'))
     print('# resident memory by stage (MiB)')
     for label, value in stages:
         print('%-50s %6.1f' % (label, value))

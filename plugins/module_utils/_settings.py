@@ -89,7 +89,7 @@ def _clock_list(values: Sequence[int]) -> str:
     values = sorted(values, reverse=True)
     steps = {values[i] - values[i + 1] for i in range(len(values) - 1)}
     if len(values) > 4 and len(steps) == 1:
-        return '%d..%d MHz in %d MHz steps' % (values[0], values[-1], steps.pop())
+        return '%d..%d MHz in %d MHz steps' % (values[-1], values[0], steps.pop())  # low..high, as the locked-clock ranges
     return ', '.join('%d' % v for v in values) + ' MHz'
 
 

@@ -599,6 +599,18 @@ class Server:  # pylint: disable=too-many-instance-attributes
             self._wake()
 
 
+def release_freed_memory() -> bool:
+    """Give the memory freed during start-up (NVML's initialisation, the first reads) back to the system: glibc's
+    malloc_trim(0), where the C library has it. A long-running exporter would otherwise keep it resident."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False  # not glibc (musl has no malloc_trim)
+    trim(0)
+    return True
+
+
 def parse_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(':')
     if not sep or not port.isdigit():
@@ -674,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     nvml_note = '' if collector.nvml.initialized else ', NVML: ' + collector.nvml.init_error
+    release_freed_memory()
     print('gpuvirt-exporter %s listening on %s (%d GPUs%s)' % (__version__, args.listen, len(collector.gpus), nvml_note),
           file=sys.stderr, flush=True)
     server.serve_forever()

@@ -48,7 +48,7 @@ def test_a_power_limit_outside_the_constraints_names_the_entry_and_both_bounds()
      'gpu_locked_clocks 300..1500 MHz is outside the supported graphics clocks: 345..1980 MHz'),
     ({'devices': 'all', 'memory_locked_clocks': 5000}, 'memory_locked_clocks 5000..5000 MHz is outside the supported memory clocks: 2201..3201 MHz'),
     ({'devices': 'all', 'applications_clocks': {'memory': 2201, 'graphics': 1001}},
-     'applications_clocks: graphics 1001 MHz is not supported with memory 2201 MHz (supported: 1980..345 MHz in 15 MHz steps)'),
+     'applications_clocks: graphics 1001 MHz is not supported with memory 2201 MHz (supported: 345..1980 MHz in 15 MHz steps)'),
     ({'devices': 'all', 'compute_mode': 'exclusive_thread'}, 'compute_mode must be one of default, exclusive_process, prohibited'),
     ({'devices': 'all', 'ecc': 'yes'}, 'ecc must be true or false'),
     ({'devices': 'all'}, 'declares no setting'),
