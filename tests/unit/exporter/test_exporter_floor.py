@@ -252,7 +252,8 @@ def test_the_real_h200_bench_run_parses_and_its_ratios_follow_from_its_rows():
     assert set(rows) == {'exporter', 'nvidia-smi'}
     exporter, smi = rows['exporter'], rows['nvidia-smi']
     ratio = re.search(r'p50 ([\d.]+)x\s+p99 ([\d.]+)x\s+CPU ([\d.]+)x', text)
-    assert abs(float(ratio.group(1)) - smi[0] / exporter[0]) < 0.1 and abs(float(ratio.group(2)) - smi[1] / exporter[1]) < 0.1
+    # the ratios are of the unrounded figures; the rows print 0.01 ms, about 1 % of a 0.5 ms p50
+    assert abs(float(ratio.group(1)) / (smi[0] / exporter[0]) - 1) < 0.02 and abs(float(ratio.group(2)) / (smi[1] / exporter[1]) - 1) < 0.02
     assert 'guard log lines: 0' in text and 'rc=0' in text and '(1 GPUs)' in text
     assert exporter[0] < smi[0] and exporter[3] is not None
 
@@ -276,7 +277,7 @@ def test_the_real_h200_gpm_scrape_has_the_prof_series_in_both_names():
     assert prof['modelName'] == 'NVIDIA H200' and prof['DCGM_FI_DRIVER_VERSION'] == '580.159.04' and 'GPU_I_ID' not in prof
     assert _one(found, 'gpuvirt_gpu_gpm_supported') == 1 and _one(found, 'gpuvirt_gpu_mig_mode') == 0
     assert _one(found, 'gpuvirt_exporter_stale_samples_total', sampler='gpm') == 0
-    assert 0 <= _one(found, 'gpuvirt_gpu_slow_sample_age_seconds') <= 4  # --pcie-interval 2: at most 2 x 2 s
+    assert 0 <= _one(found, 'gpuvirt_gpu_slow_sample_age_seconds') <= 20  # the bench's --pcie-interval 10: at most 2 x 10 s
 
 
 def _one(found, name, **labels):
