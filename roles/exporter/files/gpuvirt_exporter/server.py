@@ -70,6 +70,7 @@ def _load_ssl():
     _ssl = ssl
     return ssl
 
+
 LANDING = b'<html><head><title>gpuvirt exporter</title></head><body><h1>gpuvirt exporter</h1><a href="/metrics">Metrics</a></body></html>\n'
 ALLOWED_METHODS = 'GET, HEAD'
 EVICT_AFTER = 0.25  # seconds a connection must have waited for a request before a new connection may replace it
