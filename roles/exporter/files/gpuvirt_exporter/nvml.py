@@ -86,16 +86,7 @@ class Nvml:
         if func is None:
             self._unsupported.add((scope, name))
             return default
-        try:  # run()'s body, written out: a scrape makes about 12 calls per GPU, and a frame less is 10 % of a call
-            value = func(*args)
-        except pynvml.NVMLError:
-            return self._failed(scope, name, remember, default)
-        except AttributeError:
-            self._unsupported.add((scope, name))
-            return default
-        tally = self._tally
-        tally.ok = getattr(tally, 'ok', 0) + 1
-        return value
+        return self.run(scope, name, func, *args, default=default, remember=remember)
 
     def run(self, scope: str, name: str, func, *args, default=None, remember: bool = True):
         """func(*args) with the bookkeeping of call(); name is what errors are counted under."""
