@@ -1866,6 +1866,9 @@ def _utilization(dev):
 
 def nvmlDeviceGetUtilizationRates(handle):
     dev = _dev(handle, "nvmlDeviceGetUtilizationRates")
+    if _models.mig(dev.model) and dev.gpu["mig"]["current"]:
+        # nvml.h: "On MIG-enabled GPUs, querying device utilization rates is not currently supported."
+        _raise(NVML_ERROR_NOT_SUPPORTED)
     util = c_nvmlUtilization_t()
     util.gpu, util.memory = _utilization(dev)
     return util

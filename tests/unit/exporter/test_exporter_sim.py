@@ -8,6 +8,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,7 +42,9 @@ def test_gpu_series_carry_dcgm_compatible_labels(h100):
         labels = {'gpu': str(index), 'UUID': gpu['uuid'], 'pci_bus_id': gpu['pci_bus_id'], 'device': 'nvidia%d' % index,
                   'modelName': 'NVIDIA H100 80GB HBM3', 'Hostname': 'exp-host'}
         assert _value(text, 'gpuvirt_gpu_up', **labels) == 1
-        for name in ('gpuvirt_gpu_utilization_percent', 'gpuvirt_gpu_memory_used_bytes', 'gpuvirt_gpu_memory_free_bytes',
+        # NVML reports no device utilization on a GPU in MIG mode (GPU 1 here): the series is absent there, present on GPU 0
+        assert (_value(text, 'gpuvirt_gpu_utilization_percent', **labels) is None) == (index == 1)
+        for name in ('gpuvirt_gpu_memory_used_bytes', 'gpuvirt_gpu_memory_free_bytes',
                      'gpuvirt_gpu_memory_total_bytes', 'gpuvirt_gpu_temperature_celsius', 'gpuvirt_gpu_power_watts',
                      'gpuvirt_gpu_energy_joules_total', 'gpuvirt_gpu_clocks_event_reasons', 'gpuvirt_gpu_ecc_errors_total',
                      'gpuvirt_gpu_remapped_rows', 'gpuvirt_gpu_mig_mode'):
@@ -153,3 +156,27 @@ def test_a_web_config_with_a_plain_password_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'gpuvirt_exporter', '--web.config.file', str(config), '--web.listen-address', '127.0.0.1:0'],
                           env=host.env, capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2 and 'not a bcrypt hash' in proc.stderr
+
+
+def test_device_utilization_follows_the_mig_mode_at_run_time(tmp_path):
+    """NVML answers no device utilization while MIG is on: the exporter does not ask then, and asks again once MIG is
+    off (nothing remembered as unsupported from the MIG time)."""
+    host = SimExporter(str(tmp_path / 'gpusim'), ['h100-80gb-hbm3:1'])
+    host.nvml('pynvml.nvmlDeviceSetMigMode(pynvml.nvmlDeviceGetHandleByIndex(0), 1)\n')
+    host.ctl('reset', '--gpu', '0')
+    host.start()
+    try:
+        text = host.get()[1]
+        assert _value(text, 'gpuvirt_gpu_mig_mode', gpu='0') == 1
+        assert _value(text, 'gpuvirt_gpu_utilization_percent', gpu='0') is None
+        host.nvml('pynvml.nvmlDeviceSetMigMode(pynvml.nvmlDeviceGetHandleByIndex(0), 0)\n')
+        host.ctl('reset', '--gpu', '0', '--force')  # the exporter holds the GPU: a reset behind its back
+        deadline = time.monotonic() + 10  # the MIG mode is read in the background every --pcie-interval (1 s here)
+        while time.monotonic() < deadline and _value(host.get()[1], 'gpuvirt_gpu_mig_mode', gpu='0') != 0:
+            time.sleep(0.2)
+        text = host.get()[1]
+        assert _value(text, 'gpuvirt_gpu_mig_mode', gpu='0') == 0
+        assert _value(text, 'gpuvirt_gpu_utilization_percent', gpu='0') is not None
+        assert 'nvmlDeviceGetUtilizationRates' not in text.split('gpuvirt_exporter_nvml_errors_total', 1)[-1]
+    finally:
+        host.stop()

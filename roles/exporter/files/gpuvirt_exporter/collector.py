@@ -64,6 +64,7 @@ class Gpu:
         self.mig_profiles: dict[int, tuple[str, int]] = {}
         self.identified = False  # UUID read: False while the GPU was lost (or erring) since the exporter started
         self.gi_ids: tuple[int, ...] = ()  # GPU instance ids from the last MIG read (the GPM sampler samples each)
+        self.mig_enabled = False  # MIG mode at the last read (identity, then every background sample)
 
 
 class XidWatcher(threading.Thread):
@@ -210,7 +211,9 @@ class GpuCollector:
                 value = n.call(scope, 'nvmlDeviceGetMaxClockInfo', handle, kind, remember=False)
                 if value is not None:
                     gpu.max_clocks[clock] = value
-            if n.call(scope, 'nvmlDeviceGetMigMode', handle, remember=False) is not None:
+            mode = n.call(scope, 'nvmlDeviceGetMigMode', handle, remember=False)
+            if mode is not None:
+                gpu.mig_enabled = bool(mode[0])
                 gpu.mig_profiles = self._mig_profiles(scope, handle)
         except GpuLost:
             pass  # identity stays partial; the GPU reports down at each scrape, and is identified again when it answers
@@ -284,7 +287,9 @@ class GpuCollector:
 
     def _gpu_telemetry(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
-        util = n.call(s, 'nvmlDeviceGetUtilizationRates', h)
+        # NVML does not report device utilization on a GPU in MIG mode (nvml.h), as dcgm-exporter leaves GPU_UTIL blank
+        # there: not asked then, and not remembered as unsupported, since the mode can change
+        util = None if gpu.mig_enabled else n.call(s, 'nvmlDeviceGetUtilizationRates', h, remember=False)
         if util is not None:
             rd.util_gpu, rd.util_memory = util.gpu, util.memory
             fam.gauge('gpuvirt_gpu_utilization_percent', 'GPU (SM) utilization over the last sample period.', GPU_LABELS, lab, util.gpu)
@@ -356,6 +361,7 @@ class GpuCollector:
         out['settings'] = self._read_settings(gpu)
         out['health'] = self._read_health(gpu)
         gpu.gi_ids = tuple(sorted(out['mig'][1])) if out['mig'] is not None else ()
+        gpu.mig_enabled = bool(out['mig'] is not None and out['mig'][0])
         return out
 
     def _slow_values(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
