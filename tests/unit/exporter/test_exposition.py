@@ -104,13 +104,18 @@ def test_a_foreign_collectors_families_are_rendered_too():
     assert render(_Source()) == generate_latest(registry)
 
 
+def _sim_host(root) -> dict:
+    """The environment of a process on a simulated host with one H100 (state in root)."""
+    env = dict(os.environ, GPUSIM_ROOT=str(root), PYTHONPATH=os.pathsep.join([os.path.join(REPO, 'sim', 'lib'), EXPORTER_LIB]))
+    subprocess.run([sys.executable, os.path.join(REPO, 'sim', 'bin', 'gpusimctl'), '--root', str(root), 'init', '--hostname', 'h',
+                    '--gpu', 'h100-80gb-hbm3:1'], env=env, check=True, capture_output=True)
+    return env
+
+
 def test_the_exporter_process_loads_no_client_library_and_no_openssl_without_tls_or_auth(tmp_path):
     """Resident memory: prometheus_client, ssl and hashlib (OpenSSL) are not imported by a plain-HTTP exporter; the
     scrape is still served. With a TLS web config, ssl is loaded."""
-    sim_lib = os.path.join(REPO, 'sim', 'lib')
-    env = dict(os.environ, GPUSIM_ROOT=str(tmp_path), PYTHONPATH=os.pathsep.join([sim_lib, EXPORTER_LIB]))
-    subprocess.run([sys.executable, os.path.join(REPO, 'sim', 'bin', 'gpusimctl'), '--root', str(tmp_path), 'init', '--hostname', 'h',
-                    '--gpu', 'h100-80gb-hbm3:1'], env=env, check=True, capture_output=True)
+    env = _sim_host(tmp_path)
     code = ('import sys\n'
             'from gpuvirt_exporter.collector import GpuCollector\n'
             'from gpuvirt_exporter.server import build_server\n'
@@ -154,3 +159,27 @@ def test_memory_freed_at_start_up_is_given_back():
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) > 10 * 1024  # KiB given back
+
+
+def test_a_binding_without_the_v2_memory_call_falls_back_to_v1(tmp_path):
+    """An older nvidia-ml-py whose nvmlDeviceGetMemoryInfo takes no version (TypeError) or lacks nvmlMemory_v2
+    (AttributeError): the v1 call answers, the v2 call is not made again, the scrape does not fail."""
+    code = ('import pynvml\n'
+            'from gpuvirt_exporter.collector import GpuCollector\n'
+            'from gpuvirt_exporter.server import render\n'
+            'original = pynvml.nvmlDeviceGetMemoryInfo\n'
+            'calls = []\n'
+            'def old_binding(handle):\n'
+            '    calls.append(1)\n'
+            '    return original(handle)\n'
+            'pynvml.nvmlDeviceGetMemoryInfo = old_binding\n'
+            'c = GpuCollector(hostname="h", pcie_interval=0, gpm_interval=0, events=False)\n'
+            'first = render(c).decode()\n'
+            'second = render(c).decode()\n'
+            'assert "gpuvirt_gpu_memory_total_bytes{" in second and "DCGM_FI_DEV_FB_USED{" in second, second[:300]\n'
+            'assert "DCGM_FI_DEV_FB_RESERVED{" not in second\n'
+            'assert "nvmlDeviceGetMemoryInfo" not in second.split("gpuvirt_exporter_nvml_errors_total", 1)[-1]\n'
+            'print(len(calls))\n')
+    proc = subprocess.run([sys.executable, '-c', code], env=_sim_host(tmp_path), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == 2  # one v1 call per scrape (the v2 call, refused by the binding, is not made again)

@@ -96,8 +96,9 @@ class Nvml:
             value = func(*args)
         except pynvml.NVMLError:
             return self._failed(scope, name, remember, default)
-        except AttributeError:
-            # the binding has no such function, or the loaded library lacks it
+        except (AttributeError, TypeError):
+            # the binding has no such function, the loaded library lacks it, or the binding's signature is older (no
+            # version argument to nvmlDeviceGetMemoryInfo before nvidia-ml-py 11.515): not supported here
             self._unsupported.add((scope, name))
             return default
         self._count(True)
