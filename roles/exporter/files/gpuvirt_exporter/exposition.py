@@ -103,8 +103,7 @@ class TextCache:
 
     def __init__(self):
         self.headers: dict[str, str] = {}  # name -> HELP and TYPE lines
-        self.prefixes: dict[tuple, str] = {}  # (name, label values) -> 'sample_name{labels} '
-        self.lines: dict[tuple, list] = {}  # (name, entity number or label values) -> [prefix, last value, last line]
+        self.prefixes: dict[tuple, str] = {}  # (name, label values or entity number) -> 'sample_name{labels} '
         self.entities: dict[tuple, int] = {}  # (label keys, label values) -> entity number
 
     def entity(self, keys: tuple, values: tuple) -> int:
@@ -114,7 +113,6 @@ class TextCache:
             if len(self.entities) >= LIMIT:
                 self.entities.clear()
                 self.prefixes.clear()
-                self.lines.clear()
             found = self.entities[(keys, values)] = len(self.entities) + 1
         return found
 
@@ -153,24 +151,13 @@ class Entity:
     def add_many(self, series, verbatim: bool) -> None:
         """Several series of this label set, (name, HELP, kind, value) each, in one loop (a MIG instance has about 25)."""
         fam = self.families
-        cache, items, number = fam.cache, fam.items, self.number
-        lines = cache.lines
+        cache, number = fam.cache, self.number
+        prefixes = cache.prefixes
         for name, doc, kind, value in series:
-            # [prefix, the last value, its line]: a value that did not change since the last scrape reuses its line
-            last = lines.get((name, number))
-            if last is None:
-                if len(lines) >= LIMIT:
-                    lines.clear()
-                last = lines[(name, number)] = [cache.prefix(name, doc, kind, self.keys, self.values, verbatim), None, '']
-            if value != last[1] or last[1] is None:
-                text = _TEXT.get(value)
-                if text is None:
-                    text = _text(value)
-                last[1], last[2] = value, last[0] + text + '\n'
-            family = items.get(name)
-            if family is None:
-                family = items[name] = Rendered(name, doc, kind, cache.headers[name])
-            family.lines.append(last[2])
+            prefix = prefixes.get((name, number))
+            if prefix is None:
+                prefix = prefixes[(name, number)] = cache.prefix(name, doc, kind, self.keys, self.values, verbatim)
+            fam.line(name, doc, kind, prefix, value)
 
 
 def _text(value) -> str:
@@ -205,18 +192,17 @@ class Families:
         """One series; verbatim: rendered the dcgm way (name as is, no _total)."""
         if values.__class__ is not tuple:
             values = tuple(values)
-        cache = self.cache
-        last = cache.lines.get((name, values))  # as in Entity.add_many: [prefix, the last value, its line]
-        if last is None:
-            if len(cache.lines) >= LIMIT:
-                cache.lines.clear()
-            last = cache.lines[(name, values)] = [cache.prefix(name, doc, kind, keys, values, verbatim), None, '']
-        if value != last[1] or last[1] is None:
-            text = _TEXT.get(value)
-            if text is None:
-                text = _text(value)
-            last[1], last[2] = value, last[0] + text + '\n'
+        prefix = self.cache.prefixes.get((name, values))
+        if prefix is None:
+            prefix = self.cache.prefix(name, doc, kind, keys, values, verbatim)
+        self.line(name, doc, kind, prefix, value)
+
+    def line(self, name: str, doc: str, kind: str, prefix: str, value) -> None:
+        """The series line `prefix value` into its family (made with its cached header the first time in this scrape)."""
         family = self.items.get(name)
         if family is None:
-            family = self.items[name] = Rendered(name, doc, kind, cache.headers[name])
-        family.lines.append(last[2])
+            family = self.items[name] = Rendered(name, doc, kind, self.cache.headers[name])
+        text = _TEXT.get(value)
+        if text is None:
+            text = _text(value)
+        family.lines.append(prefix + text + '\n')

@@ -9,7 +9,6 @@ degrades that one series. GpuIsLost is raised to the caller, which marks the who
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import pynvml
@@ -94,8 +93,8 @@ class Nvml:
             return default
         try:
             value = func(*args)
-        except pynvml.NVMLError:
-            return self._failed(scope, name, remember, default)
+        except pynvml.NVMLError as exc:
+            return self._failed(exc, scope, name, remember, default)
         except (AttributeError, TypeError):
             # the binding has no such function, the loaded library lacks it, or the binding's signature is older (no
             # version argument to nvmlDeviceGetMemoryInfo before nvidia-ml-py 11.515): not supported here
@@ -104,9 +103,8 @@ class Nvml:
         self._count(True)
         return value
 
-    def _failed(self, scope: str, name: str, remember: bool, default):
-        """The bookkeeping of a call that raised an NVMLError (the one being handled): GpuLost raised for a lost GPU."""
-        exc = sys.exc_info()[1]
+    def _failed(self, exc, scope: str, name: str, remember: bool, default):
+        """The bookkeeping of a call that raised the NVMLError exc: GpuLost raised for a lost GPU."""
         if isinstance(exc, pynvml.NVMLError_GpuIsLost):
             self.count_error(name)
             self._count(False)
