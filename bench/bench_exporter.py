@@ -6,7 +6,8 @@
 Default: on the NVML simulator, a host with 8 H100s x 7 MIG instances and a host with 16 vGPUs (A40s).
 --real: on the machine's own GPUs (read-only NVML calls), side by side with an nvidia-smi-per-scrape approach
 (`nvidia-smi --query-gpu=... --format=csv` once per scrape, as nvidia_gpu_exporter does); --save FILE keeps /metrics.
-Scrapes reuse one connection, as Prometheus does; --real also measures a new connection per scrape.
+Scrapes reuse one connection, as Prometheus does; --real also measures a new connection per scrape. A scrape reads no
+NVML (the exporter's samplers do, in the background): "idle CPU" is what they cost per second with no scrape at all.
 """
 from __future__ import annotations
 
@@ -81,6 +82,26 @@ def scrape_figures(url: str, pid: int, count: int, keep_alive: bool = True) -> d
             'rss_mib': _rss_mib(pid), 'bytes': size, 'series': None}
 
 
+def idle_cpu_ms_per_s(pid: int, seconds: float) -> float:
+    """The exporter's CPU per second with no scrape at all: what its background samplers cost (the fast values every
+    --sample-interval, the slow calls every --pcie-interval, GPM every --gpm-interval)."""
+    cpu0, started = _thread_cpu_ns(pid), time.monotonic()
+    time.sleep(seconds)
+    return (_thread_cpu_ns(pid) - cpu0) / (time.monotonic() - started) / 1e6
+
+
+def _thread_cpu_ns(pid: int) -> int:
+    """CPU time of all the process's threads in ns (schedstat: finer than the clock ticks of /proc/PID/stat)."""
+    total = 0
+    for task in os.listdir('/proc/%d/task' % pid):
+        try:
+            with open('/proc/%d/task/%s/schedstat' % (pid, task), encoding='ascii') as handle:
+                total += int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread gone since it was listed
+    return total
+
+
 def smi_figures(count: int) -> dict:
     """nvidia-smi once per scrape: wall time and the CPU of the child processes."""
     smi = shutil.which('nvidia-smi')
@@ -101,6 +122,8 @@ def _line(label: str, fig: dict) -> str:
     text = '%-38s p50 %7.2f ms  p99 %7.2f ms  CPU/scrape %6.2f ms' % (label, fig['p50_ms'], fig['p99_ms'], fig['cpu_ms'])
     if 'rss_mib' in fig:
         text += '  RSS %5.1f MiB  %d bytes' % (fig['rss_mib'], fig['bytes'])
+    if 'idle_ms_per_s' in fig:
+        text += '  idle CPU %.2f ms/s' % fig['idle_ms_per_s']
     return text
 
 
@@ -112,9 +135,10 @@ def _sim_host(label: str, gpus: list[str], count: int, vgpu_host: bool = False, 
             host.mig_sevenths(mig)
         for gpu, vgpu_type in vgpus or []:
             host.ctl('vgpu', 'add', '--gpu', str(gpu), '--type', vgpu_type)
-        host.start()
+        host.start(sample_interval=None)  # the exporter's defaults
         try:
             fig = scrape_figures('http://127.0.0.1:%d/metrics' % host.port, host.proc.pid, count)
+            fig['idle_ms_per_s'] = idle_cpu_ms_per_s(host.proc.pid, 5.0)
         finally:
             host.stop()
     print(_line(label, fig))
@@ -171,6 +195,7 @@ def real(count: int, save: str | None, gpm_interval: float, python: str) -> None
                 handle.write(body)
         exporter = scrape_figures(url, proc.pid, count)
         fresh = scrape_figures(url, proc.pid, count, keep_alive=False)
+        exporter['idle_ms_per_s'] = idle_cpu_ms_per_s(proc.pid, 20.0)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -179,7 +204,8 @@ def real(count: int, save: str | None, gpm_interval: float, python: str) -> None
     print(_line('exporter, connection kept open', exporter))
     print(_line('exporter, new connection per scrape', fresh))
     print(_line('nvidia-smi --query-gpu per scrape', smi))
-    print('(%d sequential scrapes each; exporter with --gpm-interval %g, --pcie-interval 10)' % (count, gpm_interval))
+    print('(%d sequential scrapes each; exporter with --gpm-interval %g, its defaults otherwise: --sample-interval 1, '
+          '--pcie-interval 10; idle CPU over 20 s without scrapes)' % (count, gpm_interval))
     for label, fig in (('connection kept open', exporter), ('new connection per scrape', fresh)):
         print('ratio nvidia-smi / exporter (%s): p50 %.1fx  p99 %.1fx  CPU %.1fx' % (
             label, smi['p50_ms'] / fig['p50_ms'], smi['p99_ms'] / fig['p99_ms'], smi['cpu_ms'] / max(fig['cpu_ms'], 1e-6)))

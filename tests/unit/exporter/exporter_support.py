@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,17 +39,20 @@ class SimExporter:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.scheme = 'http'
+        self._changed = False  # the simulated GPUs changed since the last scrape: wait for samples read after that
 
     def ctl(self, *args: str) -> str:
         proc = subprocess.run([sys.executable, GPUSIMCTL, '--root', self.root, *args], capture_output=True, text=True,
                               env=self.env, check=False)
         assert proc.returncode == 0, proc.stderr
+        self._changed = True
         return proc.stdout
 
     def nvml(self, code: str) -> str:
         proc = subprocess.run([sys.executable, '-c', 'import pynvml\npynvml.nvmlInit()\n' + code], capture_output=True, text=True,
                               env=self.env, check=False)
         assert proc.returncode == 0, proc.stderr
+        self._changed = True
         return proc.stdout
 
     def mig_sevenths(self, gpus: list[int]) -> None:
@@ -60,10 +64,15 @@ class SimExporter:
                   '        gi = pynvml.nvmlDeviceCreateGpuInstance(h, %d)\n        pynvml.nvmlGpuInstanceCreateComputeInstance(gi, 0)\n'
                   % (gpus, H100_1G_PROFILE))
 
-    def start(self, *args: str) -> None:
+    def start(self, *args: str, sample_interval: str | None = '0.05') -> None:
+        """The exporter on a free port; tests sample the fast values every 50 ms (get() waits for a sample read after
+        the last change), sample_interval=None keeps the exporter's default."""
         self.port = free_port()
+        interval = ['--sample-interval', sample_interval] if sample_interval is not None else []
+        self._changed = False  # the first samples are read before the exporter listens
         self.proc = subprocess.Popen([sys.executable, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % self.port,
-                                      '--pcie-interval', '1', '--hostname', 'exp-host', *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                      '--pcie-interval', '1', '--hostname', 'exp-host', *interval, *args], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -86,6 +95,27 @@ class SimExporter:
             self.proc = None
 
     def get(self, path: str = '/metrics', auth: tuple[str, str] | None = None, context=None) -> tuple[int, str]:
+        """(status, body); after a change to the simulated GPUs, a /metrics body from fast samples read after it."""
+        if path == '/metrics' and self._changed and self.proc is not None:
+            self._changed = False
+            self._await_fast_rounds(2, auth, context)  # the round running at the change may have begun before it
+        return self._get(path, auth, context)
+
+    def _await_fast_rounds(self, rounds: int, auth, context) -> None:
+        first = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, body = self._get('/metrics', auth, context)
+            found = re.search(r'^gpuvirt_exporter_sample_rounds_total\{sampler="fast"\} (\S+)$', body, re.M) if status == 200 else None
+            if found is None:
+                return  # no fast sampler (--sample-interval 0), or no answer to wait on
+            first = float(found.group(1)) if first is None else first
+            if float(found.group(1)) >= first + rounds:
+                return
+            time.sleep(0.02)
+        raise AssertionError('the exporter sampled no new fast values in 20 s')
+
+    def _get(self, path: str, auth: tuple[str, str] | None, context) -> tuple[int, str]:
         request = urllib.request.Request('%s://127.0.0.1:%d%s' % (self.scheme, self.port, path))
         if auth is not None:
             import base64  # pylint: disable=import-outside-toplevel

@@ -190,7 +190,8 @@ def test_naming_modes_and_the_hostname_label(tmp_path):
     kept = {n for n, _l, _v in dcgm if n.startswith('gpuvirt_')}
     assert kept == {'gpuvirt_gpu_up', 'gpuvirt_exporter_build_info', 'gpuvirt_exporter_nvml_up', 'gpuvirt_exporter_gpus',
                     'gpuvirt_exporter_gpus_lost', 'gpuvirt_exporter_xid_events_supported', 'gpuvirt_exporter_scrape_duration_seconds',
-                    'gpuvirt_exporter_drift_file_errors_total', 'gpuvirt_exporter_stale_samples_total', 'gpuvirt_gpu_gpm_supported'}, kept
+                    'gpuvirt_exporter_drift_file_errors_total', 'gpuvirt_exporter_stale_samples_total', 'gpuvirt_gpu_gpm_supported',
+                    'gpuvirt_exporter_sample_rounds_total', 'gpuvirt_exporter_sample_duration_seconds'}, kept
     sm = [lab for n, lab, _v in dcgm if n == 'DCGM_FI_DEV_SM_CLOCK'][0]
     assert sm['Hostname'] == sm['hostname'] == 'exp-host'
     sm = [lab for n, lab, _v in lower if n == 'DCGM_FI_DEV_SM_CLOCK'][0]
@@ -259,7 +260,7 @@ def test_gpm_and_nvlink_values_are_rendered_in_dcgm_units():
     scrape = exposition.Families(exposition.TextCache())
     reading = dcgm.Reading(gpm={1: 50.0, 5: 12.5, 10: 3.0, 20: 2.0, 21: 0.5}, nvlink_mbps=1.5)
     dcgm.DcgmSeries().add(scrape, ['0', 'GPU-x', '00000000:18:00.0', 'nvidia0', 'NVIDIA H200', 'h'], '580.159.04', reading)
-    families = scrape.items
+    families = {family.name: family for family in scrape.collect()}
     value = {name: family.samples[0].value for name, family in families.items()}
     assert value['DCGM_FI_PROF_GR_ENGINE_ACTIVE'] == 0.5 and value['DCGM_FI_PROF_PIPE_TENSOR_ACTIVE'] == 0.125
     assert value['DCGM_FI_PROF_DRAM_ACTIVE'] == 0.03

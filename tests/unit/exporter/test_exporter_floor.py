@@ -48,14 +48,7 @@ from gpuvirt_exporter.server import render
 '''
 
 
-def test_a_scrape_makes_none_of_the_slow_calls_and_serves_their_values_with_an_age(tmp_path):
-    host = SimExporter(str(tmp_path / 'gpusim'), ['h100-80gb-hbm3:2'])
-    host.mig_sevenths([1])
-    out = _run(host, PRELUDE + '''
-SLOW = %r
-c = GpuCollector(hostname="h", pcie_interval=30, gpm_interval=30, metric_names="both")
-r = CollectorRegistry(auto_describe=False); r.register(c)
-time.sleep(0.3)
+SPY = '''
 made = []
 for name in dir(pynvml):
     if name.startswith("nvml") and callable(getattr(pynvml, name)):
@@ -63,20 +56,85 @@ for name in dir(pynvml):
             made.append(_n)
             return _f(*args, **kw)
         setattr(pynvml, name, spy)
+'''
+
+
+def test_a_scrape_makes_no_nvml_call_and_serves_every_value_with_its_age(tmp_path):
+    host = SimExporter(str(tmp_path / 'gpusim'), ['h100-80gb-hbm3:2'])
+    host.mig_sevenths([1])
+    out = _run(host, PRELUDE + '''
+c = GpuCollector(hostname="h", pcie_interval=30, gpm_interval=30, metric_names="both")
+assert c.fast.interval == 1.0 and c.fast.max_age == 2.0  # the default --sample-interval
+r = CollectorRegistry(auto_describe=False); r.register(c)
+time.sleep(0.3)
+c.stop()  # no background round during the scrape below: every call counted is the scrape's own
+time.sleep(0.1)
+''' + SPY + '''
 text = render(r).decode()
-print(sorted(set(made) & set(SLOW)))
 print(len(made))
 print(text)
-''' % (SLOW_CALLS,))
-    slow_made, count, text = out.split('\n', 2)
-    assert slow_made == '[]'
-    assert int(count) > 10  # the fast calls are made in the scrape
-    # the slow values are served, from the sample taken at start, with its age
+''')
+    count, text = out.split('\n', 1)
+    assert count == '0'
+    # the fast values, from the background read taken at start, with its age
+    assert _value(text, 'gpuvirt_gpu_up', gpu='0') == 1
+    assert 0 <= _value(text, 'gpuvirt_gpu_sample_age_seconds', gpu='0') < 2
+    assert _value(text, 'gpuvirt_gpu_temperature_celsius', gpu='0') is not None
+    assert _value(text, 'DCGM_FI_DEV_POWER_USAGE', gpu='0') is not None
+    assert _value(text, 'gpuvirt_exporter_sample_rounds_total', sampler='fast') >= 1
+    # and the slow ones with theirs
     assert _value(text, 'gpuvirt_gpu_energy_joules_total', gpu='0') is not None
     assert _value(text, 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', gpu='0') is not None
     assert 0 <= _value(text, 'gpuvirt_gpu_slow_sample_age_seconds', gpu='0') < 5
     assert _value(text, 'gpuvirt_gpu_mig_mode', gpu='1') == 1
     assert len([1 for n, lab, _v in _samples(text) if n == 'gpuvirt_mig_instance_info' and lab['gpu'] == '1']) == 7
+
+
+def test_with_sample_interval_0_a_scrape_reads_the_fast_values_and_none_of_the_slow_calls(tmp_path):
+    host = SimExporter(str(tmp_path / 'gpusim'), ['h100-80gb-hbm3:2'])
+    host.mig_sevenths([1])
+    out = _run(host, PRELUDE + '''
+SLOW = %r
+c = GpuCollector(hostname="h", pcie_interval=30, gpm_interval=30, metric_names="both", sample_interval=0)
+assert c.fast is None
+r = CollectorRegistry(auto_describe=False); r.register(c)
+time.sleep(0.3)
+''' % (SLOW_CALLS,) + SPY + '''
+text = render(r).decode()
+print(sorted(set(made) & set(SLOW)))
+print(len(made))
+print(text)
+''')
+    slow_made, count, text = out.split('\n', 2)
+    assert slow_made == '[]'
+    assert int(count) > 10  # the fast calls are made in the scrape
+    assert _value(text, 'gpuvirt_gpu_temperature_celsius', gpu='0') is not None
+    assert _value(text, 'gpuvirt_gpu_sample_age_seconds', gpu='0') is None
+    assert _value(text, 'gpuvirt_gpu_energy_joules_total', gpu='0') is not None
+
+
+def test_a_fast_sample_older_than_twice_its_interval_marks_the_gpu_down_and_is_counted(tmp_path):
+    """A sampler thread stuck in a call (a hung GPU) cannot hold scrapes: they answer, with the GPU down."""
+    host = SimExporter(str(tmp_path / 'gpusim'), ['h100-80gb-hbm3:1'])
+    out = _run(host, PRELUDE + '''
+c = GpuCollector(hostname="h", pcie_interval=30, gpm_interval=0, sample_interval=0.1)
+r = CollectorRegistry(auto_describe=False); r.register(c)
+print(render(r).decode()); print("----")
+c.fast.stopping.set()  # as if the thread hung in NVML
+time.sleep(0.5)
+print(render(r).decode())
+''')
+    fresh, stale = out.split('----\n')
+    assert _value(fresh, 'gpuvirt_gpu_up') == 1
+    assert _value(fresh, 'gpuvirt_gpu_temperature_celsius') is not None
+    assert _value(fresh, 'gpuvirt_exporter_stale_samples_total', sampler='fast') == 0
+    assert _value(stale, 'gpuvirt_gpu_up') == 0
+    assert _value(stale, 'gpuvirt_gpu_info') == 1
+    for name in ('gpuvirt_gpu_temperature_celsius', 'gpuvirt_gpu_sample_age_seconds', 'DCGM_FI_DEV_GPU_TEMP',
+                 'gpuvirt_gpu_energy_joules_total'):
+        assert _value(stale, name) is None, name
+    assert _value(stale, 'gpuvirt_exporter_stale_samples_total', sampler='fast') == 1
+    assert _value(stale, 'gpuvirt_exporter_gpus_lost') == 1
 
 
 def test_a_sample_older_than_twice_the_interval_is_dropped_and_counted(tmp_path):
@@ -97,7 +155,7 @@ print(render(r).decode())
                  'gpuvirt_gpu_pcie_throughput_bytes_per_second', 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION'):
         assert _value(stale, name) is None, name
     assert _value(stale, 'gpuvirt_exporter_stale_samples_total', sampler='slow') == 1
-    assert _value(stale, 'gpuvirt_gpu_temperature_celsius') is not None  # read in the scrape: still served
+    assert _value(stale, 'gpuvirt_gpu_temperature_celsius') is not None  # the fast sampler's: still served
     assert _value(stale, 'gpuvirt_gpu_up') == 1
 
 
@@ -187,7 +245,13 @@ def test_a_gpu_lost_at_start_is_identified_when_it_returns(tmp_path):
         host.ctl('reset', '--gpu', '0', '--force')  # back on the bus (MIG stays on, its instances are gone)
         host.nvml('h = pynvml.nvmlDeviceGetHandleByIndex(0)\nfor _ in range(2):\n'
                   '    pynvml.nvmlGpuInstanceCreateComputeInstance(pynvml.nvmlDeviceCreateGpuInstance(h, %d), 0)\n' % H100_1G_PROFILE)
-        text = host.get()[1]
+        deadline = time.monotonic() + 10  # the MIG layout is read in the background, every --pcie-interval (1 s here)
+        while True:
+            text = host.get()[1]
+            if len([1 for n, lab, _v in _samples(text) if n == 'gpuvirt_mig_instance_info' and lab['gpu'] == '0']) == 2:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
     finally:
         host.stop()
     assert _value(text, 'gpuvirt_gpu_up', gpu='0') == 1

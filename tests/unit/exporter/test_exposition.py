@@ -41,7 +41,7 @@ def _ours(name, doc, kind, keys, rows) -> str:
     fam = exposition.Families(exposition.TextCache())
     for values, value in rows:
         fam.add(name, doc, kind, keys, values, value, False)
-    return ''.join(family.exposition for family in fam.items.values())
+    return ''.join(family.exposition for family in fam.collect())
 
 
 def _theirs(name, doc, kind, keys, rows) -> str:
@@ -74,7 +74,7 @@ def test_a_negative_zero_never_becomes_the_text_of_zero():
     fam = exposition.Families(exposition.TextCache())
     fam.add('gpuvirt_test_sign', 'Sign.', 'gauge', ['n'], ['a'], -0.0, False)
     fam.add('gpuvirt_test_sign', 'Sign.', 'gauge', ['n'], ['b'], 0, False)
-    assert fam.items['gpuvirt_test_sign'].exposition.endswith('gpuvirt_test_sign{n="b"} 0.0\n')
+    assert ''.join(fam.items['gpuvirt_test_sign']).endswith('gpuvirt_test_sign{n="b"} 0.0\n')
 
 
 def test_dcgm_names_stay_as_they_are_and_the_text_parses_back():
@@ -82,7 +82,7 @@ def test_dcgm_names_stay_as_they_are_and_the_text_parses_back():
     fam.add('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', 'Total energy consumption since boot (in mJ).', 'counter', ['gpu', 'err_msg'],
             ['0', 'say "hi"\\\n'], 3004566, True)
     fam.add('gpuvirt_gpu_energy_joules', 'Energy consumed.', 'counter', ['gpu'], ['0'], 3004.566, False)
-    text = ''.join(family.exposition for family in fam.items.values())
+    text = ''.join(family.exposition for family in fam.collect())
     assert '# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{' in text
     assert '# TYPE gpuvirt_gpu_energy_joules_total counter\ngpuvirt_gpu_energy_joules_total{gpu="0"} 3004.566\n' in text
     dcgm = [s for family in text_string_to_metric_families(text) for s in family.samples if 'err_msg' in s.labels]
@@ -173,7 +173,7 @@ def test_a_binding_without_the_v2_memory_call_falls_back_to_v1(tmp_path):
             '    calls.append(1)\n'
             '    return original(handle)\n'
             'pynvml.nvmlDeviceGetMemoryInfo = old_binding\n'
-            'c = GpuCollector(hostname="h", pcie_interval=0, gpm_interval=0, events=False)\n'
+            'c = GpuCollector(hostname="h", pcie_interval=0, gpm_interval=0, events=False, sample_interval=0)\n'
             'first = render(c).decode()\n'
             'second = render(c).decode()\n'
             'assert "gpuvirt_gpu_memory_total_bytes{" in second and "DCGM_FI_DEV_FB_USED{" in second, second[:300]\n'

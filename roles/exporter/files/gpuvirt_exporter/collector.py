@@ -3,12 +3,14 @@
 """The Prometheus collector: per-GPU, per-MIG-instance and per-vGPU series read from NVML.
 
 What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once, and
-again when a GPU that was lost at start answers. Calls the driver answers slowly (PCIe throughput 21 ms, energy and
+again when a GPU that was lost at start answers. A scrape makes no NVML call: it formats what background threads
+read, each value with its age. The calls NVML answers in microseconds (utilization, memory, temperature, power, clocks,
+vGPUs) are read every --sample-interval (0: in the scrape itself) and served never older than twice that (else the GPU
+is down for that scrape, and the stale read counted). Calls the driver answers slowly (PCIe throughput 21 ms, energy and
 field values 3 ms, the PCIe replay counter, MIG and ECC mode 0.2 ms each on an H200; MIG layout and per-instance memory),
 and what changes only when set or on a memory error (the GPU settings, ECC and remapped-row counters), run
-in a background thread every --pcie-interval and are served with their age, never older than twice that interval
-(else dropped and counted). A scrape makes only the calls NVML answers in microseconds, and its text is built from
-header and label prefixes rendered once (exposition.py). XID events arrive through an NVML event set in another
+in another background thread every --pcie-interval and are served with their age, never older than twice that
+interval (else dropped and counted). The text is built from header and label prefixes rendered once (exposition.py). XID events arrive through an NVML event set in another
 thread. A scrape never starts a process, and a failing call or a lost GPU drops only the series it feeds (and is
 counted); a GPU that answers no call at all is down.
 """
@@ -124,7 +126,7 @@ class GpuCollector:
 
     def __init__(self, hostname: str | None = None, pcie_interval: float = 10.0, events: bool = True,  # pylint: disable=too-many-arguments
                  metric_names: str = 'both', host_label: str = 'Hostname', drift_file: str | None = None,
-                 gpm_interval: float = 30.0):
+                 gpm_interval: float = 30.0, sample_interval: float = 1.0):
         if metric_names not in NAME_MODES:
             raise ValueError('metric names %r: expected one of %s' % (metric_names, ', '.join(NAME_MODES)))
         self.gpuvirt_names = metric_names in ('gpuvirt', 'both')
@@ -139,6 +141,9 @@ class GpuCollector:
         self.pcie_enabled = pcie_interval > 0
         # the slow calls: in the background every pcie_interval; with pcie_interval 0, read in the scrape itself
         self.slow = PeriodicSampler(self._read_slow, pcie_interval) if pcie_interval > 0 else None
+        # the fast calls (utilization, memory, temperature, power, clocks, vGPUs): in the background every
+        # sample_interval, so that a scrape only formats; with sample_interval 0, read in the scrape itself
+        self.fast = PeriodicSampler(self._read_fast, sample_interval, name='fast-sampler') if sample_interval > 0 else None
         self.sampler = DcgmSampler(self.nvml, gpm_interval) if gpm_interval > 0 else None
         self.gpm_max_age = 2 * gpm_interval
         self.stale_gpm = 0
@@ -156,6 +161,11 @@ class GpuCollector:
             self._next_init = time.monotonic() + 30
             return
         self._discover()
+        if self.fast is not None:
+            self.fast.gpus = self.gpus
+            self.fast.sample_once()  # the first scrape already has the values
+            if not self.fast.is_alive():
+                self.fast.start()
         if self.slow is not None:
             self.slow.gpus = self.gpus
             self.slow.sample_once()  # the first scrape already has the slow values
@@ -171,6 +181,8 @@ class GpuCollector:
             self.xid.start()
 
     def stop(self) -> None:
+        if self.fast is not None:
+            self.fast.stopping.set()
         if self.slow is not None:
             self.slow.stopping.set()
         if self.sampler is not None:
@@ -252,78 +264,98 @@ class GpuCollector:
                     lost += not self._collect_gpu(fam, gpu)
             self._drift(fam)
             self._self_metrics(fam, lost, time.perf_counter() - started)
-        return list(fam.items.values())
+        return fam.collect()
 
     # -- one GPU ----------------------------------------------------------------------------------------------
     def _collect_gpu(self, fam: Families, gpu: Gpu) -> bool:
-        n = self.nvml
-        answered, failed = n.tally()
-        if not gpu.identified:
-            self._identify(gpu)
-            if gpu.identified and self.slow is not None:
-                self.slow.sample_gpu(gpu)  # its MIG layout and slow values now, not at the next interval
-        labels = gpu.labels
-        fam.gauge('gpuvirt_gpu_info', 'GPU identity (value 1).', GPU_LABELS, labels, 1)
-        reading = Reading()
-        try:
-            if gpu.handle is None:
-                raise GpuLost('no handle')
-            self._gpu_telemetry(fam, gpu, reading)
-            self._slow_values(fam, gpu, reading)
-            self._vgpus(fam, gpu)
-        except GpuLost:
-            up = 0
+        age = None
+        if self.fast is None:
+            values = self._read_fast(gpu)  # identifies a GPU lost until now first
         else:
-            now_answered, now_failed = n.tally()
-            # down as well when every call of this scrape for the GPU failed, whatever the error
-            up = 0 if now_answered == answered and now_failed > failed else 1
-        fam.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost or answers no call.', GPU_LABELS, labels, up)
+            found = self.fast.fresh(gpu.index, time.monotonic())
+            # no read that young (a sampler thread stuck in a call): down, as a GPU that does not answer
+            values, age = (({'up': 0}, None) if found is None else found)
+        labels = gpu.labels
+        own = fam.entity(GPU_LABELS, labels)  # the GPU's gpuvirt series find their cached text by one small key
+        own.gauge('gpuvirt_gpu_info', 'GPU identity (value 1).', 1)
+        own.gauge('gpuvirt_gpu_sample_age_seconds', 'Age of the values read in the background every --sample-interval '
+                  '(utilization, memory, temperature, power, clocks, vGPUs), at most 2 x --sample-interval.', age)
+        up = values['up']
+        own.gauge('gpuvirt_gpu_up', '1 when the GPU answers NVML, 0 when it is lost or answers no call.', up)
         if not up:
             return False
+        reading = Reading(own=own)
+        self._telemetry(fam, gpu, reading, values['telemetry'])
+        self._slow_values(fam, gpu, reading)
+        self._vgpus(fam, gpu, reading, values['vgpus'])
         self._background(fam, gpu, reading)
         if self.dcgm is not None:
             self.dcgm.add(fam, labels, self.system['driver_version'], reading)
         return True
 
-    def _gpu_telemetry(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
-        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+    # -- the fast calls (background every --sample-interval, or in the scrape) -----------------------------------
+    def _read_fast(self, gpu: Gpu) -> dict:
+        """up (0: lost, or every call failed whatever the error), and the values NVML answers in microseconds."""
+        n = self.nvml
+        if not gpu.identified:
+            self._identify(gpu)
+            if gpu.identified and self.slow is not None:
+                self.slow.sample_gpu(gpu)  # its MIG layout and slow values now, not at the next interval
+        answered, failed = n.tally()
+        try:
+            if gpu.handle is None:
+                raise GpuLost('no handle')
+            values = {'telemetry': self._read_telemetry(gpu), 'vgpus': self._read_vgpus(gpu)}
+        except GpuLost:
+            return {'up': 0}
+        now_answered, now_failed = n.tally()
+        values['up'] = 0 if now_answered == answered and now_failed > failed else 1
+        return values
+
+    def _read_telemetry(self, gpu: Gpu) -> tuple:
+        n, s, h = self.nvml, gpu.scope, gpu.handle
         # NVML does not report device utilization on a GPU in MIG mode (nvml.h), as dcgm-exporter leaves GPU_UTIL blank
         # there: not asked then, and not remembered as unsupported, since the mode can change
         util = None if gpu.mig_enabled else n.call(s, 'nvmlDeviceGetUtilizationRates', h, remember=False)
+        encoder = n.call(s, 'nvmlDeviceGetEncoderUtilization', h)
+        decoder = n.call(s, 'nvmlDeviceGetDecoderUtilization', h)
+        return (None if util is None else (util.gpu, util.memory), None if encoder is None else encoder[0],
+                None if decoder is None else decoder[0], self._memory(gpu), n.call(s, 'nvmlDeviceGetTemperature', h, 0),
+                n.call(s, 'nvmlDeviceGetPowerUsage', h), [n.call(s, 'nvmlDeviceGetClockInfo', h, kind) for kind in CLOCKS.values()],
+                n.call(s, 'nvmlDeviceGetPerformanceState', h), n.call(s, 'nvmlDeviceGetCurrentClocksEventReasons', h))
+
+    def _telemetry(self, fam: Families, gpu: Gpu, rd: Reading, values: tuple) -> None:
+        lab, own = gpu.labels, rd.own
+        util, encoder, decoder, mem, temp, power, clocks, pstate, reasons = values
         if util is not None:
-            rd.util_gpu, rd.util_memory = util.gpu, util.memory
-            fam.gauge('gpuvirt_gpu_utilization_percent', 'GPU (SM) utilization over the last sample period.', GPU_LABELS, lab, util.gpu)
-            fam.gauge('gpuvirt_gpu_memory_utilization_percent', 'Memory controller utilization over the last sample period.',
-                      GPU_LABELS, lab, util.memory)
-        for engine in ('Encoder', 'Decoder'):
-            value = n.call(s, 'nvmlDeviceGet%sUtilization' % engine, h)
-            if value is not None:
-                setattr(rd, engine.lower(), value[0])
-                fam.gauge('gpuvirt_gpu_%s_utilization_percent' % engine.lower(), '%s utilization.' % engine, GPU_LABELS, lab, value[0])
-        mem = self._memory(gpu)
+            rd.util_gpu, rd.util_memory = util
+            own.gauge('gpuvirt_gpu_utilization_percent', 'GPU (SM) utilization over the last sample period.', util[0])
+            own.gauge('gpuvirt_gpu_memory_utilization_percent', 'Memory controller utilization over the last sample period.', util[1])
+        if encoder is not None:
+            rd.encoder = encoder
+            own.gauge('gpuvirt_gpu_encoder_utilization_percent', 'Encoder utilization.', encoder)
+        if decoder is not None:
+            rd.decoder = decoder
+            own.gauge('gpuvirt_gpu_decoder_utilization_percent', 'Decoder utilization.', decoder)
         if mem is not None:
             free, used, total, dcgm_used, reserved = mem
             rd.fb = (free, dcgm_used, reserved)
             for key, value in (('used', used), ('free', free), ('total', total)):
-                fam.gauge('gpuvirt_gpu_memory_%s_bytes' % key, 'Framebuffer memory %s.' % key, GPU_LABELS, lab, value)
-        rd.gpu_temp_c = n.call(s, 'nvmlDeviceGetTemperature', h, 0)
-        fam.gauge('gpuvirt_gpu_temperature_celsius', 'GPU core temperature.', GPU_LABELS, lab, rd.gpu_temp_c)
-        power = rd.power_mw = n.call(s, 'nvmlDeviceGetPowerUsage', h)
-        fam.gauge('gpuvirt_gpu_power_watts', 'Power draw.', GPU_LABELS, lab, None if power is None else power / 1000)
-        for clock, kind in CLOCKS.items():
-            value = n.call(s, 'nvmlDeviceGetClockInfo', h, kind)
-            if clock in ('sm', 'mem'):
-                setattr(rd, '%s_clock_mhz' % clock, value)
+                own.gauge('gpuvirt_gpu_memory_%s_bytes' % key, 'Framebuffer memory %s.' % key, value)
+        rd.gpu_temp_c = temp
+        own.gauge('gpuvirt_gpu_temperature_celsius', 'GPU core temperature.', temp)
+        rd.power_mw = power
+        own.gauge('gpuvirt_gpu_power_watts', 'Power draw.', None if power is None else power / 1000)
+        rd.sm_clock_mhz, rd.mem_clock_mhz = clocks[1], clocks[2]
+        for clock, value in zip(CLOCKS, clocks):
             fam.gauge('gpuvirt_gpu_clock_hz', 'Current clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
                       None if value is None else value * 1e6)
             if clock in gpu.max_clocks:
                 fam.gauge('gpuvirt_gpu_clock_max_hz', 'Maximum clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
                           gpu.max_clocks[clock] * 1e6)
-        fam.gauge('gpuvirt_gpu_performance_state', 'Performance state (0 = P0, highest performance).', GPU_LABELS, lab,
-                  n.call(s, 'nvmlDeviceGetPerformanceState', h))
-        reasons = n.call(s, 'nvmlDeviceGetCurrentClocksEventReasons', h)
+        own.gauge('gpuvirt_gpu_performance_state', 'Performance state (0 = P0, highest performance).', pstate)
         if reasons is not None:
-            fam.gauge('gpuvirt_gpu_clocks_event_reasons', 'Clock event (throttle) reasons, the NVML bit mask.', GPU_LABELS, lab, reasons)
+            own.gauge('gpuvirt_gpu_clocks_event_reasons', 'Clock event (throttle) reasons, the NVML bit mask.', reasons)
             for name, bit in CLOCK_EVENT_REASONS.items():
                 fam.gauge('gpuvirt_gpu_clocks_event_reason', 'Whether a clock event (throttle) reason is active (1) or not (0).',
                           GPU_LABELS + ['reason'], lab + [name], 1 if reasons & bit else 0)
@@ -365,7 +397,7 @@ class GpuCollector:
         return out
 
     def _slow_values(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
-        lab = gpu.labels
+        lab, own = gpu.labels, rd.own
         if self.slow is None:
             values, age = self._read_slow(gpu), 0.0
         else:
@@ -373,16 +405,15 @@ class GpuCollector:
             if found is None:
                 return  # none yet, or too old: dropped (and counted stale)
             values, age = found
-        fam.gauge('gpuvirt_gpu_slow_sample_age_seconds',
-                  'Age of the values read in the background (energy, PCIe link and replays, MIG), at most 2 x --pcie-interval.',
-                  GPU_LABELS, lab, age)
+        own.gauge('gpuvirt_gpu_slow_sample_age_seconds',
+                  'Age of the values read in the background (energy, PCIe link and replays, MIG), at most 2 x --pcie-interval.', age)
         energy = rd.energy_mj = values['energy']
-        fam.counter('gpuvirt_gpu_energy_joules', 'Energy consumed since the driver was loaded.', GPU_LABELS, lab,
+        own.counter('gpuvirt_gpu_energy_joules', 'Energy consumed since the driver was loaded.',
                     None if energy is None else energy / 1000)
-        fam.gauge('gpuvirt_gpu_pcie_link_generation', 'Current PCIe link generation.', GPU_LABELS, lab, values['link_gen'])
-        fam.gauge('gpuvirt_gpu_pcie_link_width', 'Current PCIe link width (lanes).', GPU_LABELS, lab, values['link_width'])
+        own.gauge('gpuvirt_gpu_pcie_link_generation', 'Current PCIe link generation.', values['link_gen'])
+        own.gauge('gpuvirt_gpu_pcie_link_width', 'Current PCIe link width (lanes).', values['link_width'])
         rd.replays = values['replays']
-        fam.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', GPU_LABELS, lab, rd.replays)
+        own.counter('gpuvirt_gpu_pcie_replays', 'PCIe replay counter.', rd.replays)
         rd.memory_temp_c = values.get('memory_temp')
         rd.vgpu_licensed = values.get('licensed')
         pcie = values.get('pcie')
@@ -390,9 +421,9 @@ class GpuCollector:
             for direction, kbps in (('tx', pcie[0]), ('rx', pcie[1])):
                 fam.gauge('gpuvirt_gpu_pcie_throughput_bytes_per_second', 'PCIe throughput, sampled in the background.',
                           GPU_LABELS + ['direction'], lab + [direction], kbps * 1024)
-            fam.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', GPU_LABELS, lab, age)
+            own.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', age)
         self._mig(fam, gpu, rd, values['mig'])
-        self._settings(fam, gpu, values.get('settings'))
+        self._settings(fam, gpu, rd, values.get('settings'))
         self._gpu_health(fam, gpu, rd, values.get('health'))
 
     def _read_settings(self, gpu: Gpu) -> dict:
@@ -405,21 +436,20 @@ class GpuCollector:
                 'enforced_limit': n.call(s, 'nvmlDeviceGetEnforcedPowerLimit', h),
                 'app_clocks': {clock: n.call(s, 'nvmlDeviceGetApplicationsClock', h, kind) for clock, kind in (('graphics', 0), ('mem', 2))}}
 
-    def _settings(self, fam: Families, gpu: Gpu, values: dict | None) -> None:
+    def _settings(self, fam: Families, gpu: Gpu, rd: Reading, values: dict | None) -> None:
         if values is None:
             return
-        lab, ecc = gpu.labels, values['ecc']
+        lab, own, ecc = gpu.labels, rd.own, values['ecc']
         for i, state in enumerate(('current', 'pending')):
             fam.gauge('gpuvirt_gpu_ecc_mode', 'ECC mode: 1 enabled, 0 disabled; pending takes effect at the next GPU reset.',
                       GPU_LABELS + ['state'], lab + [state], None if ecc is None else int(ecc[i]))
-        fam.gauge('gpuvirt_gpu_persistence_mode', 'Persistence mode: 1 on, 0 off.', GPU_LABELS, lab, values['persistence'])
-        fam.gauge('gpuvirt_gpu_compute_mode', 'Compute mode, the NVML value (0 default, 2 prohibited, 3 exclusive process).',
-                  GPU_LABELS, lab, values['compute'])
+        own.gauge('gpuvirt_gpu_persistence_mode', 'Persistence mode: 1 on, 0 off.', values['persistence'])
+        own.gauge('gpuvirt_gpu_compute_mode', 'Compute mode, the NVML value (0 default, 2 prohibited, 3 exclusive process).', values['compute'])
         limit = values['enforced_limit']
-        fam.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit (read in the background: it changes when set).', GPU_LABELS, lab,
+        own.gauge('gpuvirt_gpu_power_limit_watts', 'Enforced power limit (read in the background: it changes when set).',
                   None if limit is None else limit / 1000)
         default = values['default_limit']
-        fam.gauge('gpuvirt_gpu_power_limit_default_watts', 'Default power limit.', GPU_LABELS, lab,
+        own.gauge('gpuvirt_gpu_power_limit_default_watts', 'Default power limit.',
                   None if default is None else default / 1000)
         for clock, value in values['app_clocks'].items():
             fam.gauge('gpuvirt_gpu_applications_clock_hz', 'Application clock.', GPU_LABELS + ['clock'], lab + [clock],
@@ -438,7 +468,7 @@ class GpuCollector:
     def _gpu_health(self, fam: Families, gpu: Gpu, rd: Reading, values: dict | None) -> None:
         if values is None:
             return
-        lab = gpu.labels
+        lab, own = gpu.labels, rd.own
         for kind, count in values['ecc'].items():
             fam.counter('gpuvirt_gpu_ecc_errors', 'ECC errors over the GPU lifetime.', GPU_LABELS + ['error_type'], lab + [kind], count)
         for cause, count in values['retired'].items():
@@ -451,19 +481,18 @@ class GpuCollector:
                       lab + ['corrected'], corr)
             fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
                       lab + ['uncorrected'], unc)
-            fam.gauge('gpuvirt_gpu_row_remap_pending', '1 when a row remap waits for a GPU reset.', GPU_LABELS, lab, 1 if pending else 0)
-            fam.gauge('gpuvirt_gpu_row_remap_failure', '1 when a row remap failed.', GPU_LABELS, lab, 1 if failure else 0)
+            own.gauge('gpuvirt_gpu_row_remap_pending', '1 when a row remap waits for a GPU reset.', 1 if pending else 0)
+            own.gauge('gpuvirt_gpu_row_remap_failure', '1 when a row remap failed.', 1 if failure else 0)
 
     def _background(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
-        lab = gpu.labels
+        lab, own = gpu.labels, rd.own
         if self.sampler is not None:
             self._gpm(fam, gpu, rd)
         if self.xid is not None:
             rd.last_xid = self.xid.last.get(gpu.index)
         if self.xid is not None and gpu.index in self.xid.watched:
             counts = {xid: c for (index, xid), c in list(self.xid.counts.items()) if index == gpu.index}
-            fam.counter('gpuvirt_gpu_xid_events', 'XID critical error events since the exporter started (all XIDs).',
-                        GPU_LABELS, lab, sum(counts.values()))
+            own.counter('gpuvirt_gpu_xid_events', 'XID critical error events since the exporter started (all XIDs).', sum(counts.values()))
             for xid, count in sorted(counts.items()):
                 fam.counter('gpuvirt_gpu_xid_errors', 'XID critical error events since the exporter started, by XID.',
                             GPU_LABELS + ['xid'], lab + [str(xid)], count)
@@ -471,11 +500,10 @@ class GpuCollector:
     # -- GPM (background) ---------------------------------------------------------------------------------------
     def _gpm(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
         """GPM values no older than 2 x --gpm-interval, per GPU and (rd.instances, filled by _mig) per GPU instance."""
-        sampler, lab, index = self.sampler, gpu.labels, gpu.index
+        sampler, lab, own, index = self.sampler, gpu.labels, rd.own, gpu.index
         supported = sampler.supported.get(index)
         if supported is not None:
-            fam.gauge('gpuvirt_gpu_gpm_supported', '1 when NVML GPM (Hopper and newer) feeds the activity and PROF_* series.',
-                      GPU_LABELS, lab, 1 if supported else 0)
+            own.gauge('gpuvirt_gpu_gpm_supported', '1 when NVML GPM (Hopper and newer) feeds the activity and PROF_* series.', 1 if supported else 0)
         if not supported:
             return
         now = time.monotonic()
@@ -487,7 +515,7 @@ class GpuCollector:
             self.stale_gpm += 1
         for metric_id, name, factor, doc in _GPM_GPU:
             if metric_id in rd.gpm:
-                fam.gauge(name, doc, GPU_LABELS, lab, rd.gpm[metric_id] * factor)
+                own.gauge(name, doc, rd.gpm[metric_id] * factor)
         for gi_id, profile, _memory, gpm in rd.instances:
             taken = sampler.mig_taken.get((index, gi_id))
             if taken is None:
@@ -519,11 +547,11 @@ class GpuCollector:
         return mode[0], instances, self._mig_memory_used(gpu)
 
     def _mig(self, fam: Families, gpu: Gpu, rd: Reading, mig) -> None:
-        lab = gpu.labels
+        lab, own = gpu.labels, rd.own
         if mig is None:
             return
         mode, instances, used = mig
-        fam.gauge('gpuvirt_gpu_mig_mode', 'MIG mode: 1 enabled, 0 disabled (current mode).', GPU_LABELS, lab, mode)
+        own.gauge('gpuvirt_gpu_mig_mode', 'MIG mode: 1 enabled, 0 disabled (current mode).', mode)
         for gi_id, (profile, memory, start, size) in sorted(instances.items()):
             mlab = lab + [str(gi_id), profile]
             fam.gauge('gpuvirt_mig_instance_info', 'A MIG GPU instance and its placement (value 1).',
@@ -554,31 +582,40 @@ class GpuCollector:
         return found
 
     # -- vGPU ---------------------------------------------------------------------------------------------------
-    def _vgpus(self, fam: Families, gpu: Gpu) -> None:
-        n, s, h, lab = self.nvml, gpu.scope, gpu.handle, gpu.labels
+    def _read_vgpus(self, gpu: Gpu) -> list | None:
+        """None without vGPU support, else per active vGPU instance: (instance, UUID, type id, type name, type framebuffer,
+        VM id, framebuffer used, license status, {engine: utilization})."""
+        n, s, h = self.nvml, gpu.scope, gpu.handle
         active = n.call(s, 'nvmlDeviceGetActiveVgpus', h)
         if active is None:
-            return
-        fam.gauge('gpuvirt_gpu_vgpu_instances', 'Active vGPU instances on the GPU.', GPU_LABELS, lab, len(active))
+            return None
         samples = self._vgpu_utilization(gpu) if active else {}
+        found = []
         for instance in active:
             instance = int(instance)
             uuid = n.call('vgpu', 'nvmlVgpuInstanceGetUUID', instance, remember=False)
             if uuid is None:
                 continue  # gone since it was listed
-            vlab = lab + [str(instance), text(uuid)]
-            type_id = n.call('vgpu', 'nvmlVgpuInstanceGetType', instance, remember=False)
-            type_name, framebuffer = self._vgpu_type(type_id)
             vm_id = n.call('vgpu', 'nvmlVgpuInstanceGetVmID', instance, remember=False)
+            type_id = n.call('vgpu', 'nvmlVgpuInstanceGetType', instance, remember=False)
+            found.append((instance, text(uuid), type_id, *self._vgpu_type(type_id), text(vm_id[0]) if vm_id else '',
+                          n.call('vgpu', 'nvmlVgpuInstanceGetFbUsage', instance, remember=False), n.call('vgpu', 'nvmlVgpuInstanceGetLicenseStatus', instance), samples.get(instance, {})))
+        return found
+
+    def _vgpus(self, fam: Families, gpu: Gpu, rd: Reading, active: list | None) -> None:
+        lab, own = gpu.labels, rd.own
+        if active is None:
+            return
+        own.gauge('gpuvirt_gpu_vgpu_instances', 'Active vGPU instances on the GPU.', len(active))
+        for instance, uuid, type_id, type_name, framebuffer, vm_id, fb_used, licensed, utilization in active:
+            vlab = lab + [str(instance), uuid]
             fam.gauge('gpuvirt_vgpu_info', 'A vGPU instance: its type and the VM it belongs to (value 1).',
-                      VGPU_LABELS + ['vgpu_type', 'vgpu_type_id', 'vm_id'],
-                      vlab + [type_name, str(type_id), text(vm_id[0]) if vm_id else ''], 1)
-            fam.gauge('gpuvirt_vgpu_framebuffer_used_bytes', 'Framebuffer used by the vGPU instance.', VGPU_LABELS, vlab,
-                      n.call('vgpu', 'nvmlVgpuInstanceGetFbUsage', instance, remember=False))
+                      VGPU_LABELS + ['vgpu_type', 'vgpu_type_id', 'vm_id'], vlab + [type_name, str(type_id), vm_id], 1)
+            fam.gauge('gpuvirt_vgpu_framebuffer_used_bytes', 'Framebuffer used by the vGPU instance.', VGPU_LABELS, vlab, fb_used)
             fam.gauge('gpuvirt_vgpu_framebuffer_total_bytes', 'Framebuffer of the vGPU type.', VGPU_LABELS, vlab, framebuffer)
             fam.gauge('gpuvirt_vgpu_license_status', 'vGPU license: 1 licensed, 0 not licensed (guest driver report).',
-                      VGPU_LABELS, vlab, n.call('vgpu', 'nvmlVgpuInstanceGetLicenseStatus', instance))
-            for engine, value in samples.get(instance, {}).items():
+                      VGPU_LABELS, vlab, licensed)
+            for engine, value in utilization.items():
                 fam.gauge('gpuvirt_vgpu_utilization_percent', 'vGPU utilization from the latest NVML sample, by engine.',
                           VGPU_LABELS + ['engine'], vlab + [engine], value)
 
@@ -643,9 +680,17 @@ class GpuCollector:
         fam.gauge('gpuvirt_exporter_gpus_lost', 'GPUs that did not answer in this scrape (lost).', [], [], lost)
         fam.gauge('gpuvirt_exporter_xid_events_supported', '1 when XID events are watched through an NVML event set.', [], [],
                   1 if self.xid is not None and self.xid.supported else 0)
-        fam.gauge('gpuvirt_exporter_scrape_duration_seconds', 'Time this scrape spent reading NVML.', [], [], duration)
-        fam.counter('gpuvirt_exporter_stale_samples', 'Background samples too old to serve (their series dropped), by sampler.',
-                    ['sampler'], ['slow'], self.slow.stale if self.slow is not None else None)
+        fam.gauge('gpuvirt_exporter_scrape_duration_seconds',
+                  'Time this scrape took to build its answer (NVML reads included only where a sampler interval is 0).', [], [], duration)
+        for name, sampler in (('fast', self.fast), ('slow', self.slow)):
+            if sampler is None:
+                continue
+            fam.counter('gpuvirt_exporter_sample_rounds', 'Rounds of a background sampler over all GPUs, by sampler.',
+                        ['sampler'], [name], sampler.rounds)
+            fam.gauge('gpuvirt_exporter_sample_duration_seconds', "Time the sampler's last round over all GPUs took, by sampler.",
+                      ['sampler'], [name], sampler.duration)
+            fam.counter('gpuvirt_exporter_stale_samples', 'Background samples too old to serve (their series dropped), by sampler.',
+                        ['sampler'], [name], sampler.stale)
         fam.counter('gpuvirt_exporter_stale_samples', 'Background samples too old to serve (their series dropped), by sampler.',
                     ['sampler'], ['gpm'], self.stale_gpm if self.sampler is not None else None)
         for call, count in sorted(self.nvml.errors.items()):

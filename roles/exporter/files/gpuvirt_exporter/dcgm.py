@@ -73,12 +73,12 @@ class Reading:  # pylint: disable=too-many-instance-attributes,too-few-public-me
     decoder, vgpu_licensed, last_xid, nvlink_mbps: numbers; fb: (free, used, reserved or None) bytes; rows:
     nvmlDeviceGetRemappedRows (corrected, uncorrected, pending, failure); gpm: GPM metric id -> value in GPM's unit;
     instances: [(GPU_I_ID, GPU_I_PROFILE, (free, used) bytes or None, gpm dict)]; entities: GPU_I_ID -> its gpuvirt_mig_*
-    label set (exposition.Entity), this scrape. (A plain class: dataclasses would cost the exporter 1.6 MiB to import.)
+    label set (exposition.Entity), this scrape; own: the GPU's gpuvirt label set (exposition.Entity). (A plain class: dataclasses would cost the exporter 1.6 MiB to import.)
     """
 
     __slots__ = ('sm_clock_mhz', 'mem_clock_mhz', 'gpu_temp_c', 'memory_temp_c', 'power_mw', 'energy_mj', 'replays', 'util_gpu',
                  'util_memory', 'encoder', 'decoder', 'fb', 'vgpu_licensed', 'rows', 'last_xid', 'nvlink_mbps', 'gpm', 'instances',
-                 'entities')
+                 'entities', 'own')
 
     def __init__(self, **values):
         for name in self.__slots__:
@@ -118,27 +118,46 @@ class DcgmSeries:
                         + ((('DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS', r.rows[1]), ('DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS', r.rows[0]),
                             ('DCGM_FI_DEV_ROW_REMAP_FAILURE', 1 if r.rows[3] else 0)) if r.rows is not None else ()))
         if not reading.instances:
-            self._entity(families, keys, values, reading, before, after, reading.fb, reading.gpm, whole=True)
+            self._entity(families, keys, values, reading, before, after, reading.fb, reading.gpm)
             return
-        for gi_id, profile, memory, gpm in reading.instances:
-            fb = None if memory is None else (memory[0], memory[1], None)
-            self._entity(families, keys + ['GPU_I_PROFILE', 'GPU_I_ID'], values + [profile, str(gi_id)], reading, before, after, fb, gpm,
-                         whole=False)
+        # a GPU in MIG mode: the GPU-wide series once per GPU instance (same value, one join per series), each
+        # instance's memory and GPM series
+        keys = keys + ['GPU_I_PROFILE', 'GPU_I_ID']
+        entities = [families.entity(keys, values + [profile, str(gi_id)]) for gi_id, profile, _memory, _gpm in reading.instances]
+        numbers = tuple(entity.number for entity in entities)
+        for name, doc, kind, value in before:
+            families.block(name, doc, kind, entities, numbers, value)
+        for entity, (_gi_id, _profile, memory, _gpm) in zip(entities, reading.instances):
+            if memory is not None:
+                entity.add_many((('DCGM_FI_DEV_FB_FREE', HELP['DCGM_FI_DEV_FB_FREE'], 'gauge', memory[0] // MIB),
+                                 ('DCGM_FI_DEV_FB_USED', HELP['DCGM_FI_DEV_FB_USED'], 'gauge', memory[1] // MIB)), True)
+        for name, doc, kind, value in after:
+            families.block(name, doc, kind, entities, numbers, value)
+        for entity, (_gi_id, _profile, _memory, gpm) in zip(entities, reading.instances):
+            entity.add_many([(name, doc, 'gauge', gpm[metric_id] * factor) for metric_id, name, doc, factor in _GPM_SERIES
+                             if metric_id in gpm], True)
+        if reading.last_xid is not None:
+            for entity in entities:
+                self._xid(families, list(entity.keys), list(entity.values), reading.last_xid)
 
-    def _entity(self, families, keys, values, r: Reading, before, after, fb, gpm, whole: bool) -> None:  # pylint: disable=too-many-arguments
+    def _entity(self, families, keys, values, r: Reading, before, after, fb, gpm) -> None:  # pylint: disable=too-many-arguments
+        """The series of a GPU without MIG instances."""
         series = list(before)
         if fb is not None:
             series.append(('DCGM_FI_DEV_FB_FREE', HELP['DCGM_FI_DEV_FB_FREE'], 'gauge', fb[0] // MIB))
             series.append(('DCGM_FI_DEV_FB_USED', HELP['DCGM_FI_DEV_FB_USED'], 'gauge', fb[1] // MIB))
-            if whole and fb[2] is not None:
+            if fb[2] is not None:
                 series.append(('DCGM_FI_DEV_FB_RESERVED', HELP['DCGM_FI_DEV_FB_RESERVED'], 'gauge', fb[2] // MIB))
         series += after
         series += [(name, doc, 'gauge', gpm[metric_id] * factor) for metric_id, name, doc, factor in _GPM_SERIES if metric_id in gpm]
         families.entity(keys, values).add_many(series, True)  # its series find their cached text by one small key
         if r.last_xid is not None:
-            xid = r.last_xid
-            families.add('DCGM_FI_DEV_XID_ERRORS', HELP['DCGM_FI_DEV_XID_ERRORS'], 'gauge', keys + ['err_code', 'err_msg'],
-                         list(values) + [str(xid), xid_text(xid)], xid, True)
+            self._xid(families, keys, values, r.last_xid)
+
+    @staticmethod
+    def _xid(families, keys: list, values: list, xid: int) -> None:
+        families.add('DCGM_FI_DEV_XID_ERRORS', HELP['DCGM_FI_DEV_XID_ERRORS'], 'gauge', keys + ['err_code', 'err_msg'],
+                     values + [str(xid), xid_text(xid)], xid, True)
 
 
 def _series(pairs) -> list[tuple]:

@@ -82,9 +82,9 @@ class Rendered:
     verbatim = True
     __slots__ = ('name', 'documentation', 'type', 'lines')
 
-    def __init__(self, name: str, doc: str, kind: str, head: str):
+    def __init__(self, name: str, doc: str, kind: str, lines: list):
         self.name, self.documentation, self.type = name, doc, kind
-        self.lines = [head]
+        self.lines = lines
 
     @property
     def exposition(self) -> str:
@@ -105,6 +105,7 @@ class TextCache:
         self.headers: dict[str, str] = {}  # name -> HELP and TYPE lines
         self.prefixes: dict[tuple, str] = {}  # (name, label values or entity number) -> 'sample_name{labels} '
         self.entities: dict[tuple, int] = {}  # (label keys, label values) -> entity number
+        self.blocks: dict[tuple, list] = {}  # (name, entity numbers) -> the prefixes of that series for those entities
 
     def entity(self, keys: tuple, values: tuple) -> int:
         """A number for one label set, so that the series of one GPU or MIG instance find their prefixes by it."""
@@ -113,6 +114,7 @@ class TextCache:
             if len(self.entities) >= LIMIT:
                 self.entities.clear()
                 self.prefixes.clear()
+                self.blocks.clear()
             found = self.entities[(keys, values)] = len(self.entities) + 1
         return found
 
@@ -129,7 +131,7 @@ class TextCache:
 
 
 class Entity:
-    """The series of one label set (a GPU, a MIG instance) in a scrape: add() finds each prefix by a small key."""
+    """The series of one label set (a GPU, a MIG instance) in a scrape: each finds its prefix by a small key."""
 
     __slots__ = ('families', 'keys', 'values', 'number')
 
@@ -141,9 +143,35 @@ class Entity:
 
     def gauge(self, name: str, doc: str, value) -> None:
         """A gpuvirt gauge of this label set, kept as Families.gauge keeps it (naming mode)."""
+        if value is not None:
+            self._one(name, doc, 'gauge', value)
+
+    def counter(self, name: str, doc: str, value) -> None:
+        if value is not None:
+            self._one(name, doc, 'counter', value)
+
+    def _one(self, name: str, doc: str, kind: str, value) -> None:
         fam = self.families
-        if value is not None and (fam.gpuvirt or name.startswith(fam.kept)):
-            self.add(name, doc, 'gauge', value, False)
+        if not fam.gpuvirt and not name.startswith(fam.kept):
+            return
+        prefix = fam.cache.prefixes.get((name, self.number))
+        if prefix is None:
+            prefix = self._prefix(name, doc, kind, False)
+        lines = fam.items.get(name)
+        if lines is None:
+            lines = fam.family(name, doc, kind)
+        text = _TEXT.get(value)
+        lines.append(prefix + (_text(value) if text is None else text))
+
+    def prefix(self, name: str, doc: str, kind: str, verbatim: bool) -> str:
+        """`name{labels} ` of a series of this label set."""
+        found = self.families.cache.prefixes.get((name, self.number))
+        return self._prefix(name, doc, kind, verbatim) if found is None else found
+
+    def _prefix(self, name: str, doc: str, kind: str, verbatim: bool) -> str:
+        cache = self.families.cache
+        found = cache.prefixes[(name, self.number)] = cache.prefix(name, doc, kind, self.keys, self.values, verbatim)
+        return found
 
     def add(self, name: str, doc: str, kind: str, value, verbatim: bool) -> None:
         self.add_many(((name, doc, kind, value),), verbatim)
@@ -151,34 +179,67 @@ class Entity:
     def add_many(self, series, verbatim: bool) -> None:
         """Several series of this label set, (name, HELP, kind, value) each, in one loop (a MIG instance has about 25)."""
         fam = self.families
-        cache, number = fam.cache, self.number
-        prefixes = cache.prefixes
+        items, prefixes, number = fam.items, fam.cache.prefixes, self.number
         for name, doc, kind, value in series:
             prefix = prefixes.get((name, number))
             if prefix is None:
-                prefix = prefixes[(name, number)] = cache.prefix(name, doc, kind, self.keys, self.values, verbatim)
-            fam.line(name, doc, kind, prefix, value)
+                prefix = self._prefix(name, doc, kind, verbatim)
+            lines = items.get(name)
+            if lines is None:
+                lines = fam.family(name, doc, kind)
+            text = _TEXT.get(value)
+            lines.append(prefix + (_text(value) if text is None else text))
 
 
 def _text(value) -> str:
+    """The text of a value and the line's end; the texts of values seen often are kept."""
     value = float(value)
-    text = go_float(value)
-    if len(_TEXT) < TEXT_LIMIT and text != '-0.0':  # -0.0 == 0.0: it must not become the text of every zero
+    text = go_float(value) + '\n'
+    if len(_TEXT) < TEXT_LIMIT and text != '-0.0\n':  # -0.0 == 0.0: it must not become the text of every zero
         _TEXT[value] = text
     return text
 
 
 class Families:
-    """The families of one scrape, in first-use order, over a TextCache."""
+    """The families of one scrape, in first-use order, over a TextCache: items maps a family name to its lines, the
+    cached header first; collect() gives them as Rendered families."""
 
     def __init__(self, cache: TextCache, gpuvirt: bool = True, kept: tuple = ()):
         self.cache = cache
-        self.items: dict[str, Rendered] = {}
+        self.items: dict[str, list] = {}
+        self.kinds: dict[str, tuple] = {}  # name -> (HELP, kind) of the families of this scrape
         self.gpuvirt = gpuvirt  # False: only the gpuvirt_* series whose names start with one of `kept`
         self.kept = kept
 
     def entity(self, keys, values) -> Entity:
         return Entity(self, keys, values)
+
+    def family(self, name: str, doc: str, kind: str) -> list:
+        """The lines of a family new in this scrape: its cached header first."""
+        self.kinds[name] = (doc, kind)
+        lines = self.items[name] = [self.cache.headers[name]]
+        return lines
+
+    def collect(self) -> list:
+        """The families of this scrape, as exposition.Rendered (what a collector's collect() returns)."""
+        return [Rendered(name, self.kinds[name][0], self.kinds[name][1], lines) for name, lines in self.items.items()]
+
+    def block(self, name: str, doc: str, kind: str, entities: list, numbers: tuple, value) -> None:  # pylint: disable=too-many-arguments
+        """One dcgm series with the same value for several label sets (numbers: theirs), one line each, written in one
+        join: dcgm-exporter repeats a GPU's GPU-wide series for each of its MIG instances."""
+        key = (name, numbers)
+        prefixes = self.cache.blocks.get(key)
+        if prefixes is None:
+            if len(self.cache.blocks) >= LIMIT:
+                self.cache.blocks.clear()
+            prefixes = self.cache.blocks[key] = [entity.prefix(name, doc, kind, True) for entity in entities]
+        lines = self.items.get(name)
+        if lines is None:
+            lines = self.family(name, doc, kind)
+        text = _TEXT.get(value)
+        if text is None:
+            text = _text(value)
+        lines.append(text.join(prefixes) + text)
 
     def gauge(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
         if value is not None and (self.gpuvirt or name.startswith(self.kept)):
@@ -199,10 +260,8 @@ class Families:
 
     def line(self, name: str, doc: str, kind: str, prefix: str, value) -> None:
         """The series line `prefix value` into its family (made with its cached header the first time in this scrape)."""
-        family = self.items.get(name)
-        if family is None:
-            family = self.items[name] = Rendered(name, doc, kind, self.cache.headers[name])
+        lines = self.items.get(name)
+        if lines is None:
+            lines = self.family(name, doc, kind)
         text = _TEXT.get(value)
-        if text is None:
-            text = _text(value)
-        family.lines.append(prefix + text + '\n')
+        lines.append(prefix + (_text(value) if text is None else text))

@@ -162,10 +162,11 @@ def _metrics_get(previous, current) -> dict[int, float]:
 
 
 class PeriodicSampler(threading.Thread):
-    """Every interval, read(gpu) for each GPU; its dict is kept with the monotonic time it was taken at.
+    """Every interval, read(gpu) for each GPU; its dict is kept with the monotonic time its read began at.
 
-    The collector passes the reads the driver answers slowly (energy, PCIe throughput and link, MIG layout...), so a
-    scrape only looks them up: fresh() gives a sample no older than max_age, else None (and counts it stale).
+    The collector passes the reads of each GPU's values (the fast ones every --sample-interval, the ones the driver
+    answers slowly every --pcie-interval), so a scrape only looks them up: fresh() gives a sample no older than max_age,
+    else None (and counts it stale).
     """
 
     def __init__(self, read, interval: float, max_age: float | None = None, name: str = 'slow-sampler'):
@@ -176,6 +177,8 @@ class PeriodicSampler(threading.Thread):
         self.gpus: list = []
         self.samples: dict[int, tuple[dict, float]] = {}
         self.stale = 0
+        self.rounds = 0  # rounds over all GPUs completed
+        self.duration = 0.0  # seconds the last round took
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -183,16 +186,20 @@ class PeriodicSampler(threading.Thread):
             self.sample_once()
 
     def sample_once(self) -> None:
+        started = time.monotonic()
         for gpu in list(self.gpus):
             self.sample_gpu(gpu)
+        self.duration = time.monotonic() - started
+        self.rounds += 1
 
     def sample_gpu(self, gpu) -> None:
+        started = time.monotonic()  # a value's age counts from before it was read
         try:
             values = self.read(gpu)
         except GpuLost:
             self.samples.pop(gpu.index, None)
             return
-        self.samples[gpu.index] = (values, time.monotonic())
+        self.samples[gpu.index] = (values, started)
 
     def fresh(self, index: int, now: float) -> tuple[dict, float] | None:
         """(values, age in seconds) of the GPU's last sample, None when there is none or it is older than max_age."""

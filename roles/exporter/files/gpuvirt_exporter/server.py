@@ -211,8 +211,8 @@ class BasicAuth:
 
 
 class SharedScrape:
-    """One NVML read for the scrapes that arrived before it started: a scrape whose request was complete when the last
-    read began takes that read's result instead of reading again."""
+    """One answer built for the scrapes that arrived before it started: a scrape whose request was complete when the
+    last build began takes that build's result instead of building again."""
 
     def __init__(self, source):
         self.source = source  # what collect() returns families from: the GpuCollector, or any prometheus_client registry
@@ -256,9 +256,9 @@ class _Conn:
 class Server:  # pylint: disable=too-many-instance-attributes
     """The listening socket and the one thread that accepts, reads, answers and writes on every connection.
 
-    Requests are answered in the loop itself: the NVML calls a scrape makes are the fast ones (the slow ones run in the
-    collector's background samplers), and handing each request to another thread cost more than answering it. Only a
-    bcrypt check (tens to hundreds of milliseconds) goes to a thread of its own, so that it delays no other client.
+    Requests are answered in the loop itself: a scrape formats what the collector's background samplers read (with
+    --sample-interval 0 it makes the fast NVML calls itself, never the slow ones), and handing each request to another
+    thread cost more than answering it. Only a bcrypt check (tens to hundreds of milliseconds) goes to a thread of its own, so that it delays no other client.
     Answers are written without blocking: a client that does not read its answer holds a buffer, never the loop.
     """
 
@@ -646,6 +646,16 @@ def _positive(kind):
     return parse
 
 
+def _not_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number == float('inf'):
+        raise argparse.ArgumentTypeError('%r: expected a number of seconds, 0 or more' % value)
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gpuvirt-exporter', description='GPU, MIG and vGPU metrics from NVML for Prometheus.')
     parser.add_argument('--web.listen-address', dest='listen', default=':%d' % DEFAULT_PORT, help='HOST:PORT (default :%(default)s)')
@@ -655,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'answer; idle and slow connections are closed after it (default %(default)s)')
     parser.add_argument('--web.max-connections', dest='max_connections', type=_positive(int), default=64,
                         help='open connections at most; a new one replaces the one idle longest (default %(default)s)')
+    parser.add_argument('--sample-interval', type=_not_negative, default=1.0,
+                        help='seconds between background reads of the fast values (utilization, memory, temperature, power, '
+                             'clocks, vGPUs), served at most twice that old; 0: read in each scrape (default %(default)s)')
     parser.add_argument('--pcie-interval', type=float, default=10.0, help='seconds between PCIe throughput samples (0: off)')
     parser.add_argument('--no-xid-events', dest='events', action='store_false', help='do not watch XID events')
     parser.add_argument('--hostname', default=None, help='value of the Hostname label (default: the host name)')
@@ -675,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpuvirt_exporter.collector import GpuCollector  # pylint: disable=import-outside-toplevel
     collector = GpuCollector(hostname=args.hostname, pcie_interval=args.pcie_interval, events=args.events,
                              metric_names=args.metric_names, host_label=args.dcgm_hostname_label, drift_file=args.drift_file or None,
-                             gpm_interval=args.gpm_interval)
+                             gpm_interval=args.gpm_interval, sample_interval=args.sample_interval)
     try:
         server = build_server(args.listen, args.web_config, collector, args.read_timeout, args.max_connections)
     except (ConfigError, OSError, _ssl.SSLError, KeyError) as exc:
