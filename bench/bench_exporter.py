@@ -174,12 +174,12 @@ def series_counts() -> None:
                 print('%-26s %-8s %8d %8d %8d' % (label, mode, counts['all'], counts['gpuvirt'], counts['dcgm']))
 
 
-def real(count: int, save: str | None, gpm_interval: float, python: str) -> None:
+def real(count: int, save: str | None, gpm_interval: float, python: str, sample_interval: float) -> None:
     # keep the caller's PYTHONPATH (a read-only guard's sitecustomize, a wheel folder) behind the exporter's
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (EXPORTER_LIB, os.environ.get('PYTHONPATH', '')) if p))
     port = free_port()
     proc = subprocess.Popen([python, '-m', 'gpuvirt_exporter', '--web.listen-address', '127.0.0.1:%d' % port,
-                             '--gpm-interval', str(gpm_interval)], env=env)
+                             '--gpm-interval', str(gpm_interval), '--sample-interval', str(sample_interval)], env=env)
     url = 'http://127.0.0.1:%d/metrics' % port
     try:
         for _round in range(200):
@@ -204,8 +204,8 @@ def real(count: int, save: str | None, gpm_interval: float, python: str) -> None
     print(_line('exporter, connection kept open', exporter))
     print(_line('exporter, new connection per scrape', fresh))
     print(_line('nvidia-smi --query-gpu per scrape', smi))
-    print('(%d sequential scrapes each; exporter with --gpm-interval %g, its defaults otherwise: --sample-interval 1, '
-          '--pcie-interval 10; idle CPU over 20 s without scrapes)' % (count, gpm_interval))
+    print('(%d sequential scrapes each; exporter with --sample-interval %g, --gpm-interval %g, --pcie-interval 10; idle CPU '
+          'over 20 s without scrapes)' % (count, sample_interval, gpm_interval))
     for label, fig in (('connection kept open', exporter), ('new connection per scrape', fresh)):
         print('ratio nvidia-smi / exporter (%s): p50 %.1fx  p99 %.1fx  CPU %.1fx' % (
             label, smi['p50_ms'] / fig['p50_ms'], smi['p99_ms'] / fig['p99_ms'], smi['cpu_ms'] / max(fig['cpu_ms'], 1e-6)))
@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument('--save', default=None)
     parser.add_argument('--count', type=int, default=200)
     parser.add_argument('--gpm-interval', type=float, default=2.0, help='--real: the exporter\'s GPM interval (default %(default)s s)')
+    parser.add_argument('--sample-interval', type=float, default=1.0,
+                        help="--real: the exporter's --sample-interval (default %(default)s s, its own default; 0: NVML read in each scrape)")
     parser.add_argument('--python', default=sys.executable,
                         help="--real: the exporter's interpreter, e.g. a virtualenv's as the role deploys it (default: this one)")
     parser.add_argument('--series', action='store_true', help='print the series count of each naming mode (simulator) and stop')
@@ -233,7 +235,7 @@ def main() -> None:
         series_counts()
         return
     if args.real:
-        real(args.count, args.save, args.gpm_interval, args.python)
+        real(args.count, args.save, args.gpm_interval, args.python, args.sample_interval)
         return
     one = _sim_host('sim: 1 x H100', ['h100-80gb-hbm3:1'], args.count)
     mig = _sim_host('sim: 8 x H100, 7 MIG instances each', ['h100-80gb-hbm3:8'], args.count, mig=list(range(8)))
