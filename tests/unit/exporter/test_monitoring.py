@@ -29,7 +29,7 @@ def exposed_names() -> set[str]:
     with open(COLLECTOR, encoding='utf-8') as handle:
         source = handle.read()
     names = set()
-    for kind, name in re.findall(r"(?:fam|ent|own)\.(gauge|counter)\(\s*'([a-z_]+)'", source):
+    for kind, name in re.findall(r"(?:fam|ent|own)\.(gauge|counter)(?:_by)?\(\s*'([a-z_]+)'", source):
         names.add(name + '_total' if kind == 'counter' else name)
     # names built with a format string in the collector
     names |= {'gpuvirt_gpu_encoder_utilization_percent', 'gpuvirt_gpu_decoder_utilization_percent',

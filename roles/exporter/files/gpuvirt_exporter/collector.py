@@ -2,17 +2,17 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The Prometheus collector: per-GPU, per-MIG-instance and per-vGPU series read from NVML.
 
-What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once, and
-again when a GPU that was lost at start answers. A scrape makes no NVML call: it formats what background threads
-read, each value with its age. The calls NVML answers in microseconds (utilization, memory, temperature, power, clocks,
-vGPUs) are read every --sample-interval (0: in the scrape itself) and served never older than twice that (else the GPU
-is down for that scrape, and the stale read counted). Calls the driver answers slowly (PCIe throughput 21 ms, energy and
-field values 3 ms, the PCIe replay counter, MIG and ECC mode 0.2 ms each on an H200; MIG layout and per-instance memory),
-and what changes only when set or on a memory error (the GPU settings, ECC and remapped-row counters), run
-in another background thread every --pcie-interval and are served with their age, never older than twice that
-interval (else dropped and counted). The text is built from header and label prefixes rendered once (exposition.py). XID events arrive through an NVML event set in another
-thread. A scrape never starts a process, and a failing call or a lost GPU drops only the series it feeds (and is
-counted); a GPU that answers no call at all is down.
+What never changes while the exporter runs (identity, max clocks, MIG profiles, vGPU type names) is read once, and again
+when a GPU that was lost at start answers. A scrape makes no NVML call: it formats what background threads read, each
+value with its age. The calls NVML answers in microseconds (utilization, memory, temperature, power, clocks, vGPUs) are
+read every --sample-interval (0: in the scrape itself) and served never older than twice that (else the GPU is down for
+that scrape, and the stale read counted). Calls the driver answers slowly (PCIe throughput 21 ms, energy and field
+values 3 ms, the PCIe replay counter, MIG and ECC mode 0.2 ms each on an H200; MIG layout and per-instance memory), and
+what changes only when set or on a memory error (the GPU settings, ECC and remapped-row counters), run in another
+background thread every --pcie-interval and are served with their age, never older than twice that interval (else
+dropped and counted). The text is built from header and label prefixes rendered once (exposition.py). XID events arrive
+through an NVML event set in another thread. A scrape never starts a process, and a failing call or a lost GPU drops
+only the series it feeds (and is counted); a GPU that answers no call at all is down.
 """
 
 from __future__ import annotations
@@ -348,17 +348,15 @@ class GpuCollector:
         own.gauge('gpuvirt_gpu_power_watts', 'Power draw.', None if power is None else power / 1000)
         rd.sm_clock_mhz, rd.mem_clock_mhz = clocks[1], clocks[2]
         for clock, value in zip(CLOCKS, clocks):
-            fam.gauge('gpuvirt_gpu_clock_hz', 'Current clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
-                      None if value is None else value * 1e6)
+            own.gauge_by('gpuvirt_gpu_clock_hz', 'Current clock frequency.', 'clock', clock, None if value is None else value * 1e6)
             if clock in gpu.max_clocks:
-                fam.gauge('gpuvirt_gpu_clock_max_hz', 'Maximum clock frequency.', GPU_LABELS + ['clock'], lab + [clock],
-                          gpu.max_clocks[clock] * 1e6)
+                own.gauge_by('gpuvirt_gpu_clock_max_hz', 'Maximum clock frequency.', 'clock', clock, gpu.max_clocks[clock] * 1e6)
         own.gauge('gpuvirt_gpu_performance_state', 'Performance state (0 = P0, highest performance).', pstate)
         if reasons is not None:
             own.gauge('gpuvirt_gpu_clocks_event_reasons', 'Clock event (throttle) reasons, the NVML bit mask.', reasons)
             for name, bit in CLOCK_EVENT_REASONS.items():
-                fam.gauge('gpuvirt_gpu_clocks_event_reason', 'Whether a clock event (throttle) reason is active (1) or not (0).',
-                          GPU_LABELS + ['reason'], lab + [name], 1 if reasons & bit else 0)
+                own.gauge_by('gpuvirt_gpu_clocks_event_reason', 'Whether a clock event (throttle) reason is active (1) or not (0).',
+                             'reason', name, 1 if reasons & bit else 0)
 
     def _memory(self, gpu: Gpu):
         """(free, used as nvmlDeviceGetMemoryInfo reports it: total - free, total, used without the reserved memory
@@ -419,8 +417,7 @@ class GpuCollector:
         pcie = values.get('pcie')
         if pcie is not None:
             for direction, kbps in (('tx', pcie[0]), ('rx', pcie[1])):
-                fam.gauge('gpuvirt_gpu_pcie_throughput_bytes_per_second', 'PCIe throughput, sampled in the background.',
-                          GPU_LABELS + ['direction'], lab + [direction], kbps * 1024)
+                own.gauge_by('gpuvirt_gpu_pcie_throughput_bytes_per_second', 'PCIe throughput, sampled in the background.', 'direction', direction, kbps * 1024)
             own.gauge('gpuvirt_gpu_pcie_sample_age_seconds', 'Age of the PCIe throughput sample.', age)
         self._mig(fam, gpu, rd, values['mig'])
         self._settings(fam, gpu, rd, values.get('settings'))
@@ -441,8 +438,8 @@ class GpuCollector:
             return
         lab, own, ecc = gpu.labels, rd.own, values['ecc']
         for i, state in enumerate(('current', 'pending')):
-            fam.gauge('gpuvirt_gpu_ecc_mode', 'ECC mode: 1 enabled, 0 disabled; pending takes effect at the next GPU reset.',
-                      GPU_LABELS + ['state'], lab + [state], None if ecc is None else int(ecc[i]))
+            own.gauge_by('gpuvirt_gpu_ecc_mode', 'ECC mode: 1 enabled, 0 disabled; pending takes effect at the next GPU reset.', 'state',
+                         state, None if ecc is None else int(ecc[i]))
         own.gauge('gpuvirt_gpu_persistence_mode', 'Persistence mode: 1 on, 0 off.', values['persistence'])
         own.gauge('gpuvirt_gpu_compute_mode', 'Compute mode, the NVML value (0 default, 2 prohibited, 3 exclusive process).', values['compute'])
         limit = values['enforced_limit']
@@ -452,8 +449,7 @@ class GpuCollector:
         own.gauge('gpuvirt_gpu_power_limit_default_watts', 'Default power limit.',
                   None if default is None else default / 1000)
         for clock, value in values['app_clocks'].items():
-            fam.gauge('gpuvirt_gpu_applications_clock_hz', 'Application clock.', GPU_LABELS + ['clock'], lab + [clock],
-                      None if value is None else value * 1e6)
+            own.gauge_by('gpuvirt_gpu_applications_clock_hz', 'Application clock.', 'clock', clock, None if value is None else value * 1e6)
 
     def _read_health(self, gpu: Gpu) -> dict:
         """Memory error counters (background: they change only with an error, and alerting on them tolerates the
@@ -470,17 +466,14 @@ class GpuCollector:
             return
         lab, own = gpu.labels, rd.own
         for kind, count in values['ecc'].items():
-            fam.counter('gpuvirt_gpu_ecc_errors', 'ECC errors over the GPU lifetime.', GPU_LABELS + ['error_type'], lab + [kind], count)
+            own.counter_by('gpuvirt_gpu_ecc_errors', 'ECC errors over the GPU lifetime.', 'error_type', kind, count)
         for cause, count in values['retired'].items():
-            fam.gauge('gpuvirt_gpu_retired_pages', 'Retired framebuffer pages (pre-Ampere GPUs; Hopper remaps rows instead).',
-                      GPU_LABELS + ['cause'], lab + [cause], count)
+            own.gauge_by('gpuvirt_gpu_retired_pages', 'Retired framebuffer pages (pre-Ampere GPUs; Hopper remaps rows instead).', 'cause', cause, count)
         rows = rd.rows = values['rows']
         if rows is not None:
             corr, unc, pending, failure = rows
-            fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
-                      lab + ['corrected'], corr)
-            fam.gauge('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', GPU_LABELS + ['error_type'],
-                      lab + ['uncorrected'], unc)
+            own.gauge_by('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', 'error_type', 'corrected', corr)
+            own.gauge_by('gpuvirt_gpu_remapped_rows', 'Rows remapped after memory errors.', 'error_type', 'uncorrected', unc)
             own.gauge('gpuvirt_gpu_row_remap_pending', '1 when a row remap waits for a GPU reset.', 1 if pending else 0)
             own.gauge('gpuvirt_gpu_row_remap_failure', '1 when a row remap failed.', 1 if failure else 0)
 
@@ -494,8 +487,7 @@ class GpuCollector:
             counts = {xid: c for (index, xid), c in list(self.xid.counts.items()) if index == gpu.index}
             own.counter('gpuvirt_gpu_xid_events', 'XID critical error events since the exporter started (all XIDs).', sum(counts.values()))
             for xid, count in sorted(counts.items()):
-                fam.counter('gpuvirt_gpu_xid_errors', 'XID critical error events since the exporter started, by XID.',
-                            GPU_LABELS + ['xid'], lab + [str(xid)], count)
+                own.counter_by('gpuvirt_gpu_xid_errors', 'XID critical error events since the exporter started, by XID.', 'xid', str(xid), count)
 
     # -- GPM (background) ---------------------------------------------------------------------------------------
     def _gpm(self, fam: Families, gpu: Gpu, rd: Reading) -> None:
@@ -599,7 +591,8 @@ class GpuCollector:
             vm_id = n.call('vgpu', 'nvmlVgpuInstanceGetVmID', instance, remember=False)
             type_id = n.call('vgpu', 'nvmlVgpuInstanceGetType', instance, remember=False)
             found.append((instance, text(uuid), type_id, *self._vgpu_type(type_id), text(vm_id[0]) if vm_id else '',
-                          n.call('vgpu', 'nvmlVgpuInstanceGetFbUsage', instance, remember=False), n.call('vgpu', 'nvmlVgpuInstanceGetLicenseStatus', instance), samples.get(instance, {})))
+                          n.call('vgpu', 'nvmlVgpuInstanceGetFbUsage', instance, remember=False),
+                          n.call('vgpu', 'nvmlVgpuInstanceGetLicenseStatus', instance), samples.get(instance, {})))
         return found
 
     def _vgpus(self, fam: Families, gpu: Gpu, rd: Reading, active: list | None) -> None:

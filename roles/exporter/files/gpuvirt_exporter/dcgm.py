@@ -73,7 +73,8 @@ class Reading:  # pylint: disable=too-many-instance-attributes,too-few-public-me
     decoder, vgpu_licensed, last_xid, nvlink_mbps: numbers; fb: (free, used, reserved or None) bytes; rows:
     nvmlDeviceGetRemappedRows (corrected, uncorrected, pending, failure); gpm: GPM metric id -> value in GPM's unit;
     instances: [(GPU_I_ID, GPU_I_PROFILE, (free, used) bytes or None, gpm dict)]; entities: GPU_I_ID -> its gpuvirt_mig_*
-    label set (exposition.Entity), this scrape; own: the GPU's gpuvirt label set (exposition.Entity). (A plain class: dataclasses would cost the exporter 1.6 MiB to import.)
+    label set (exposition.Entity), this scrape; own: the GPU's gpuvirt label set (exposition.Entity). (A plain class:
+    dataclasses would cost the exporter 1.6 MiB to import.)
     """
 
     __slots__ = ('sm_clock_mhz', 'mem_clock_mhz', 'gpu_temp_c', 'memory_temp_c', 'power_mw', 'energy_mj', 'replays', 'util_gpu',

@@ -150,6 +150,32 @@ class Entity:
         if value is not None:
             self._one(name, doc, 'counter', value)
 
+    def gauge_by(self, name: str, doc: str, label: str, label_value: str, value) -> None:  # pylint: disable=too-many-arguments
+        """A gpuvirt gauge of this label set and one label more (a GPU's clocks, its throttle reasons...)."""
+        if value is not None:
+            self._by(name, doc, 'gauge', label, label_value, value)
+
+    def counter_by(self, name: str, doc: str, label: str, label_value: str, value) -> None:  # pylint: disable=too-many-arguments
+        if value is not None:
+            self._by(name, doc, 'counter', label, label_value, value)
+
+    def _by(self, name: str, doc: str, kind: str, label: str, label_value: str, value) -> None:  # pylint: disable=too-many-arguments
+        fam = self.families
+        if not fam.gpuvirt and not name.startswith(fam.kept):
+            return
+        cache = fam.cache
+        key = (name, self.number, label_value)  # one label name per family: its value tells the series apart
+        prefix = cache.prefixes.get(key)
+        if prefix is None:
+            if len(cache.prefixes) >= LIMIT:
+                cache.prefixes.clear()
+            prefix = cache.prefixes[key] = cache.prefix(name, doc, kind, self.keys + (label,), self.values + (label_value,), False)
+        lines = fam.items.get(name)
+        if lines is None:
+            lines = fam.family(name, doc, kind)
+        text = _TEXT.get(value)
+        lines.append(prefix + (_text(value) if text is None else text))
+
     def _one(self, name: str, doc: str, kind: str, value) -> None:
         fam = self.families
         if not fam.gpuvirt and not name.startswith(fam.kept):
