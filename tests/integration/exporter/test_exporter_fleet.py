@@ -107,11 +107,18 @@ def test_the_roles_deploy_and_a_rerun_changes_nothing(fleet):
 
 def test_every_host_serves_its_own_gpus(fleet):
     fleet.sh('et-a40', 'gpusimctl vgpu add --gpu 0 --type 558 --vm-id vm-7 >/dev/null')
+    added = time.monotonic()
     for host, port in PORTS.items():
         status, text = _get(port)
         assert status == 200
         assert 'gpuvirt_gpu_up{Hostname="%s"' % host in text
-    assert 'vm_id="vm-7"' in _get(PORTS['et-a40'])[1]
+        # the unit's default --sample-interval 1: the values a scrape serves were read at most 2 s before it
+        ages = [float(v) for v in re.findall(r'^gpuvirt_gpu_sample_age_seconds\{[^}]*\} (\S+)$', text, re.M)]
+        assert ages and max(ages) <= 2.0, ages
+    # the new vGPU shows once the background sampler has read the GPU again: within 2 x the interval
+    while 'vm_id="vm-7"' not in (text := _get(PORTS['et-a40'])[1]):
+        assert time.monotonic() - added < 10, text[-2000:]
+        time.sleep(0.2)
     assert 'NVIDIA H100 80GB HBM3' in _get(PORTS['et-h100'])[1]
 
 
