@@ -72,7 +72,9 @@ from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils._report_html import render_html
+# Imported when the filter runs, not when this file loads: ansible-core looks a collection filter up by loading the
+# collection's filter files in turn, in every task's worker process, so a heavy import here would be paid by every
+# task that uses any gpuvirt.fleet filter (docs/scaling.md).
 
 
 def fleet_report_html(hosts, title='GPU fleet report', generated=None):
@@ -82,6 +84,7 @@ def fleet_report_html(hosts, title='GPU fleet report', generated=None):
     for number, entry in enumerate(hosts, 1):
         if not isinstance(entry, Mapping) or not entry.get('host'):
             raise AnsibleFilterError('fleet_report_html: entry %d has no host name (expected a dict with host, gpu_host, gpus)' % number)
+    from ansible_collections.gpuvirt.fleet.plugins.module_utils._report_html import render_html  # pylint: disable=import-outside-toplevel
     try:
         return render_html(hosts, title=str(title), generated=generated)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -115,11 +115,14 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils._capacity import CapacityError, plan
+# Imported when the filter runs, not when this file loads: ansible-core looks a collection filter up by loading the
+# collection's filter files in turn, in every task's worker process, so a heavy import here would be paid by every
+# task that uses any gpuvirt.fleet filter (docs/scaling.md).
 
 
 def gpu_plan(fleet, demands, headroom_gb=0, headroom_percent=0, check=True):
     """The capacity plan of `demands` over `fleet` (host -> GPU facts); AnsibleFilterError when infeasible."""
+    from ansible_collections.gpuvirt.fleet.plugins.module_utils._capacity import CapacityError, plan  # pylint: disable=import-outside-toplevel
     try:
         return plan(fleet, demands, headroom_gb=headroom_gb, headroom_percent=headroom_percent, check=check)
     except CapacityError as exc:

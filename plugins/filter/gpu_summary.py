@@ -47,13 +47,16 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils._facts import layout_lines, summary_line
+# Imported when the filter runs, not when this file loads: ansible-core looks a collection filter up by loading the
+# collection's filter files in turn, in every task's worker process, so a heavy import here would be paid by every
+# task that uses any gpuvirt.fleet filter (docs/scaling.md).
 
 
 def gpu_summary(facts, layout=False):
     """The host's summary line; with layout=True, followed by one line per GPU (its MIG or vGPU layout)."""
     if not isinstance(facts, Mapping) or 'gpu_host' not in facts or 'gpus' not in facts:
         raise AnsibleFilterError('gpu_summary expects a host\'s ansible_facts after gpuvirt.fleet.gpu_facts ran (keys gpu_host and gpus)')
+    from ansible_collections.gpuvirt.fleet.plugins.module_utils._facts import layout_lines, summary_line  # pylint: disable=import-outside-toplevel
     try:
         line = summary_line(facts['gpu_host'], facts['gpus'])
         return [line] + ['  ' + text for text in layout_lines(facts['gpus'])] if layout else line

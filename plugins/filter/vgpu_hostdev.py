@@ -52,13 +52,16 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils._vgpu import libvirt_hostdev
+# Imported when the filter runs, not when this file loads: ansible-core looks a collection filter up by loading the
+# collection's filter files in turn, in every task's worker process, so a heavy import here would be paid by every
+# task that uses any gpuvirt.fleet filter (docs/scaling.md).
 
 
 def vgpu_hostdev(devices, indent=0):
     """libvirt <hostdev> XML for vGPU devices."""
     if not isinstance(indent, int) or isinstance(indent, bool) or indent < 0:
         raise AnsibleFilterError('vgpu_hostdev: indent must be a non-negative integer, got %r' % (indent,))
+    from ansible_collections.gpuvirt.fleet.plugins.module_utils._vgpu import libvirt_hostdev  # pylint: disable=import-outside-toplevel
     try:
         return libvirt_hostdev(devices, indent)
     except ValueError as exc:
