@@ -44,6 +44,21 @@ def test_the_unit_passes_the_timeout_and_the_cap_the_exporter_takes():
     assert (args.read_timeout, args.max_connections) == (2.5, 500)
 
 
+def test_the_unit_passes_the_sample_interval_and_0_reads_in_the_scrape():
+    assert build_parser().parse_args(_exec_start()).sample_interval == 1.0  # the role's default, the exporter's own
+    assert build_parser().parse_args(_exec_start(exporter_sample_interval=0)).sample_interval == 0.0
+    assert build_parser().parse_args(_exec_start(exporter_sample_interval=0.25)).sample_interval == 0.25
+
+
+@pytest.mark.parametrize('value', ['-1', 'nan', 'inf', 'often'])
+def test_a_sample_interval_that_cannot_work_is_refused_naming_it(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(['--sample-interval', value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert '--sample-interval' in err and repr(value) in err
+
+
 @pytest.mark.parametrize('option, value', [('--web.read-timeout', '0'), ('--web.read-timeout', 'soon'),
                                            ('--web.max-connections', '0'), ('--web.max-connections', '1.5')])
 def test_a_timeout_or_cap_that_cannot_work_is_refused_naming_it(option, value, capsys):
