@@ -7,7 +7,10 @@ idempotent rerun. Each host has one A30 with a MIG declaration (two 2g.12gb) and
 Prints, per run: wall time, machine CPU-seconds per host, controller CPU-seconds per host, tasks executed per host
 (ok + failed of the recap: the recap's ok counts the changed tasks too, skipped tasks are not executed) and the
 changed count (0 expected on a rerun). Figures only, no pass/fail.
-    .venv/bin/python bench/bench_site.py [--hosts 4,16,32] [--no-exporter] [--mitogen VENV] [--keep-output DIR]
+    .venv/bin/python bench/bench_site.py [--hosts 4,16,32] [--no-exporter] [--mitogen VENV] [--keep-output DIR] [--task-cpu DIR]
+
+--task-cpu DIR writes, per run, the CPU each task cost the controller and the fleet (all hosts together), read from the
+same cgroups at each task start (bench/callbacks/task_cpu.py): where a run's CPU goes.
 
 How CPU is measured: the bench makes two cpuacct cgroups (cgroup v1 `cpuacct` hierarchy, or cgroup v2 `cpu.stat`
 where that is the machine's layout), `gpuvirt-bench-<pid>/fleet` and `.../controller`, and starts `sim/fleet up` in
@@ -100,12 +103,16 @@ def _fleet_file(path: str, count: int, exporter: bool) -> None:
         json.dump(spec, handle)  # JSON is YAML
 
 
-def _run(inventory: str, workdir: str, controller: CpuGroup, fleet: CpuGroup, bindir: str, extra_env: dict) -> dict:
+def _run(inventory: str, workdir: str, controller: CpuGroup, fleet: CpuGroup, bindir: str, extra_env: dict,  # pylint: disable=too-many-arguments
+         task_cpu: str | None = None) -> dict:
     extra = {'exporter_wheel_dir': os.path.join(REPO, '.build', 'exporter-wheels'),
              'monitoring_prometheus_config': os.path.join(workdir, 'monitoring', 'prometheus.yml'),
              'monitoring_dashboard_dir': os.path.join(workdir, 'monitoring', 'grafana')}
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build'),
                ANSIBLE_NOCOLOR='1', PATH='%s:%s' % (bindir, os.environ['PATH']), **extra_env)
+    if task_cpu:  # the per-task table (bench/callbacks/task_cpu.py)
+        env.update(ANSIBLE_CALLBACK_PLUGINS=os.path.join(REPO, 'bench', 'callbacks'), ANSIBLE_CALLBACKS_ENABLED='task_cpu',
+                   TASK_CPU_CONTROLLER=controller.path, TASK_CPU_FLEET=fleet.path, TASK_CPU_OUT=task_cpu)
     before = (controller.seconds(), fleet.seconds(), _busy_seconds())
     start = time.perf_counter()
     proc = subprocess.run([os.path.join(bindir, 'ansible-playbook'), '-i', inventory, '-e', json.dumps(extra),
@@ -131,6 +138,8 @@ def main() -> int:
     parser.add_argument('--no-exporter', action='store_true')
     parser.add_argument('--mitogen', metavar='VENV', help="also run with Mitogen's strategy from this venv")
     parser.add_argument('--keep-output', metavar='DIR', help="write each run's ansible-playbook output there")
+    parser.add_argument('--task-cpu', metavar='DIR',
+                        help="write each run's CPU per task there (controller and fleet, all hosts; tab-separated)")
     args = parser.parse_args()
     variants = [('plain', BIN, {})]
     if args.mitogen:
@@ -155,7 +164,11 @@ def main() -> int:
                                        preexec_fn=fleet.join)
                         print('sim/fleet up %d hosts: %.1f s' % (count, time.perf_counter() - start), flush=True)
                         for label in ('first run', 'rerun'):
-                            res = _run(inventory, workdir, controller, fleet, bindir, extra_env)
+                            name = '%d-%s-%s' % (count, variant, label.replace(' ', '-'))
+                            if args.task_cpu:
+                                os.makedirs(args.task_cpu, exist_ok=True)
+                            res = _run(inventory, workdir, controller, fleet, bindir, extra_env,
+                                       os.path.join(args.task_cpu, name + '.tsv') if args.task_cpu else None)
                             gpu_hosts = {h: v for h, v in res['recap'].items() if h != 'localhost'}
                             executed = sum(v[0] + v[3] for v in gpu_hosts.values()) / len(gpu_hosts)
                             skipped = sum(v[4] for v in gpu_hosts.values()) / len(gpu_hosts)
@@ -164,8 +177,7 @@ def main() -> int:
                             print('%d hosts, %s, %s: %.1f s' % (count, variant, label, res['wall']), flush=True)
                             if args.keep_output:
                                 os.makedirs(args.keep_output, exist_ok=True)
-                                name = '%d-%s-%s.log' % (count, variant, label.replace(' ', '-'))
-                                with open(os.path.join(args.keep_output, name), 'w', encoding='utf-8') as handle:
+                                with open(os.path.join(args.keep_output, name + '.log'), 'w', encoding='utf-8') as handle:
                                     handle.write(res['output'])
                     finally:
                         subprocess.run([FLEET_TOOL, 'down', '--fleet', FLEET, '--purge'], check=False, capture_output=True)
