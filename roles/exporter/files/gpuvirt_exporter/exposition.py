@@ -167,27 +167,13 @@ class Entity:
         key = (name, self.number, label_value)  # one label name per family: its value tells the series apart
         prefix = cache.prefixes.get(key)
         if prefix is None:
-            if len(cache.prefixes) >= LIMIT:
-                cache.prefixes.clear()
             prefix = cache.prefixes[key] = cache.prefix(name, doc, kind, self.keys + (label,), self.values + (label_value,), False)
-        lines = fam.items.get(name)
-        if lines is None:
-            lines = fam.family(name, doc, kind)
-        text = _TEXT.get(value)
-        lines.append(prefix + (_text(value) if text is None else text))
+        fam.line(name, doc, kind, prefix, value)
 
     def _one(self, name: str, doc: str, kind: str, value) -> None:
         fam = self.families
-        if not fam.gpuvirt and not name.startswith(fam.kept):
-            return
-        prefix = fam.cache.prefixes.get((name, self.number))
-        if prefix is None:
-            prefix = self._prefix(name, doc, kind, False)
-        lines = fam.items.get(name)
-        if lines is None:
-            lines = fam.family(name, doc, kind)
-        text = _TEXT.get(value)
-        lines.append(prefix + (_text(value) if text is None else text))
+        if fam.gpuvirt or name.startswith(fam.kept):
+            fam.line(name, doc, kind, self.prefix(name, doc, kind, False), value)
 
     def prefix(self, name: str, doc: str, kind: str, verbatim: bool) -> str:
         """`name{labels} ` of a series of this label set."""
@@ -196,11 +182,8 @@ class Entity:
 
     def _prefix(self, name: str, doc: str, kind: str, verbatim: bool) -> str:
         cache = self.families.cache
-        found = cache.prefixes[(name, self.number)] = cache.prefix(name, doc, kind, self.keys, self.values, verbatim)
+        cache.prefixes[(name, self.number)] = found = cache.prefix(name, doc, kind, self.keys, self.values, verbatim)
         return found
-
-    def add(self, name: str, doc: str, kind: str, value, verbatim: bool) -> None:
-        self.add_many(((name, doc, kind, value),), verbatim)
 
     def add_many(self, series, verbatim: bool) -> None:
         """Several series of this label set, (name, HELP, kind, value) each, in one loop (a MIG instance has about 25)."""
@@ -259,13 +242,8 @@ class Families:
             if len(self.cache.blocks) >= LIMIT:
                 self.cache.blocks.clear()
             prefixes = self.cache.blocks[key] = [entity.prefix(name, doc, kind, True) for entity in entities]
-        lines = self.items.get(name)
-        if lines is None:
-            lines = self.family(name, doc, kind)
         text = _TEXT.get(value)
-        if text is None:
-            text = _text(value)
-        lines.append(text.join(prefixes) + text)
+        self.line(name, doc, kind, (_text(value) if text is None else text).join(prefixes), value)  # p1 v p2 v ... pN, then v
 
     def gauge(self, name: str, doc: str, labels: list[str], values: list[str], value) -> None:
         if value is not None and (self.gpuvirt or name.startswith(self.kept)):

@@ -22,6 +22,7 @@ import argparse
 import base64
 import collections
 import json
+import math
 import os
 import queue
 import select
@@ -634,38 +635,29 @@ def build_server(listen: str, web_config: str | None, collector: GpuCollector, r
     return Server(parse_address(listen), SharedScrape(collector), auth, tls, read_timeout, max_connections)
 
 
-def _positive(kind):
+def _number(kind, zero: bool = False):
+    """An argparse type: a finite number above 0 (zero=True: 0 or more), else an error naming the value."""
     def parse(value: str):
         try:
             number = kind(value)
         except ValueError:
-            number = 0
-        if number <= 0:
-            raise argparse.ArgumentTypeError('%r: expected a number above 0' % value)
+            number = None
+        if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+            raise argparse.ArgumentTypeError('%r: expected a number %s' % (value, '0 or above' if zero else 'above 0'))
         return number
     return parse
-
-
-def _not_negative(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not number >= 0 or number == float('inf'):
-        raise argparse.ArgumentTypeError('%r: expected a number of seconds, 0 or more' % value)
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gpuvirt-exporter', description='GPU, MIG and vGPU metrics from NVML for Prometheus.')
     parser.add_argument('--web.listen-address', dest='listen', default=':%d' % DEFAULT_PORT, help='HOST:PORT (default :%(default)s)')
     parser.add_argument('--web.config.file', dest='web_config', default='', help='TLS and basic auth (exporter-toolkit format)')
-    parser.add_argument('--web.read-timeout', dest='read_timeout', type=_positive(float), default=10.0,
+    parser.add_argument('--web.read-timeout', dest='read_timeout', type=_number(float), default=10.0,
                         help='seconds a connection may take to send a whole request, counted from its opening or its last '
                              'answer; idle and slow connections are closed after it (default %(default)s)')
-    parser.add_argument('--web.max-connections', dest='max_connections', type=_positive(int), default=64,
+    parser.add_argument('--web.max-connections', dest='max_connections', type=_number(int), default=64,
                         help='open connections at most; a new one replaces the one idle longest (default %(default)s)')
-    parser.add_argument('--sample-interval', type=_not_negative, default=1.0,
+    parser.add_argument('--sample-interval', type=_number(float, zero=True), default=1.0,
                         help='seconds between background reads of the fast values (utilization, memory, temperature, power, '
                              'clocks, vGPUs), served at most twice that old; 0: read in each scrape (default %(default)s)')
     parser.add_argument('--pcie-interval', type=float, default=10.0, help='seconds between PCIe throughput samples (0: off)')
