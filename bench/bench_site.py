@@ -45,15 +45,24 @@ RECAP = re.compile(r'^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s
 MIG = [{'name': 'bench', 'devices': 'all', 'enabled': True, 'instances': [{'profile': '2g.12gb'}, {'profile': '2g.12gb'}]}]
 
 
+def cgroup_seconds(path: str) -> float:
+    """CPU-seconds of every process that ever ran in the cgroup at path (v1 cpuacct.usage, or v2 cpu.stat)."""
+    if os.path.exists(os.path.join(path, 'cpuacct.usage')):
+        with open(os.path.join(path, 'cpuacct.usage'), encoding='ascii') as handle:
+            return int(handle.read()) / 1e9
+    with open(os.path.join(path, 'cpu.stat'), encoding='ascii') as handle:
+        return int(dict(line.split() for line in handle)['usage_usec']) / 1e6
+
+
 class CpuGroup:
     """A cgroup whose CPU usage (seconds, every process that ever ran in it) the bench reads."""
 
     def __init__(self, name: str) -> None:
         v1 = '/sys/fs/cgroup/cpuacct'
         if os.path.exists(os.path.join(v1, 'cpuacct.usage')):
-            self.path, self.v2 = os.path.join(v1, name), False
+            self.path = os.path.join(v1, name)
         else:
-            self.path, self.v2 = os.path.join('/sys/fs/cgroup', name), True
+            self.path = os.path.join('/sys/fs/cgroup', name)
         os.makedirs(self.path, exist_ok=True)
 
     def join(self) -> None:
@@ -62,12 +71,7 @@ class CpuGroup:
             handle.write('0\n')
 
     def seconds(self) -> float:
-        if self.v2:
-            with open(os.path.join(self.path, 'cpu.stat'), encoding='ascii') as handle:
-                usage = dict(line.split() for line in handle)
-            return int(usage['usage_usec']) / 1e6
-        with open(os.path.join(self.path, 'cpuacct.usage'), encoding='ascii') as handle:
-            return int(handle.read()) / 1e9
+        return cgroup_seconds(self.path)
 
     def remove(self) -> None:
         """Move what is left (none once the fleet is down) to the parent, then remove the group."""

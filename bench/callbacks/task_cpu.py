@@ -10,19 +10,19 @@ play | task. A bench tool: not part of the collection (bench/ is left out of its
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from ansible.plugins.callback import CallbackBase
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_site import cgroup_seconds  # noqa: E402  pylint: disable=wrong-import-position
+
 
 def _seconds(group: str) -> float:
-    """CPU-seconds of a cgroup (v1 cpuacct.usage, or v2 cpu.stat); 0 where it cannot be read."""
+    """CPU-seconds of a cgroup (bench_site.cgroup_seconds); 0 where it cannot be read."""
     try:
-        if os.path.exists(os.path.join(group, 'cpuacct.usage')):
-            with open(os.path.join(group, 'cpuacct.usage'), encoding='ascii') as handle:
-                return int(handle.read()) / 1e9
-        with open(os.path.join(group, 'cpu.stat'), encoding='ascii') as handle:
-            return int(dict(line.split() for line in handle)['usage_usec']) / 1e6
+        return cgroup_seconds(group)
     except (OSError, ValueError, KeyError):
         return 0.0
 
