@@ -352,3 +352,30 @@ def _mig_key(caps: list[int], by_caps: dict, parent_minor):
 
 def device_names(spec: dict) -> list[str]:
     return [d.get('name') for d in spec.get('devices') or [] if isinstance(d, dict)]
+
+
+def mismatch_message(spec_path: str, result: dict) -> str:
+    """Why a spec fails the comparison (compare's result), for the task that reports it."""
+    return 'the CDI spec %s does not match the devices NVML reports: %s' % (spec_path, '; '.join(
+        ['missing: ' + ', '.join(result['missing'])] * bool(result['missing']) +
+        ['stale: ' + ', '.join(result['stale'])] * bool(result['stale'])))
+
+
+def verification(text, spec_path: str, observed: dict, yaml_load=None) -> dict:
+    """gpu_cdi's verification (generate=false, verify=true) of the spec text read from `spec_path` (None: no such
+    file) against `observed` (observed_devices), as a result instead of a failure: `matches` false and `msg` saying
+    why where the file is missing, is not a CDI spec, or names other devices than NVML reports."""
+    out = {'toolkit_installed': True, 'spec_path': spec_path, 'matches': False, 'missing': [], 'stale': [], 'msg': ''}
+    if text is None:
+        out['msg'] = '%s does not exist: no CDI spec to verify' % spec_path
+        return out
+    try:
+        spec = parse(text, spec_path, yaml_load)
+    except CdiError as exc:
+        out['msg'] = str(exc)
+        return out
+    out.update(devices=device_names(spec), cdi_version=spec.get('cdiVersion'))
+    out.update(compare(spec, observed))
+    if not out['matches']:
+        out['msg'] = mismatch_message(spec_path, out)
+    return out

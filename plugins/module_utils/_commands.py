@@ -11,6 +11,7 @@ which is what the driver module returns as ``commands``. It decides nothing and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Callable
 
@@ -37,3 +38,11 @@ class Runner:
             raise CommandError('%s failed (rc=%d): %s' % (' '.join(argv), rc, lines[-1] if lines else 'no output'),
                                output=(out or '') + (err or ''))
         return rc, out, err
+
+
+def executable(get_bin_path: Callable[[str], object], name: str):
+    """The path of the tool `name`: searched on PATH (`get_bin_path`, the module's) where it is a bare name, taken as it
+    is where it is a path and executable; None where there is none."""
+    if '/' not in name:
+        return get_bin_path(name)
+    return name if os.access(name, os.X_OK) else None

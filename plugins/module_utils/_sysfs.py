@@ -107,6 +107,11 @@ def read_mig_capabilities(root: str = MIG_CAPABILITIES) -> dict:
     return found
 
 
+def read_mig_capability_minors(root: str = MIG_CAPABILITIES) -> dict:
+    """read_mig_capabilities keyed the way the CDI comparison names them: 'gpu<minor>/gi<g>[/ci<c>]' -> minor."""
+    return {os.path.dirname(path).replace('/mig/', '/', 1): minor for path, minor in read_mig_capabilities(root).items()}
+
+
 def read_mounts(root: str = PROCFS) -> list[dict]:
     """The mounts <root>/mounts lists, each {source, target, fstype, options} (octal escapes such as \\040 decoded)."""
     text = read_text(os.path.join(root, 'mounts')) or ''

@@ -147,7 +147,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _nvml, _results, _sysfs
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _commands, _nvml, _results, _sysfs
 
 try:
     import yaml
@@ -165,11 +165,6 @@ def _read(path: str):
         return None
 
 
-def read_capabilities(root: str) -> dict:
-    """'gpu<minor>/gi<g>[/ci<c>]' -> /dev/nvidia-caps minor, from the driver's capability files."""
-    return {os.path.dirname(path).replace('/mig/', '/', 1): minor for path, minor in _sysfs.read_mig_capabilities(root).items()}
-
-
 def observe(module: AnsibleModule, capabilities_root: str) -> dict:
     result = {}
     session = _nvml.open_or_report(result, _nvml.NvmlSession().open)
@@ -177,7 +172,7 @@ def observe(module: AnsibleModule, capabilities_root: str) -> dict:
         module.fail_json(**result)
     with session:
         gpus = [_nvml.read_gpu(i) for i in range(_nvml.read_system()['count'])]
-    return _cdi.observed_devices(gpus, read_capabilities(capabilities_root))
+    return _cdi.observed_devices(gpus, _sysfs.read_mig_capability_minors(capabilities_root))
 
 
 def generate(module: AnsibleModule, ctk: str, spec_path: str, workdir: str) -> str:
@@ -210,8 +205,7 @@ def main():
     )
     p = module.params
     spec_path = p['spec_path']
-    ctk = module.get_bin_path(p['nvidia_ctk']) if '/' not in p['nvidia_ctk'] else \
-        (p['nvidia_ctk'] if os.access(p['nvidia_ctk'], os.X_OK) else None)
+    ctk = _commands.executable(module.get_bin_path, p['nvidia_ctk'])
     if ctk is None:
         module.exit_json(changed=False, toolkit_installed=False, spec_path=spec_path,
                          msg='nvidia-ctk is not installed: no CDI spec to refresh or verify')
@@ -247,9 +241,7 @@ def main():
     if p['verify']:
         result.update(_cdi.compare(spec, observe(module, p['capabilities_root'])))
         if not result['matches']:
-            module.fail_json(msg='the CDI spec %s does not match the devices NVML reports: %s' % (spec_path, '; '.join(
-                ['missing: ' + ', '.join(result['missing'])] * bool(result['missing']) +
-                ['stale: ' + ', '.join(result['stale'])] * bool(result['stale']))), **result)
+            module.fail_json(msg=_cdi.mismatch_message(spec_path, result), **result)
     module.exit_json(**result)
 
 

@@ -36,6 +36,55 @@ options:
     type: str
     choices: [auto, nvml, nvidia-smi]
     default: auto
+  exporter:
+    description:
+      - Also read the host's own gpuvirt exporter (its C(/metrics), from the host) and return what the health gates
+        compare in RV(exporter), the XID baseline taken before a change, in the same call as the facts. The exporter
+        role's C(scrape_request) entry point gives this value for the exporter it deployed.
+      - An exporter that does not answer does not fail the task; its RV(exporter) says C(ok=false), with the status and message.
+    type: dict
+    version_added: 0.8.0
+    suboptions:
+      url:
+        description: The exporter's metrics URL, such as V(http://127.0.0.1:9945/metrics).
+        type: str
+        required: true
+      username:
+        description: Basic auth user; empty sends no credentials.
+        type: str
+        default: ''
+      password:
+        description: Its password.
+        type: str
+        default: ''
+      validate_certs:
+        description: Check the exporter's TLS certificate.
+        type: bool
+        default: true
+      timeout:
+        description: Seconds to wait for the answer.
+        type: int
+        default: 10
+  cdi:
+    description:
+      - Also compare the CDI spec with the GPUs and MIG devices these facts found, as M(gpuvirt.fleet.gpu_cdi) with
+        O(gpuvirt.fleet.gpu_cdi#module:generate=false) does, and return the result in RV(cdi) instead of failing. The
+        health gates of a host that a run changes nothing on take it as their devices gate.
+    type: dict
+    version_added: 0.8.0
+    suboptions:
+      spec_path:
+        description: The spec C(nvidia-ctk cdi generate) wrote.
+        type: path
+        default: /etc/cdi/nvidia.yaml
+      nvidia_ctk:
+        description: The container toolkit's CLI, a name on C(PATH) or a path. Where it is not installed nothing is compared.
+        type: str
+        default: nvidia-ctk
+      capabilities_root:
+        description: Where the driver lists the MIG capabilities (their C(/dev/nvidia-caps) minors).
+        type: path
+        default: /proc/driver/nvidia/capabilities
 requirements:
   - nvidia-ml-py (imported as C(pynvml)) on the managed host, or C(nvidia-smi) on its C(PATH)
 notes:
@@ -60,6 +109,19 @@ EXAMPLES = r'''
 - name: Use nvidia-smi even where pynvml is installed
   gpuvirt.fleet.gpu_facts:
     backend: nvidia-smi
+
+- name: Gather GPU facts, the exporter's XID count and the CDI spec's state in one call
+  gpuvirt.fleet.gpu_facts:
+    exporter:
+      url: http://127.0.0.1:9945/metrics
+    cdi:
+      spec_path: /etc/cdi/nvidia.yaml
+  register: observed
+
+- name: Fail where the CDI spec names other devices than the GPUs have
+  ansible.builtin.assert:
+    that: not observed.cdi.toolkit_installed or observed.cdi.matches
+    fail_msg: "{{ observed.cdi.msg }}"
 '''
 
 RETURN = r'''
@@ -270,25 +332,111 @@ ansible_facts:
         errors:
           description: Fields whose NVML call failed with an error other than "Not Supported", with the message.
           type: dict
+exporter:
+  description:
+    - What the host's exporter reported (with O(exporter)); the values the health gates compare.
+    - C(ok) (it answered 200), C(status) (-1 without an answer), C(msg), C(nvml_up), C(xid_supported), C(xid_total)
+      (XID events counted since it started, all GPUs) and C(invocation) (its unit's invocation id, from
+      C(gpuvirt_exporter_invocation_info), else from systemd; new at every start).
+  returned: with O(exporter)
+  type: dict
+  sample: {ok: true, status: 200, msg: "OK (12345 bytes)", nvml_up: true, xid_supported: true, xid_total: 0, invocation: 5f0c9a1e2b3d4c5e6f708192a3b4c5d6}
+cdi:
+  description:
+    - The CDI spec against these facts' devices (with O(cdi)), as M(gpuvirt.fleet.gpu_cdi) reports it.
+    - C(toolkit_installed); where it is, C(spec_path), C(matches), C(missing), C(stale), C(devices), C(cdi_version)
+      and C(msg) (why it does not match; the file is missing, is not a CDI spec, or names other devices).
+  returned: with O(cdi)
+  type: dict
+  sample: {toolkit_installed: true, spec_path: /etc/cdi/nvidia.yaml, matches: true, missing: [], stale: [], msg: ""}
 '''
+
+import http.client
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _results
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _commands, _exporter_scrape, _results, _sysfs
 from ansible_collections.gpuvirt.fleet.plugins.module_utils._discovery import BACKENDS, DiscoveryError, discover
+
+EXPORTER_OPTIONS = {
+    'url': {'type': 'str', 'required': True},
+    'username': {'type': 'str', 'default': ''},
+    'password': {'type': 'str', 'default': '', 'no_log': True},
+    'validate_certs': {'type': 'bool', 'default': True},
+    'timeout': {'type': 'int', 'default': 10},
+}
+CDI_OPTIONS = {
+    'spec_path': {'type': 'path', 'default': '/etc/cdi/nvidia.yaml'},
+    'nvidia_ctk': {'type': 'str', 'default': 'nvidia-ctk'},
+    'capabilities_root': {'type': 'path', 'default': '/proc/driver/nvidia/capabilities'},
+}
+
+
+def read_exporter(module: AnsibleModule, request: dict) -> dict:
+    """One scrape of the exporter, read as the health gates read it (never a failure)."""
+    from ansible.module_utils.urls import ConnectionError as UrlsConnectionError, open_url  # pylint: disable=import-outside-toplevel
+    from urllib.error import HTTPError  # pylint: disable=import-outside-toplevel
+    status, body, msg = -1, '', ''
+    try:
+        response = open_url(request['url'], url_username=request['username'] or None, url_password=request['password'] or None,
+                            force_basic_auth=bool(request['username']), validate_certs=request['validate_certs'],
+                            timeout=request['timeout'], http_agent='gpuvirt.fleet gpu_facts')
+        status = response.getcode()
+        body = response.read().decode('utf-8', 'replace')
+        msg = 'OK (%d bytes)' % len(body)
+    except HTTPError as exc:
+        status, msg = exc.code, 'HTTP Error %d: %s' % (exc.code, exc.reason)
+    except (OSError, ValueError, http.client.HTTPException, UrlsConnectionError) as exc:
+        msg = 'Request failed: %s' % exc
+    out = _exporter_scrape.result(status, body, msg)
+    if out['ok'] and not out['invocation']:
+        rc, stdout, _err = module.run_command(_exporter_scrape.systemd_invocation_argv(), environ_update={'LC_ALL': 'C'})
+        out['invocation'] = stdout.strip() if rc == 0 else ''
+    return out
+
+
+def read_cdi(module: AnsibleModule, request: dict, gpus: list) -> dict:
+    """The CDI spec against the devices of these facts (gpu_cdi's verification, as a result)."""
+    spec_path = request['spec_path']
+    if _commands.executable(module.get_bin_path, request['nvidia_ctk']) is None:
+        return {'toolkit_installed': False, 'spec_path': spec_path, 'msg': 'nvidia-ctk is not installed: no CDI spec to verify'}
+    try:
+        import yaml  # pylint: disable=import-outside-toplevel
+        yaml_load = yaml.safe_load
+    except ImportError:
+        yaml_load = None
+    try:
+        with open(spec_path, encoding='utf-8') as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        return {'toolkit_installed': True, 'spec_path': spec_path, 'matches': False, 'missing': [], 'stale': [],
+                'msg': 'cannot read %s: %s' % (spec_path, exc)}
+    observed = _cdi.observed_devices(gpus, _sysfs.read_mig_capability_minors(request['capabilities_root']))
+    return _cdi.verification(text, spec_path, observed, yaml_load)
 
 
 def main():
     module = _results.checked(
         AnsibleModule,
-        argument_spec={'backend': {'type': 'str', 'default': 'auto', 'choices': list(BACKENDS)}},
+        argument_spec={
+            'backend': {'type': 'str', 'default': 'auto', 'choices': list(BACKENDS)},
+            'exporter': {'type': 'dict', 'options': EXPORTER_OPTIONS},
+            'cdi': {'type': 'dict', 'options': CDI_OPTIONS},
+        },
         supports_check_mode=True,
     )
     try:
         host, gpus = discover(module, module.params['backend'])
     except DiscoveryError as exc:
         module.fail_json(msg=str(exc), exception=exc.exception)
-    module.exit_json(changed=False, ansible_facts={'gpu_host': host, 'gpus': gpus})
+    result = {'changed': False, 'ansible_facts': {'gpu_host': host, 'gpus': gpus}}
+    if module.params['exporter'] is not None:
+        result['exporter'] = read_exporter(module, module.params['exporter'])
+    if module.params['cdi'] is not None:
+        result['cdi'] = read_cdi(module, module.params['cdi'], gpus)
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

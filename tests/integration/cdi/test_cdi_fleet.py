@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,30 @@ def test_verify_names_the_stale_and_missing_devices_of_a_spec_from_before_the_ch
         assert 'GPU instance %d, compute instance 0' % gi in out, out[-3000:]
     stale_names = [n for n in gone if ('%s (no such MIG device now)' % n) in out]
     assert stale_names and len(stale_names) % 2 == 0, out[-3000:]  # each by its index name and its UUID
+
+
+def test_site_checks_the_spec_it_observed_before_the_converge_on_a_host_it_changes_nothing_on(host, tmp_path):
+    """cdi-01 declares nothing, so site.yml changes nothing there: its devices gate checks the CDI spec as gpu_facts
+    observed it in the run's first call (no gpu_cdi call of its own), and a spec that names a GPU the host does not
+    have fails it."""
+    spec = host.spec()
+    host.sh('cp /etc/cdi/nvidia.yaml /var/tmp/good.yaml')
+    spec['devices'].append({'name': '7', 'containerEdits': {'deviceNodes': [{'path': '/dev/nvidia7'}]}})
+    host.sh("cat > /etc/cdi/nvidia.yaml <<'EOF'\n%s\nEOF" % json.dumps(spec))  # JSON is YAML
+    try:
+        failed = host.play(REPO / 'playbooks' / 'site.yml', gpuvirt_target_hosts='cdi-01', gpuvirt_output_dir=str(tmp_path))
+        out = failed.stdout
+        assert failed.returncode != 0, out[-4000:]
+        verify = out.split('PLAY [Verify the GPU hosts]')[1]
+        assert re.search(r'Verify the CDI spec against the devices\] \**\nskipping: \[cdi-01\]', verify), verify[-4000:]
+        assert re.search(r'Keep the CDI spec as this run observed it\] \**\nok: \[cdi-01\]', verify), verify[-4000:]
+        assert 'the CDI spec /etc/cdi/nvidia.yaml does not match the devices NVML reports: stale: 7 (no such GPU now)' in out, out[-4000:]
+        assert recap(failed, 'cdi-01') == 0  # changed: nothing
+    finally:
+        host.sh('cp /var/tmp/good.yaml /etc/cdi/nvidia.yaml')
+    passed = host.play(REPO / 'playbooks' / 'site.yml', gpuvirt_target_hosts='cdi-01', gpuvirt_output_dir=str(tmp_path))
+    assert passed.returncode == 0, passed.stdout[-4000:]
+    assert recap(passed, 'cdi-01') == 0
 
 
 def host_gi_in_spec(host: Host, spec: dict, gi: int) -> bool:

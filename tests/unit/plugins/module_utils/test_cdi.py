@@ -119,3 +119,20 @@ def test_cap_minors_are_read_from_the_driver_tree(tmp_path):
     (tmp_path / 'gpu0' / 'mig' / 'gi4').mkdir()
     (tmp_path / 'gpu0' / 'mig' / 'gi4' / 'access').write_text('garbage')
     assert _sysfs.read_mig_capabilities(str(tmp_path)) == {'gpu0/mig/gi3/access': 30, 'gpu0/mig/gi3/ci0/access': 31}
+    assert _sysfs.read_mig_capability_minors(str(tmp_path)) == {'gpu0/gi3': 30, 'gpu0/gi3/ci0': 31}
+
+
+def test_verification_reports_what_gpu_cdi_fails_on_as_a_result():
+    """gpu_facts' cdi option: the same comparison as gpu_cdi, its failures as matches=false with the reason."""
+    assert _cdi.verification(SPEC_TEXT, '/etc/cdi/nvidia.yaml', observed(NOW)) == {
+        'toolkit_installed': True, 'spec_path': '/etc/cdi/nvidia.yaml', 'matches': True, 'missing': [], 'stale': [], 'msg': '',
+        'devices': _cdi.device_names(_cdi.parse(SPEC_TEXT, 'x')), 'cdi_version': _cdi.parse(SPEC_TEXT, 'x')['cdiVersion']}
+    now = [gpu(0, GPU0, [(3, '3g.40gb', [0])]), gpu(1, GPU1, mig=False)]
+    stale = _cdi.verification(SPEC_TEXT, '/etc/cdi/nvidia.yaml', observed(now, {'gpu0/gi3': 30, 'gpu0/gi3/ci0': 31}), yaml.safe_load)
+    assert stale['matches'] is False and stale['missing'] == []
+    assert stale['msg'] == ('the CDI spec /etc/cdi/nvidia.yaml does not match the devices NVML reports: stale: '
+                            '0:1 (no such MIG device now), MIG-98ebc00f-d261-5384-a2f8-1559d5917735 (no such MIG device now)')
+    missing = _cdi.verification(None, '/etc/cdi/nvidia.yaml', observed(NOW))
+    assert (missing['matches'], missing['msg']) == (False, '/etc/cdi/nvidia.yaml does not exist: no CDI spec to verify')
+    broken = _cdi.verification('cdiVersion: [', '/etc/cdi/nvidia.yaml', observed(NOW))
+    assert broken['matches'] is False and '/etc/cdi/nvidia.yaml' in broken['msg'], broken
