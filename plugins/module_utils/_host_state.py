@@ -279,6 +279,35 @@ def package_differences(venv: str, requirements: Sequence[str]) -> list[str]:
     return out
 
 
+# The argument spec of the file and unit entries (host_state's files and units, mig_layout's observe).
+FILE_OPTIONS = {
+    'path': {'type': 'path', 'required': True},
+    'state': {'type': 'str', 'default': 'file', 'choices': list(FILE_STATES)},
+    'content': {'type': 'str', 'no_log': True},
+    'content_base64': {'type': 'str', 'no_log': True},
+    'checksum': {'type': 'str'},
+    'owner': {'type': 'str'},
+    'group': {'type': 'str'},
+    'mode': {'type': 'str'},
+}
+UNIT_OPTIONS = {
+    'name': {'type': 'str', 'required': True},
+    'enabled': {'type': 'bool'},
+    'active': {'type': 'bool'},
+}
+
+
+def systemctl_runner(module) -> Callable[[list[str]], tuple[int, str, str]]:
+    """observe's `systemctl` for an AnsibleModule: systemctl from PATH, in the C locale (rc 127 where there is none)."""
+    systemctl = module.get_bin_path('systemctl')
+
+    def run(argv):
+        if systemctl is None:
+            return 127, '', 'systemctl not found'
+        return module.run_command([systemctl] + argv, environ_update={'LC_ALL': 'C'})
+    return run
+
+
 def observe(params: Mapping[str, Any], write: bool, systemctl: Callable[[list[str]], tuple[int, str, str]]) -> dict:
     """The whole observation: differences (before any write), the files written (or, without write, to write),
     and in_place (nothing differed). `systemctl(argv)` runs systemctl (rc, stdout, stderr)."""

@@ -203,21 +203,8 @@ def main():
     module = _results.checked(
         AnsibleModule,
         argument_spec={
-            'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
-                'path': {'type': 'path', 'required': True},
-                'state': {'type': 'str', 'default': 'file', 'choices': list(_host_state.FILE_STATES)},
-                'content': {'type': 'str', 'no_log': True},
-                'content_base64': {'type': 'str', 'no_log': True},
-                'checksum': {'type': 'str'},
-                'owner': {'type': 'str'},
-                'group': {'type': 'str'},
-                'mode': {'type': 'str'},
-            }},
-            'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
-                'name': {'type': 'str', 'required': True},
-                'enabled': {'type': 'bool'},
-                'active': {'type': 'bool'},
-            }},
+            'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.FILE_OPTIONS},
+            'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.UNIT_OPTIONS},
             'groups': {'type': 'list', 'elements': 'str', 'default': []},
             'users': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
                 'name': {'type': 'str', 'required': True},
@@ -236,15 +223,8 @@ def main():
     )
     p = module.params
     write = p['write_files'] and not module.check_mode
-    systemctl = module.get_bin_path('systemctl')
-
-    def run_systemctl(argv):
-        if systemctl is None:
-            return 127, '', 'systemctl not found'
-        return module.run_command([systemctl] + argv, environ_update={'LC_ALL': 'C'})
-
     try:
-        result = _host_state.observe(p, write, run_systemctl)
+        result = _host_state.observe(p, write, _host_state.systemctl_runner(module))
     except _host_state.HostStateError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

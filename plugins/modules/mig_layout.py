@@ -161,6 +161,26 @@ options:
       - Change nothing; return the current state as RV(declaration) and RV(mig_parted).
     type: bool
     default: false
+  observe:
+    description:
+      - Also observe, in the same call, the files and systemd units that keep the layout across reboots (the boot-time
+        service the P(gpuvirt.fleet.mig#role) role installs), as M(gpuvirt.fleet.host_state) with
+        O(gpuvirt.fleet.host_state#module:write_files=false) does, and return RV(observed). Never writes them.
+      - The role plans the change and observes its boot-time service in this one call, so a rerun on an unchanged host
+        makes one module call for MIG.
+    type: dict
+    version_added: 0.8.0
+    suboptions:
+      files:
+        description: File entries as M(gpuvirt.fleet.host_state) takes them (O(gpuvirt.fleet.host_state#module:files)).
+        type: list
+        elements: dict
+        default: []
+      units:
+        description: Unit entries as M(gpuvirt.fleet.host_state) takes them (O(gpuvirt.fleet.host_state#module:units)).
+        type: list
+        elements: dict
+        default: []
 requirements:
   - nvidia-ml-py (imported as C(pynvml)) on the managed host
   - C(nvidia-smi) on the managed host's C(PATH), to reset GPUs whose MIG mode changes
@@ -303,6 +323,13 @@ errors:
   type: list
   elements: str
   sample: ["host gpu1: GPU 0 (GPU-2bbc3af3-7a90-4193-7574-41743730389f): entry 'inference': instances[1]: 3g.40gb cannot start at 2 (starts: 0, 4)"]
+observed:
+  description:
+    - With O(observe), what M(gpuvirt.fleet.host_state) would report for those files and units, C(in_place) (nothing
+      differs) and C(differences) (one line per file or unit that differs), observed before any change of this call.
+  returned: with O(observe)
+  type: dict
+  sample: {in_place: false, differences: ["unit gpuvirt-mig.service: disabled, not enabled"]}
 failure:
   description: The step that failed (C(step), C(step_number) counting from 1, C(error)); C(step) is null when the verify failed.
   returned: when a step or the verify fails
@@ -321,7 +348,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _mig_apply, _results
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _mig_apply, _results
 
 INSTANCE_SPEC = {
     'profile': {'type': 'str', 'required': True},
@@ -343,6 +370,10 @@ ARGUMENT_SPEC = {
     'mig_parted_label': {'type': 'str'},
     'reset': {'type': 'str', 'default': 'auto', 'choices': list(_mig_apply.RESET_CHOICES)},
     'export': {'type': 'bool', 'default': False},
+    'observe': {'type': 'dict', 'options': {
+        'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.FILE_OPTIONS},
+        'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.UNIT_OPTIONS},
+    }},
 }
 
 
@@ -373,6 +404,13 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    observed = None
+    if params['observe'] is not None:  # before any change: what the boot-time service has on the host
+        try:
+            observed = _host_state.observe(params['observe'], False, _host_state.systemctl_runner(module))
+        except _host_state.HostStateError as exc:
+            module.fail_json(msg='observe: %s' % exc)
+        observed = {'in_place': observed['in_place'], 'differences': observed['differences']}
     if params['export']:
         if params['config'] is not None or params['mig_parted_config'] is not None:
             module.fail_json(msg='export reports the current state and takes no declaration: leave out config and mig_parted_config')
@@ -386,6 +424,8 @@ def main():
             run_command=lambda argv: module.run_command(argv, environ_update={'LC_ALL': 'C'}),
             reset=params['reset'], check_mode=module.check_mode, mig_parted=mig_parted, label=params['mig_parted_label'],
             smi_path=module.get_bin_path('nvidia-smi'))
+    if observed is not None:
+        result['observed'] = observed
     _results.finish(module, result, None if params['export'] else _diff)
 
 

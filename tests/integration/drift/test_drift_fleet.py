@@ -2,13 +2,14 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Drift behind Ansible's back is seen and fixed by an otherwise cheap site.yml rerun (issue 20).
 
-The roles observe each concern in one call on a rerun (gpuvirt.fleet.host_state for the exporter's and the boot-time
-MIG service's files, account, packages and units; the mig_layout and nvidia_driver modules' own observation) and skip
-their install and configure steps where everything is in place. This proves that the skipping hides no drift: on a
-converged two-host fleet, three things are changed behind Ansible's back (a MIG GPU instance destroyed and the
-exporter's unit file edited on dr-mig, a driver package's apt hold removed on dr-driver); the rerun changes exactly
-the tasks that fix them, on the host where they are, then a further rerun reports changed=0 on both hosts and runs
-none of the install, configure and persist steps.
+The roles observe each concern in one call on a rerun (gpuvirt.fleet.host_state for the exporter's files, account,
+packages and unit; mig_layout's plan, which observes the boot-time MIG service's files and unit in the same call; the
+nvidia_driver module's own observation) and skip their install and configure steps where everything is in place. This
+proves that the skipping hides no drift: on a converged two-host fleet, four things are changed behind Ansible's back
+(a MIG GPU instance destroyed, the boot-time MIG service disabled and the exporter's unit file edited on dr-mig, a
+driver package's apt hold removed on dr-driver); the rerun changes exactly the tasks that fix them, on the host where
+they are, then a further rerun reports changed=0 on both hosts and runs none of the install, configure and persist
+steps.
 
 Needs root (the fleet) and the exporter wheels of `make demo` (.build/exporter-wheels). Brings up fleet-drift.yml
 (fleet 'drift20', ports 24600-24699) once for the module, serves the stand-in driver packages
@@ -117,16 +118,20 @@ def test_drift_behind_ansibles_back_is_fixed_exactly_where_it_is(fleet):
     fleet.sh('dr-mig', "python3 -c '%s'" % DESTROY_ONE_GI.replace("'", "'\"'\"'"))
     assert len(json.loads(fleet.sh('dr-mig', 'gpusimctl show'))['gpus'][0]['gpu_instances']) == len(before) - 1
     fleet.sh('dr-mig', "sed -i 's/^Description=.*/Description=edited by hand/' %s" % UNIT)
+    fleet.sh('dr-mig', 'systemctl disable --quiet gpuvirt-mig.service')
     fleet.sh('dr-driver', 'apt-mark unhold %s' % HELD)
     assert HELD not in fleet.sh('dr-driver', 'apt-mark showhold').split()
 
     proc, changed = fleet.site('drift')
     on_mig = {task for task, host in changed if host == 'dr-mig'}
     on_driver = {task for task, host in changed if host == 'dr-driver'}
-    # dr-mig: the lost GPU instance is created again, the unit file written back and the exporter restarted; nothing else
-    # (the check-mode plan that found the lost instance reports the change it plans, as it always does)
-    assert on_mig == {'Plan the MIG change without touching the GPUs', 'Apply the MIG layout',
+    # dr-mig: the lost GPU instance is created again, the boot-time MIG service enabled again (seen by the plan's own
+    # observation, the same call), the unit file written back and the exporter restarted; nothing else (the check-mode
+    # plan that found the lost instance reports the change it plans, as it always does)
+    assert on_mig == {"Plan the MIG change without touching the GPUs, and observe the boot-time service's files, code and unit",
+                      'Apply the MIG layout', 'Enable the boot-time MIG service (systemd reloaded first where its files changed)',
                       "Write the exporter's configuration and systemd unit", 'Restart the exporter'}, changed
+    assert fleet.sh('dr-mig', 'systemctl is-enabled gpuvirt-mig.service').strip() == 'enabled'
     # dr-driver: the driver module puts the hold back; nothing else
     assert on_driver == {'Install the whitelisted NVIDIA driver, pinned and held'}, changed
     assert HELD in fleet.sh('dr-driver', 'apt-mark showhold').split()

@@ -94,6 +94,43 @@ def test_a_layout_is_applied_and_a_rerun_changes_nothing(host):
     assert _apply(host, second['declaration'])['changed'] is False  # the export is itself a declaration that holds
 
 
+def test_the_plan_observes_the_boot_time_service_in_the_same_call_and_writes_nothing(host, tmp_path):
+    """observe: what host_state with write_files=false reports for the files and units, read before the plan, in the
+    one call the mig role makes on a rerun."""
+    _init(host, H100 + ':1')
+    config = [{'devices': 'all', 'instances': SEVEN_1G}]
+    _apply(host, config)
+    runner = tmp_path / 'gpuvirt-mig'
+    runner.write_text('#!/bin/sh\n')
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'systemctl').write_text('#!/bin/sh\nprintf "Id=gpuvirt-mig.service\\nLoadState=loaded\\nUnitFileState=disabled\\n'
+                                     'ActiveState=inactive\\nNeedDaemonReload=no\\n"\n')
+    (fake / 'systemctl').chmod(0o755)
+    host.env['PATH'] = str(fake) + os.pathsep + host.env['PATH']
+    observe = {'files': [{'path': str(runner), 'content': '#!/bin/sh\napply\n', 'mode': '0755'},
+                         {'path': str(tmp_path / 'mig.json'), 'checksum': '0' * 40}],
+               'units': [{'name': 'gpuvirt-mig.service', 'enabled': True}]}
+    plan = _apply(host, config, check_mode=True, observe=observe)
+    assert plan['changed'] is False and plan['steps'] == []
+    assert plan['observed']['in_place'] is False
+    assert sorted(plan['observed']['differences']) == sorted([
+        '%s: content differs' % runner, '%s: mode is 0644, not 0755' % runner, '%s: does not exist' % (tmp_path / 'mig.json'),
+        'unit gpuvirt-mig.service: disabled, not enabled'])
+    assert runner.read_text() == '#!/bin/sh\n' and not (tmp_path / 'mig.json').exists()  # observed, never written
+    runner.write_text('#!/bin/sh\napply\n')
+    runner.chmod(0o755)
+    (fake / 'systemctl').write_text('#!/bin/sh\nprintf "Id=gpuvirt-mig.service\\nLoadState=loaded\\nUnitFileState=enabled\\n"\n')
+    observe['files'].pop()
+    assert _apply(host, config, check_mode=True, observe=observe)['observed'] == {'in_place': True, 'differences': []}
+    # a plan with steps observes as well, and an entry it cannot observe is refused naming it
+    planned = _apply(host, [{'devices': 'all', 'instances': [{'profile': '7g.80gb'}]}], check_mode=True, observe=observe)
+    assert planned['steps'] and planned['observed']['in_place'] is True
+    bad = _apply(host, config, check_mode=True, observe={'files': [{'path': 'relative/file', 'checksum': '0' * 40}]},
+                 expect_failure=True)
+    assert bad['msg'].startswith('observe: ') and 'relative/file' in bad['msg']
+
+
 def test_changing_one_of_seven_instances_recreates_only_that_one(host):
     _init(host, H100 + ':1')
     _apply(host, [{'devices': 'all', 'instances': SEVEN_1G}])
