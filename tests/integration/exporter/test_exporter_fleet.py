@@ -95,6 +95,9 @@ def fleet_fixture(tmp_path_factory):
 def test_the_roles_deploy_and_a_rerun_changes_nothing(fleet):
     proc = fleet.play()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    # a fresh host: the exporter is started once, with its new code and configuration, not started and restarted
+    handler = proc.stdout.split('RUNNING HANDLER [gpuvirt.fleet.exporter : Restart the exporter]')
+    assert len(handler) == 2 and 'changed: [' not in handler[1].split('TASK [')[0], proc.stdout[-6000:]
     again = fleet.play()
     assert again.returncode == 0, again.stdout[-6000:]
     assert set(_changed(again).values()) == {0}, again.stdout[-4000:]
@@ -103,6 +106,19 @@ def test_the_roles_deploy_and_a_rerun_changes_nothing(fleet):
     for host in PORTS:
         assert fleet.sh(host, 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
         assert fleet.sh(host, 'getent passwd gpuvirt-exporter | cut -d: -f7').strip() == '/usr/sbin/nologin'
+
+
+def test_a_changed_configuration_restarts_the_running_exporter(fleet):
+    def invocation():
+        return fleet.sh('et-h100', 'systemctl show --property=InvocationID --value gpuvirt-exporter.service').strip()
+    before = invocation()
+    changed = fleet.play('--limit', 'et-h100', exporter_sample_interval=2)
+    assert changed.returncode == 0 and re.search(r'RUNNING HANDLER \[gpuvirt.fleet.exporter : Restart the exporter\] \**\nchanged: \[et-h100\]',
+                                                 changed.stdout), changed.stdout[-6000:]
+    assert invocation() != before and '--sample-interval=2' in fleet.sh('et-h100', 'systemctl cat gpuvirt-exporter.service')
+    back = fleet.play('--limit', 'et-h100')
+    assert back.returncode == 0 and '--sample-interval=1' in fleet.sh('et-h100', 'systemctl cat gpuvirt-exporter.service'), back.stdout[-4000:]
+    assert fleet.sh('et-h100', 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
 
 
 def test_every_host_serves_its_own_gpus(fleet):
