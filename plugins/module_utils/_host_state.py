@@ -297,6 +297,26 @@ UNIT_OPTIONS = {
 }
 
 
+# The observe option of mig_layout, vgpu_devices and gpu_settings (doc fragment gpuvirt.fleet.observe).
+OBSERVE_OPTION = {'type': 'dict', 'options': {
+    'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': FILE_OPTIONS},
+    'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': UNIT_OPTIONS},
+}}
+
+
+def observe_option(module) -> Optional[dict]:
+    """The module's `observe` option read: {in_place, differences} of those files and units, written never (None
+    without the option); an entry it cannot observe fails the task naming it."""
+    request = module.params.get('observe')
+    if request is None:
+        return None
+    try:
+        found = observe(request, False, systemctl_runner(module))
+    except HostStateError as exc:
+        module.fail_json(msg='observe: %s' % exc)
+    return {'in_place': found['in_place'], 'differences': found['differences']}
+
+
 def systemctl_runner(module) -> Callable[[list[str]], tuple[int, str, str]]:
     """observe's `systemctl` for an AnsibleModule: systemctl from PATH, in the C locale (rc 127 where there is none)."""
     systemctl = module.get_bin_path('systemctl')

@@ -38,6 +38,7 @@ author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
   - gpuvirt.fleet.attributes
+  - gpuvirt.fleet.observe
 attributes:
   check_mode:
     support: full
@@ -153,6 +154,13 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+observed:
+  description:
+    - With O(observe), what M(gpuvirt.fleet.host_state) would report for those files and units, C(in_place) (nothing
+      differs) and C(differences) (one line per file or unit that differs), observed before any change of this call.
+  returned: with O(observe)
+  type: dict
+  sample: {in_place: false, differences: ["unit gpuvirt-gpu-settings.service: disabled, not enabled"]}
 steps:
   description:
     - The ordered steps of the plan; in check mode, what would run. Each has C(action), C(gpu) (NVML index; null for
@@ -210,7 +218,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _results, _settings_apply
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results, _settings_apply
 
 ENTRY_SPEC = {
     'name': {'type': 'str'},
@@ -227,6 +235,7 @@ ARGUMENT_SPEC = {
     'config': {'type': 'list', 'elements': 'dict', 'options': ENTRY_SPEC, 'required': True},
     'reset': {'type': 'str', 'default': 'auto', 'choices': list(_settings_apply.RESET_CHOICES)},
     'state_file': {'type': 'path', 'default': _settings_apply.DEFAULT_STATE_FILE},
+    'observe': _host_state.OBSERVE_OPTION,
 }
 
 
@@ -239,11 +248,14 @@ def _diff(result):
 def main():
     module = _results.checked(AnsibleModule, argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
+    observed = _host_state.observe_option(module)  # before any change: what the boot-time service has on the host
     declaration = [{key: value for key, value in entry.items() if value is not None} for entry in params['config']]
     result = _settings_apply.apply_settings(
         socket.gethostname(), declaration,
         run_command=lambda argv: module.run_command(argv, environ_update={'LC_ALL': 'C'}),
         reset=params['reset'], check_mode=module.check_mode, smi_path=module.get_bin_path('nvidia-smi'), state_file=params['state_file'])
+    if observed is not None:
+        result['observed'] = observed
     _results.finish(module, result, _diff)
 
 

@@ -43,6 +43,7 @@ author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
   - gpuvirt.fleet.attributes
+  - gpuvirt.fleet.observe
 attributes:
   check_mode:
     support: full
@@ -161,26 +162,6 @@ options:
       - Change nothing; return the current state as RV(declaration) and RV(mig_parted).
     type: bool
     default: false
-  observe:
-    description:
-      - Also observe, in the same call, the files and systemd units that keep the layout across reboots (the boot-time
-        service the P(gpuvirt.fleet.mig#role) role installs), as M(gpuvirt.fleet.host_state) with
-        O(gpuvirt.fleet.host_state#module:write_files=false) does, and return RV(observed). Never writes them.
-      - The role plans the change and observes its boot-time service in this one call, so a rerun on an unchanged host
-        makes one module call for MIG.
-    type: dict
-    version_added: 0.8.0
-    suboptions:
-      files:
-        description: File entries as M(gpuvirt.fleet.host_state) takes them (O(gpuvirt.fleet.host_state#module:files)).
-        type: list
-        elements: dict
-        default: []
-      units:
-        description: Unit entries as M(gpuvirt.fleet.host_state) takes them (O(gpuvirt.fleet.host_state#module:units)).
-        type: list
-        elements: dict
-        default: []
 requirements:
   - nvidia-ml-py (imported as C(pynvml)) on the managed host
   - C(nvidia-smi) on the managed host's C(PATH), to reset GPUs whose MIG mode changes
@@ -370,10 +351,7 @@ ARGUMENT_SPEC = {
     'mig_parted_label': {'type': 'str'},
     'reset': {'type': 'str', 'default': 'auto', 'choices': list(_mig_apply.RESET_CHOICES)},
     'export': {'type': 'bool', 'default': False},
-    'observe': {'type': 'dict', 'options': {
-        'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.FILE_OPTIONS},
-        'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.UNIT_OPTIONS},
-    }},
+    'observe': _host_state.OBSERVE_OPTION,
 }
 
 
@@ -404,13 +382,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    observed = None
-    if params['observe'] is not None:  # before any change: what the boot-time service has on the host
-        try:
-            observed = _host_state.observe(params['observe'], False, _host_state.systemctl_runner(module))
-        except _host_state.HostStateError as exc:
-            module.fail_json(msg='observe: %s' % exc)
-        observed = {'in_place': observed['in_place'], 'differences': observed['differences']}
+    observed = _host_state.observe_option(module)  # before any change: what the boot-time service has on the host
     if params['export']:
         if params['config'] is not None or params['mig_parted_config'] is not None:
             module.fail_json(msg='export reports the current state and takes no declaration: leave out config and mig_parted_config')

@@ -41,6 +41,7 @@ author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
   - gpuvirt.fleet.attributes
+  - gpuvirt.fleet.observe
 attributes:
   check_mode:
     support: full
@@ -152,6 +153,13 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+observed:
+  description:
+    - With O(observe), what M(gpuvirt.fleet.host_state) would report for those files and units, C(in_place) (nothing
+      differs) and C(differences) (one line per file or unit that differs), observed before any change of this call.
+  returned: with O(observe)
+  type: dict
+  sample: {in_place: false, differences: ["unit gpuvirt-vgpu.service: disabled, not enabled"]}
 steps:
   description: The ordered plan (removals first), one sysfs write each.
   returned: always
@@ -214,7 +222,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _results, _vgpu_apply
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results, _vgpu_apply
 
 ENTRY_SPEC = {
     'name': {'type': 'str'},
@@ -232,6 +240,7 @@ ARGUMENT_SPEC = {
     'hostname': {'type': 'str'},
     'mdevctl_dir': {'type': 'path', 'default': '/etc/mdevctl.d'},
     'sysfs_root': {'type': 'path', 'default': '/sys'},
+    'observe': _host_state.OBSERVE_OPTION,
 }
 
 
@@ -256,6 +265,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    observed = _host_state.observe_option(module)  # before any change: what the boot-time service has on the host
     manager = None
     if params['vgpu_device_manager_config'] is not None:
         manager = {'config': params['vgpu_device_manager_config'], 'label': params['vgpu_device_manager_label']}
@@ -263,6 +273,8 @@ def main():
         params['hostname'] or socket.gethostname(), _declaration(params['config']) if params['config'] is not None else None,
         check_mode=module.check_mode, vgpu_device_manager=manager, sysfs_root=params['sysfs_root'],
         mdevctl_dir=params['mdevctl_dir'] or None)
+    if observed is not None:
+        result['observed'] = observed
     _results.finish(module, result, _diff)
 
 

@@ -13,6 +13,8 @@ import base64
 import http.server
 import os
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -99,6 +101,29 @@ def test_an_exporter_that_refuses_or_does_not_answer_is_a_result_not_a_failure(h
     assert not gone.get('failed')
     assert (gone['exporter']['ok'], gone['exporter']['status'], gone['exporter']['invocation']) == (False, -1, '')
     assert 'Connection refused' in gone['exporter']['msg']
+    local = host.module('gpu_facts', {'exporter': {'url': 'file:///etc/hostname'}})
+    assert (local['exporter']['ok'], local['exporter']['msg']) == (False, 'not an http(s) URL: file:///etc/hostname')
+
+
+def test_an_exporter_behind_tls_is_read_with_or_without_checking_its_certificate(host, tmp_path):
+    cert, key = tmp_path / 'cert.pem', tmp_path / 'key.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+                    '-subj', '/CN=exporter.example', '-keyout', str(key), '-out', str(cert)], check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Exporter)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = 'https://127.0.0.1:%d/metrics' % server.server_address[1]
+        request = {'url': url, 'username': 'prom', 'password': 's3cret'}
+        unchecked = host.module('gpu_facts', {'exporter': dict(request, validate_certs=False)})['exporter']
+        assert (unchecked['ok'], unchecked['xid_total']) == (True, 4), unchecked
+        checked = host.module('gpu_facts', {'exporter': request})['exporter']  # validate_certs defaults to true
+        assert (checked['ok'], checked['status']) == (False, -1) and 'CERTIFICATE_VERIFY_FAILED' in checked['msg'], checked
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _cdi_env(host: SimHost, tmp_path: Path) -> dict:

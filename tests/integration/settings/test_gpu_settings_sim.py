@@ -155,3 +155,22 @@ def test_persistence_off_without_the_daemon_is_turned_off_gpu_by_gpu_and_rolled_
     refused = _run(host, [{'devices': 'all', 'persistence': True}], record, expect_failure=True)
     assert 'needs the nvidia-persistenced service, which is not installed' in refused['msg']
     assert [g['persistence'] for g in host.state()['gpus']] == [0, 0]
+
+
+def test_the_plan_observes_the_boot_time_service_in_the_same_call(tmp_path):
+    """observe (the gpu_settings role's one call on a rerun): host_state's reading of the boot-time files, never
+    written, beside the plan; an entry it cannot observe fails the call naming it."""
+    host = SimHost(str(tmp_path / 'gpusim'))
+    host.ctl('init', '--hostname', 'settings-node', '--gpu', H200 + ':2')
+    settings = tmp_path / 'gpu-settings.json'
+    observe = {'files': [{'path': str(settings), 'content': '{}\n', 'mode': '0644'}]}
+    plan = _module(host, {'config': DECLARED, 'state_file': str(tmp_path / 'record.json'), 'observe': observe}, True)
+    assert not plan.get('failed') and plan['steps'], plan
+    assert plan['observed'] == {'in_place': False, 'differences': ['%s: does not exist' % settings]} and not settings.exists()
+    settings.write_text('{}\n')
+    settings.chmod(0o644)
+    plan = _module(host, {'config': DECLARED, 'state_file': str(tmp_path / 'record.json'), 'observe': observe}, True)
+    assert plan['observed'] == {'in_place': True, 'differences': []}
+    bad = _module(host, {'config': DECLARED, 'state_file': str(tmp_path / 'record.json'),
+                         'observe': {'files': [{'path': str(settings), 'content': 'unseen-content', 'checksum': '0' * 40}]}}, True)
+    assert bad.get('failed') and bad['msg'].startswith('observe: ') and str(settings) in bad['msg'], bad

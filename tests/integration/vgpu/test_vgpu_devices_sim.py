@@ -241,3 +241,18 @@ def test_hostile_options_fail_the_module_naming_the_entry_and_write_nothing(host
     result = host.module('vgpu_devices', args)
     assert result.get('failed') and needle in result['msg'] and '\x1b' not in result['msg'], result
     assert 'exception' not in result and host.writes() == writes and host.devices() == []
+
+
+def test_the_apply_observes_the_boot_time_service_before_it_changes_anything(host, tmp_path):
+    """observe (the vgpu role's one call on a rerun): host_state's reading of the boot-time files, taken before this
+    call's own change, whatever the change; never written."""
+    runner = tmp_path / 'gpuvirt-vgpu-apply'
+    observe = {'files': [{'path': str(runner), 'content': 'apply\n', 'mode': '0644'}]}
+    first = host.apply(SIX_8Q, observe=observe)
+    assert first['changed'] and first['observed'] == {'in_place': False, 'differences': ['%s: does not exist' % runner]}
+    assert not runner.exists()
+    runner.write_text('apply\n')
+    runner.chmod(0o644)
+    again = host.apply(SIX_8Q, observe=observe)
+    assert not again['changed'] and again['observed'] == {'in_place': True, 'differences': []}
+    assert 'observed' not in host.apply(SIX_8Q)
