@@ -23,13 +23,59 @@ options:
     version_added: 0.8.0
     suboptions:
       files:
-        description: File entries as M(gpuvirt.fleet.host_state) takes them (O(gpuvirt.fleet.host_state#module:files)).
+        description: Files and directories, as O(gpuvirt.fleet.host_state#module:files) takes them.
         type: list
         elements: dict
         default: []
+        suboptions:
+          path:
+            description: Absolute path.
+            type: path
+            required: true
+          state:
+            description:
+              - V(file) a regular file (its content compared where O(observe.files[].content),
+                O(observe.files[].content_base64) or O(observe.files[].checksum) is given), V(directory) a directory,
+                V(absent) nothing at the path, V(present) anything at the path (following links).
+            type: str
+            choices: [file, directory, absent, present]
+            default: file
+          content:
+            description: The content the file must have (text, as UTF-8). Only compared, never written here.
+            type: str
+          content_base64:
+            description: The content the file must have, as base64 (a binary file).
+            type: str
+          checksum:
+            description:
+              - The SHA-1 of the content the file must have, where the content is not given.
+              - One of O(observe.files[].content), O(observe.files[].content_base64) and O(observe.files[].checksum).
+            type: str
+          owner:
+            description: The owner's user name (not compared where unset).
+            type: str
+          group:
+            description: The group's name (not compared where unset).
+            type: str
+          mode:
+            description: Octal permission digits, such as V(0644) (not compared where unset).
+            type: str
       units:
-        description: Unit entries as M(gpuvirt.fleet.host_state) takes them (O(gpuvirt.fleet.host_state#module:units)).
+        description:
+          - systemd units and the state they must be in, as O(gpuvirt.fleet.host_state#module:units) takes them. A unit
+            whose file changed on disk since systemd loaded it (it needs a daemon-reload) counts as a difference.
         type: list
         elements: dict
         default: []
+        suboptions:
+          name:
+            description: The unit name (C(.service) is added where the name has no suffix).
+            type: str
+            required: true
+          enabled:
+            description: Whether the unit must be enabled (not compared where unset).
+            type: bool
+          active:
+            description: Whether the unit must be active (not compared where unset).
+            type: bool
 '''

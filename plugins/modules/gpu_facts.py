@@ -373,34 +373,40 @@ CDI_OPTIONS = {
 
 
 def read_exporter(module: AnsibleModule, request: dict) -> dict:
-    """One scrape of the exporter, read as the health gates read it (never a failure). The standard library's HTTP
-    client, not ansible.module_utils.urls: this runs on every host in every run, and the module's code is compiled
-    anew each time it runs."""
+    """One scrape of the host's own exporter, read as the health gates read it (never a failure). A direct HTTP(S)
+    connection from the standard library (no proxy from the environment: the exporter is the host's own), not
+    ansible.module_utils.urls, which this call on every host in every run would compile anew each time."""
     import base64  # pylint: disable=import-outside-toplevel
     import ssl  # pylint: disable=import-outside-toplevel
-    import urllib.error  # pylint: disable=import-outside-toplevel
-    import urllib.request  # pylint: disable=import-outside-toplevel
-    status, body, msg = -1, '', ''
-    headers = {'User-Agent': 'gpuvirt.fleet gpu_facts'}
+    from urllib.parse import urlsplit  # pylint: disable=import-outside-toplevel
+    url = urlsplit(request['url'])
+    if url.scheme not in ('http', 'https') or not url.hostname:
+        return _exporter_scrape.result(-1, '', 'not an http(s) URL: %s' % request['url'])
+    headers = {'User-Agent': 'gpuvirt.fleet gpu_facts', 'Accept': 'text/plain'}
     if request['username']:
         token = base64.b64encode(('%s:%s' % (request['username'], request['password'])).encode('utf-8')).decode('ascii')
         headers['Authorization'] = 'Basic ' + token
-    context = ssl.create_default_context()
-    if not request['validate_certs']:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if not request['url'].lower().startswith(('http://', 'https://')):
-        return _exporter_scrape.result(-1, '', 'not an http(s) URL: %s' % request['url'])
+    status, body, msg = -1, '', ''
+    connection = None
     try:
-        with urllib.request.urlopen(urllib.request.Request(request['url'], headers=headers), timeout=request['timeout'],
-                                    context=context) as response:
-            status = response.status
-            body = response.read().decode('utf-8', 'replace')
-        msg = 'OK (%d bytes)' % len(body)
-    except urllib.error.HTTPError as exc:
-        status, msg = exc.code, 'HTTP Error %d: %s' % (exc.code, exc.reason)
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, refused, timeout, TLS: no answer
-        msg = 'Request failed: %s' % exc
+        if url.scheme == 'https':
+            context = ssl.create_default_context()
+            if not request['validate_certs']:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=request['timeout'], context=context)
+        else:
+            connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=request['timeout'])
+        connection.request('GET', (url.path or '/') + ('?' + url.query if url.query else ''), headers=headers)
+        response = connection.getresponse()
+        status = response.status
+        text = response.read().decode('utf-8', 'replace')
+        body, msg = (text, 'OK (%d bytes)' % len(text)) if status == 200 else ('', 'HTTP Error %d: %s' % (status, response.reason))
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timeout, TLS, a malformed answer
+        status, msg = -1, 'Request failed: %s' % exc
+    finally:
+        if connection is not None:
+            connection.close()
     out = _exporter_scrape.result(status, body, msg)
     if out['ok'] and not out['invocation']:
         rc, stdout, _err = module.run_command(_exporter_scrape.systemd_invocation_argv(), environ_update={'LC_ALL': 'C'})

@@ -104,8 +104,8 @@ def test_the_plan_observes_the_boot_time_service_in_the_same_call_and_writes_not
     runner.write_text('#!/bin/sh\n')
     fake = tmp_path / 'bin'
     fake.mkdir()
-    (fake / 'systemctl').write_text('#!/bin/sh\nprintf "Id=gpuvirt-mig.service\\nLoadState=loaded\\nUnitFileState=disabled\\n'
-                                     'ActiveState=inactive\\nNeedDaemonReload=no\\n"\n')
+    shown = 'Id=gpuvirt-mig.service\\nLoadState=loaded\\nUnitFileState=disabled\\nActiveState=inactive\\nNeedDaemonReload=no\\n'
+    (fake / 'systemctl').write_text('#!/bin/sh\nprintf "%s"\n' % shown)
     (fake / 'systemctl').chmod(0o755)
     host.env['PATH'] = str(fake) + os.pathsep + host.env['PATH']
     observe = {'files': [{'path': str(runner), 'content': '#!/bin/sh\napply\n', 'mode': '0755'},
