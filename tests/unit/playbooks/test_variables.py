@@ -81,6 +81,27 @@ def test_the_exporter_roles_scrape_variables_default_to_their_old_names(tmp_path
                         'exporter_scrape_validate_certs': False, 'exporter_scrape_retries': 9}
 
 
+@pytest.mark.parametrize('variables, url', [
+    ({}, 'http://127.0.0.1:9945/metrics'),
+    ({'exporter_listen_address': '::', 'exporter_port': 9100}, 'http://127.0.0.1:9100/metrics'),
+    ({'exporter_listen_address': 'fd00::5'}, 'http://[fd00::5]:9945/metrics'),
+    ({'exporter_listen_address': '10.0.0.5', 'exporter_tls_cert_file': '/etc/gpuvirt/tls.pem'}, 'https://10.0.0.5:9945/metrics'),
+    ({'exporter_scrape_url': 'https://node7:9945/metrics', 'exporter_scrape_username': 'prom'}, 'https://node7:9945/metrics'),
+])
+def test_the_exporter_role_says_where_the_host_reads_its_exporter(tmp_path, variables, url):
+    """The scrape_request entry point: what gpu_facts' exporter option reads for the XID baseline (an IPv6 listen
+    address in brackets, a wildcard read on loopback, https with the role's TLS certificate)."""
+    out = tmp_path / 'request.json'
+    tasks = [{'name': 'Ask', 'ansible.builtin.import_role': {'name': 'gpuvirt.fleet.exporter', 'tasks_from': 'scrape_request',
+                                                             'rolespec_validate': False}},
+             {'name': 'Write', 'ansible.builtin.copy': {'content': '{{ exporter_scrape_request | to_json }}', 'dest': str(out), 'mode': '0644'}}]
+    proc = _play(tmp_path, tasks, variables, [])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    request = json.loads(out.read_text())
+    assert request == {'url': url, 'username': variables.get('exporter_scrape_username', ''), 'password': '',
+                       'validate_certs': False, 'timeout': 10}
+
+
 def _warning(tmp_path: Path, variables: dict) -> str:
     tasks = [{'name': 'Warn', 'ansible.builtin.import_tasks': str(PLAYBOOKS / 'tasks' / 'deprecated_names.yml')}]
     proc = _play(tmp_path, tasks, variables, [str(SETTINGS)])
