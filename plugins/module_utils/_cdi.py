@@ -33,6 +33,23 @@ _INDEX_GPU = re.compile(r'^(?:gpu)?(\d+)$')
 _EDIT_KEYS = {'env', 'deviceNodes', 'hooks', 'mounts', 'intelRdt', 'additionalGids', 'netDevices'}
 
 
+# What a CDI check compares, as module options with their defaults (gpu_cdi's, and gpu_facts' cdi option).
+CHECK_OPTIONS = {
+    'spec_path': {'type': 'path', 'default': '/etc/cdi/nvidia.yaml'},
+    'nvidia_ctk': {'type': 'str', 'default': 'nvidia-ctk'},
+    'capabilities_root': {'type': 'path', 'default': '/proc/driver/nvidia/capabilities'},
+}
+
+
+def yaml_loader():
+    """PyYAML's safe loader where the host has it, else None (parse then reads the toolkit's YAML itself)."""
+    try:
+        import yaml  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    return yaml.safe_load
+
+
 class CdiError(Exception):
     """A spec that does not parse or is not a CDI spec; the message names the file."""
 
@@ -361,13 +378,17 @@ def mismatch_message(spec_path: str, result: dict) -> str:
         ['stale: ' + ', '.join(result['stale'])] * bool(result['stale'])))
 
 
+def missing_spec_message(spec_path: str) -> str:
+    return '%s does not exist: no CDI spec to verify' % spec_path
+
+
 def verification(text, spec_path: str, observed: dict, yaml_load=None) -> dict:
     """gpu_cdi's verification (generate=false, verify=true) of the spec text read from `spec_path` (None: no such
     file) against `observed` (observed_devices), as a result instead of a failure: `matches` false and `msg` saying
     why where the file is missing, is not a CDI spec, or names other devices than NVML reports."""
     out = {'toolkit_installed': True, 'spec_path': spec_path, 'matches': False, 'missing': [], 'stale': [], 'msg': ''}
     if text is None:
-        out['msg'] = '%s does not exist: no CDI spec to verify' % spec_path
+        out['msg'] = missing_spec_message(spec_path)
         return out
     try:
         spec = parse(text, spec_path, yaml_load)

@@ -149,12 +149,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuvirt.fleet.plugins.module_utils import _cdi, _commands, _nvml, _results, _sysfs
 
-try:
-    import yaml
-except ImportError:
-    YAML_LOAD = None
-else:
-    YAML_LOAD = yaml.safe_load
+YAML_LOAD = _cdi.yaml_loader()
 
 
 def _read(path: str):
@@ -192,15 +187,13 @@ def generate(module: AnsibleModule, ctk: str, spec_path: str, workdir: str) -> s
 def main():
     module = _results.checked(
         AnsibleModule,
-        argument_spec={
-            'spec_path': {'type': 'path', 'default': '/etc/cdi/nvidia.yaml'},
-            'generate': {'type': 'bool', 'default': True},
-            'verify': {'type': 'bool', 'default': True},
-            'nvidia_ctk': {'type': 'str', 'default': 'nvidia-ctk'},
-            'device_name_strategy': {'type': 'list', 'elements': 'str', 'default': ['index', 'uuid'],
-                                     'choices': ['index', 'uuid', 'type-index']},
-            'capabilities_root': {'type': 'path', 'default': '/proc/driver/nvidia/capabilities'},
-        },
+        argument_spec=dict(
+            _cdi.CHECK_OPTIONS,
+            generate={'type': 'bool', 'default': True},
+            verify={'type': 'bool', 'default': True},
+            device_name_strategy={'type': 'list', 'elements': 'str', 'default': ['index', 'uuid'],
+                                  'choices': ['index', 'uuid', 'type-index']},
+        ),
         supports_check_mode=True,
     )
     p = module.params
@@ -234,7 +227,7 @@ def main():
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     elif text is None:
-        module.fail_json(msg='%s does not exist: no CDI spec to verify' % spec_path, **result)
+        module.fail_json(msg=_cdi.missing_spec_message(spec_path), **result)
     else:
         spec = _parse(module, text, spec_path)
     result.update(devices=_cdi.device_names(spec), cdi_version=spec.get('cdiVersion'))

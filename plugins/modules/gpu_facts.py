@@ -365,11 +365,6 @@ EXPORTER_OPTIONS = {
     'validate_certs': {'type': 'bool', 'default': True},
     'timeout': {'type': 'int', 'default': 10},
 }
-CDI_OPTIONS = {
-    'spec_path': {'type': 'path', 'default': '/etc/cdi/nvidia.yaml'},
-    'nvidia_ctk': {'type': 'str', 'default': 'nvidia-ctk'},
-    'capabilities_root': {'type': 'path', 'default': '/proc/driver/nvidia/capabilities'},
-}
 
 
 def read_exporter(module: AnsibleModule, request: dict) -> dict:
@@ -420,11 +415,6 @@ def read_cdi(module: AnsibleModule, request: dict, gpus: list) -> dict:
     if _commands.executable(module.get_bin_path, request['nvidia_ctk']) is None:
         return {'toolkit_installed': False, 'spec_path': spec_path, 'msg': 'nvidia-ctk is not installed: no CDI spec to verify'}
     try:
-        import yaml  # pylint: disable=import-outside-toplevel
-        yaml_load = yaml.safe_load
-    except ImportError:
-        yaml_load = None
-    try:
         with open(spec_path, encoding='utf-8') as handle:
             text = handle.read()
     except FileNotFoundError:
@@ -433,7 +423,7 @@ def read_cdi(module: AnsibleModule, request: dict, gpus: list) -> dict:
         return {'toolkit_installed': True, 'spec_path': spec_path, 'matches': False, 'missing': [], 'stale': [],
                 'msg': 'cannot read %s: %s' % (spec_path, exc)}
     observed = _cdi.observed_devices(gpus, _sysfs.read_mig_capability_minors(request['capabilities_root']))
-    return _cdi.verification(text, spec_path, observed, yaml_load)
+    return _cdi.verification(text, spec_path, observed, _cdi.yaml_loader())
 
 
 def main():
@@ -442,7 +432,7 @@ def main():
         argument_spec={
             'backend': {'type': 'str', 'default': 'auto', 'choices': list(BACKENDS)},
             'exporter': {'type': 'dict', 'options': EXPORTER_OPTIONS},
-            'cdi': {'type': 'dict', 'options': CDI_OPTIONS},
+            'cdi': {'type': 'dict', 'options': _cdi.CHECK_OPTIONS},
         },
         supports_check_mode=True,
     )
