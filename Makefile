@@ -125,7 +125,7 @@ sanity: venv
 rules: venv collection
 	$(BIN)/python tests/unit/monitoring_rules/promtool_rules.py .build/rules
 
-units: venv collection
+units: venv collection .build/exporter-wheels/.stamp
 	GPUVIRT_NO_SKIPS=1 $(BIN)/python -m pytest -q -n 2 -m "not sweep" tests/unit
 
 # The property tests with the fuzz profile: thousands of random examples per property, failures kept in .build/hypothesis.

@@ -20,7 +20,8 @@ description:
     naming the item (RV(differences)); RV(in_place) is true only where there is none.
   - With O(write_files=true), the files given with their O(files[].content), the O(files[].state=directory) entries and
     the O(files[].state=absent) entries that differ are written, created or removed (atomically, owner and mode set
-    before the file appears). Nothing else is ever changed; units, accounts and packages are only observed.
+    before the file appears). With O(python_packages.wheels), the virtualenv and its pinned packages are installed
+    from those wheels too. Nothing else is ever changed; units and accounts are only observed.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
@@ -136,6 +137,30 @@ options:
         type: list
         elements: str
         default: []
+      wheels:
+        description:
+          - A directory on the host holding wheels of the O(python_packages.requirements) (it may be one of the
+            O(files) this call writes). With O(write_files=true), where the observation finds a package difference,
+            the virtualenv is created without pip where it has no C(bin/python), and each pinned requirement that is
+            not installed at its version is installed from its wheel without starting pip, as
+            C(pip install --no-index --find-links) would install it. The wheel is picked by the tags the
+            virtualenv's interpreter supports, its RECORD hashes are verified, and an installed other version is
+            removed first.
+          - Where that cannot be decided exactly (a requirement not pinned with C(==), no wheel for this
+            interpreter, a dependency neither in the requirements nor installed, a marker or version it cannot
+            evaluate), nothing is installed and RV(python_packages.pip_needed) says why, for the role to run pip.
+        type: path
+        version_added: 0.9.0
+      python:
+        description: The interpreter that creates the virtualenv (C(python -m venv --without-pip)).
+        type: path
+        default: /usr/bin/python3
+        version_added: 0.9.0
+      system_site_packages:
+        description: Create the virtualenv with C(--system-site-packages).
+        type: bool
+        default: false
+        version_added: 0.9.0
   write_files:
     description:
       - Write, create or remove the O(files) entries that differ and can be fixed here (content given, directories,
@@ -144,7 +169,8 @@ options:
     default: true
 notes:
   - A file given by O(files[].checksum) only, a directory that should be absent, owners or groups that do not exist,
-    units, accounts and packages are never changed; they are reported in RV(differences) for the role to fix.
+    units, accounts and (without O(python_packages.wheels)) packages are never changed; they are reported in
+    RV(differences) for the role to fix.
 seealso:
   - name: docs/scaling.md
     description: How the roles use one observation per concern to make a rerun cheap.
@@ -186,6 +212,30 @@ differences:
   type: list
   elements: str
   sample: ["/etc/systemd/system/gpuvirt-exporter.service: content differs", "unit gpuvirt-exporter.service: inactive, not active"]
+python_packages:
+  description: What was done to the virtualenv from O(python_packages.wheels) (in check mode, what would be).
+  returned: when O(python_packages.wheels) is given
+  type: dict
+  version_added: 0.9.0
+  contains:
+    venv_created:
+      description: Whether the virtualenv was created.
+      type: bool
+      sample: true
+    installed:
+      description: Each requirement installed from its wheel, as C(name==version).
+      type: list
+      elements: str
+      sample: ["bcrypt==5.0.0"]
+    removed:
+      description: Each other version removed before its replacement was installed.
+      type: list
+      elements: str
+      sample: ["bcrypt==4.3.0"]
+    pip_needed:
+      description: Why the requirements must be installed by pip instead (nothing was installed); empty otherwise.
+      type: str
+      sample: "requirement 'bcrypt>=4' is not pinned with =="
 written:
   description: The O(files) paths written, created or removed (in check mode or with O(write_files=false), those that would be).
   returned: always
@@ -196,7 +246,7 @@ written:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results, _wheels
 
 
 def main():
@@ -216,6 +266,9 @@ def main():
             'python_packages': {'type': 'dict', 'options': {
                 'venv': {'type': 'path', 'required': True},
                 'requirements': {'type': 'list', 'elements': 'str', 'default': []},
+                'wheels': {'type': 'path'},
+                'python': {'type': 'path', 'default': '/usr/bin/python3'},
+                'system_site_packages': {'type': 'bool', 'default': False},
             }},
             'write_files': {'type': 'bool', 'default': True},
         },
@@ -223,13 +276,25 @@ def main():
     )
     p = module.params
     write = p['write_files'] and not module.check_mode
+    packages = p['python_packages'] or {}
     try:
         result = _host_state.observe(p, write, _host_state.systemctl_runner(module))
+        if packages.get('wheels'):
+            # after the files (the wheels may be among them); only where the observation found a package difference
+            result['python_packages'] = {'venv_created': False, 'installed': [], 'removed': [], 'pip_needed': ''}
+            if any(d.startswith('virtualenv %s:' % packages['venv']) for d in result['differences']):
+                result['python_packages'] = _wheels.converge(
+                    module.run_command, packages['venv'], packages['python'], packages['system_site_packages'],
+                    packages['wheels'], packages['requirements'], write)
     except _host_state.HostStateError as exc:
         module.fail_json(msg=str(exc))
+    except _wheels.WheelError as exc:
+        module.fail_json(msg='python_packages: %s' % exc)
     except OSError as exc:
         module.fail_json(msg='cannot write %s: %s' % (exc.filename, exc.strerror))
-    module.exit_json(changed=bool(p['write_files'] and result['written']), **result)
+    installed = result.get('python_packages', {})
+    changed = bool(p['write_files'] and (result['written'] or installed.get('installed') or installed.get('venv_created')))
+    module.exit_json(changed=changed, **result)
 
 
 if __name__ == '__main__':

@@ -95,6 +95,11 @@ def fleet_fixture(tmp_path_factory):
 def test_the_roles_deploy_and_a_rerun_changes_nothing(fleet):
     proc = fleet.play()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    # the pinned packages come from the wheels in the code's host_state call: pip is not started
+    pip_task = proc.stdout.split('TASK [gpuvirt.fleet.exporter : Install the packages offline with the pip of the wheel directory]')
+    assert len(pip_task) == 2 and 'changed: [' not in pip_task[1].split('TASK [')[0], proc.stdout[-6000:]
+    listed = fleet.sh('et-h100', 'cat /opt/gpuvirt-exporter/venv/lib/python3*/site-packages/bcrypt-5.0.0.dist-info/INSTALLER')
+    assert listed.strip() == 'gpuvirt.fleet'
     # a fresh host: the exporter is started once, with its new code and configuration, not started and restarted
     handler = proc.stdout.split('RUNNING HANDLER [gpuvirt.fleet.exporter : Restart the exporter]')
     assert len(handler) == 2 and 'changed: [' not in handler[1].split('TASK [')[0], proc.stdout[-6000:]
@@ -207,3 +212,16 @@ def test_with_basic_auth_no_or_wrong_credentials_get_401(fleet):
     status, text = _get(port, ('prometheus', 'gpu-s3cret'))
     assert status == 200 and 'gpuvirt_gpu_up' in text
     assert fleet.sh('et-h100', 'stat -c %a:%G /etc/gpuvirt-exporter/web-config.yml').strip() == '640:gpuvirt-exporter'
+
+
+def test_a_requirement_the_wheel_installer_cannot_decide_is_installed_by_pip(fleet):
+    """An unpinned requirement: host_state installs nothing and says why; pip from the wheel directory installs it."""
+    fleet.sh('et-a40', 'rm -rf /opt/gpuvirt-exporter/venv')
+    proc = fleet.play('--limit', 'et-a40', '-v', exporter_pip_packages=['bcrypt'])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "requirement 'bcrypt' is not pinned with ==" in proc.stdout, proc.stdout[-6000:]
+    pip_task = proc.stdout.split('TASK [gpuvirt.fleet.exporter : Install the packages offline with the pip of the wheel directory]')
+    assert len(pip_task) == 2 and 'changed: [et-a40]' in pip_task[1].split('TASK [')[0], proc.stdout[-6000:]
+    assert fleet.sh('et-a40', 'cat /opt/gpuvirt-exporter/venv/lib/python3*/site-packages/bcrypt-*.dist-info/INSTALLER').strip() == 'pip'
+    assert fleet.sh('et-a40', 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
+    assert _get(PORTS['et-a40'])[0] == 200
