@@ -189,8 +189,8 @@ def test_a_hostile_wheel_is_refused_by_name_and_nothing_lands_outside_the_virtua
 def test_what_it_cannot_decide_exactly_is_left_to_pip_with_the_reason(tmp_path):
     wheels = tmp_path / 'wheels'
     wheels.mkdir()
-    make_wheel(wheels, 'needy', '1.0', {'needy/__init__.py': b''}, requires=('helper>=2.0', 'win-only; sys_platform == "win32"',
-                                                                               'docs-tool; extra == "docs"'))
+    needs = ('helper>=2.0', 'win-only; sys_platform == "win32"', 'docs-tool; extra == "docs"')
+    make_wheel(wheels, 'needy', '1.0', {'needy/__init__.py': b''}, requires=needs)
     make_wheel(wheels, 'helper', '2.1', {'helper/__init__.py': b''})
     make_wheel(wheels, 'helper', '1.5', {'helper/__init__.py': b''})
     make_wheel(wheels, 'native', '1.0', {'native/__init__.py': b''}, tag='cp311-cp311-manylinux_2_28_aarch64')
