@@ -60,6 +60,23 @@ options:
           mode:
             description: Octal permission digits, such as V(0644) (not compared where unset).
             type: str
+          prune:
+            description:
+              - For a V(directory), a file name pattern such as V(*.py). Each regular file directly in the directory
+                that matches it and that no other entry names is a difference (as
+                O(gpuvirt.fleet.host_state#module:files[].prune)).
+            type: str
+            version_added: 0.9.0
+      running:
+        description:
+          - Candidate systemd units to report as running or not, read in the same C(systemctl show) call as
+            O(observe.units) (C(.service) is added where a name has no suffix). Returned in RV(observed) as C(running),
+            the names as given of those whose sub-state is C(running), or null where systemd did not answer. Not a
+            difference either way.
+        type: list
+        elements: str
+        default: []
+        version_added: 0.9.0
       units:
         description:
           - systemd units and the state they must be in, as O(gpuvirt.fleet.host_state#module:units) takes them. A unit

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import glob
 import grp
 import hashlib
 import os
 import pwd
 import re
+import shutil
 import stat
 import tempfile
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -71,6 +73,10 @@ def check_entries(files: Sequence[Mapping[str, Any]]) -> None:
             raise HostStateError('%s: give one of content, content_base64 and checksum, not %s' % (where, ' and '.join(given)))
         if entry.get('state', 'file') != 'file' and given:
             raise HostStateError('%s: content, content_base64 and checksum are for state=file only' % where)
+        if entry.get('prune') and entry.get('state', 'file') != 'directory':
+            raise HostStateError('%s: prune is for state=directory only' % where)
+        if entry.get('prune') and ('/' in entry['prune'] or entry['prune'] in ('.', '..')):
+            raise HostStateError('%s: prune is a file name pattern such as *.py, not %r' % (where, entry['prune']))
         if entry.get('content_base64') is not None:
             try:
                 base64.b64decode(entry['content_base64'], validate=True)
@@ -168,6 +174,33 @@ def converge_file(entry: Mapping[str, Any], write: bool) -> tuple[list[str], boo
     return diffs, True
 
 
+def prune_differences(files: Sequence[Mapping[str, Any]], write: bool) -> tuple[list[str], list[str]]:
+    """The files directly in each directory entry with a prune pattern that match it and that no entry declares:
+    their differences and the paths removed (with write; without, to remove). Only regular files are removed."""
+    declared = {os.path.normpath(e['path']) for e in files}
+    differences, removed = [], []
+    for entry in files:
+        pattern = entry.get('prune')
+        if not pattern or entry.get('state') != 'directory':
+            continue
+        try:
+            names = sorted(os.listdir(entry['path']))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            path = os.path.join(entry['path'], name)
+            if not fnmatch.fnmatchcase(name, pattern) or os.path.normpath(path) in declared:
+                continue
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                differences.append('%s: not declared (matches %s), not a regular file (not removed)' % (path, pattern))
+                continue
+            differences.append('%s: not declared (matches %s)' % (path, pattern))
+            if write:
+                os.unlink(path)
+            removed.append(path)
+    return differences, removed
+
+
 def parse_systemctl_show(text: str) -> dict[str, dict[str, str]]:
     """`systemctl show --property=Id,...` of several units: unit id -> its properties (blocks apart by blank lines)."""
     units, block = {}, {}
@@ -238,6 +271,61 @@ def user_differences(users: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+ACCOUNT_PATH = os.pathsep.join(['/usr/sbin', '/sbin', '/usr/bin', '/bin'])
+
+
+def _account_tool(name: str) -> str:
+    found = shutil.which(name, path=os.environ.get('PATH', '') + os.pathsep + ACCOUNT_PATH)
+    if not found:
+        raise HostStateError('%s not found: accounts cannot be created here' % name)
+    return found
+
+
+def converge_accounts(groups: Sequence[str], users: Sequence[Mapping[str, Any]], run: Callable[[list[str]], tuple[int, str, str]]) -> list[str]:
+    """Create the missing groups (system groups) and users (system accounts; no home directory is created), and
+    bring an existing user's primary group, shell and home to the declaration and add the supplementary groups it
+    lacks (none is removed), with groupadd, useradd and usermod. The accounts changed, one line each."""
+    done = []
+
+    def call(argv, what):
+        rc, out, err = run(argv)
+        if rc != 0:
+            raise HostStateError('%s failed (rc=%d): %s' % (what, rc, (err or out).strip()[:300]))
+        done.append(what)
+
+    for name in groups:
+        if group_differences([name]):
+            call([_account_tool('groupadd'), '--system', name], 'group %s created' % name)
+    for user in users:
+        wanted = list(user.get('groups') or [])
+        for name in wanted + ([user['group']] if user.get('group') else []):
+            if group_differences([name]):
+                raise HostStateError('user %s: group %s does not exist (list it in groups to create it)' % (user['name'], name))
+        try:
+            entry = pwd.getpwnam(user['name'])
+        except KeyError:
+            argv = [_account_tool('useradd'), '--system', '--no-create-home']
+            argv += ['--gid', user['group']] if user.get('group') else []
+            argv += ['--groups', ','.join(wanted)] if wanted else []
+            argv += ['--shell', user['shell']] if user.get('shell') else []
+            argv += ['--home-dir', user['home']] if user.get('home') else []
+            call(argv + [user['name']], 'user %s created' % user['name'])
+            continue
+        argv = []
+        if user.get('group') and grp.getgrgid(entry.pw_gid).gr_name != user['group']:
+            argv += ['--gid', user['group']]
+        if user.get('shell') and entry.pw_shell != user['shell']:
+            argv += ['--shell', user['shell']]
+        if user.get('home') and entry.pw_dir != user['home']:
+            argv += ['--home', user['home']]
+        missing = [g for g in wanted if user['name'] not in grp.getgrnam(g).gr_mem and grp.getgrnam(g).gr_gid != entry.pw_gid]
+        if missing:
+            argv += ['--append', '--groups', ','.join(missing)]
+        if argv:
+            call([_account_tool('usermod')] + argv + [user['name']], 'user %s changed' % user['name'])
+    return done
+
+
 def normalize(name: str) -> str:
     """A distribution name as PEP 503 compares them."""
     return re.sub(r'[-_.]+', '-', name).lower()
@@ -289,6 +377,7 @@ FILE_OPTIONS = {
     'owner': {'type': 'str'},
     'group': {'type': 'str'},
     'mode': {'type': 'str'},
+    'prune': {'type': 'str'},
 }
 UNIT_OPTIONS = {
     'name': {'type': 'str', 'required': True},
@@ -301,6 +390,7 @@ UNIT_OPTIONS = {
 OBSERVE_OPTION = {'type': 'dict', 'options': {
     'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': FILE_OPTIONS},
     'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': UNIT_OPTIONS},
+    'running': {'type': 'list', 'elements': 'str', 'default': []},
 }}
 
 
@@ -314,7 +404,10 @@ def observe_option(module) -> Optional[dict]:
         found = observe(request, False, systemctl_runner(module))
     except HostStateError as exc:
         module.fail_json(msg='observe: %s' % exc)
-    return {'in_place': found['in_place'], 'differences': found['differences']}
+    observed = {'in_place': found['in_place'], 'differences': found['differences']}
+    if request.get('running'):
+        observed['running'] = found['running']
+    return observed
 
 
 def systemctl_runner(module) -> Callable[[list[str]], tuple[int, str, str]]:
@@ -328,28 +421,53 @@ def systemctl_runner(module) -> Callable[[list[str]], tuple[int, str, str]]:
     return run
 
 
-def observe(params: Mapping[str, Any], write: bool, systemctl: Callable[[list[str]], tuple[int, str, str]]) -> dict:
+def observe(params: Mapping[str, Any], write: bool, systemctl: Callable[[list[str]], tuple[int, str, str]],
+            run: Optional[Callable[[list[str]], tuple[int, str, str]]] = None) -> dict:
     """The whole observation: differences (before any write), the files written (or, without write, to write),
-    and in_place (nothing differed). `systemctl(argv)` runs systemctl (rc, stdout, stderr)."""
+    and in_place (nothing differed). `systemctl(argv)` runs systemctl (rc, stdout, stderr). With write_accounts,
+    `run(argv)` runs groupadd, useradd and usermod first (the result's `accounts` says what they changed, or without
+    write, what differs)."""
     files = params.get('files') or []
     check_entries(files)
     differences, written = [], []
+    result = {}
+    # the accounts first: the files may be owned by them
+    account_differences = group_differences(params.get('groups') or []) + user_differences(params.get('users') or [])
+    if params.get('write_accounts') and account_differences:
+        if write:
+            if run is None:
+                raise HostStateError('accounts cannot be created without a command runner')
+            result['accounts'] = converge_accounts(params.get('groups') or [], params.get('users') or [], run)
+        else:
+            result['accounts'] = account_differences
     for entry in files:
         diffs, fixed = converge_file(entry, write)
         differences += diffs
         if fixed:
             written.append(entry['path'])
-    differences += group_differences(params.get('groups') or [])
-    differences += user_differences(params.get('users') or [])
+    pruned, removed = prune_differences(files, write)
+    differences += pruned
+    written += removed
+    differences += account_differences
     units = params.get('units') or []
-    if units:
+    running = params.get('running') or []
+    if units or running:
         names = [u['name'] if '.' in u['name'] else u['name'] + '.service' for u in units]
-        rc, out, err = systemctl(['show', '--property=Id,LoadState,UnitFileState,ActiveState,NeedDaemonReload', '--'] + names)
+        candidates = [n if '.' in n else n + '.service' for n in running]
+        rc, out, err = systemctl(['show', '--property=Id,LoadState,UnitFileState,ActiveState,SubState,NeedDaemonReload', '--']
+                                 + list(dict.fromkeys(names + candidates)))
         if rc != 0:
             differences.append('systemctl show failed (rc=%d): %s' % (rc, (err or out).strip()[:200]))
+            shown = None
         else:
-            differences += unit_differences(units, parse_systemctl_show(out))
+            shown = parse_systemctl_show(out)
+            differences += unit_differences(units, shown)
+        if running:
+            # None: not known (no systemd answer), for the caller to find out otherwise
+            result['running'] = None if shown is None else [
+                given for given, name in zip(running, candidates) if shown.get(name, {}).get('SubState') == 'running']
     venv = params.get('python_packages')
     if venv:
         differences += package_differences(venv['venv'], venv.get('requirements') or [])
-    return {'differences': differences, 'written': written, 'in_place': not differences}
+    result.update({'differences': differences, 'written': written, 'in_place': not differences})
+    return result

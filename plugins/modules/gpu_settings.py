@@ -158,6 +158,7 @@ observed:
   description:
     - With O(observe), what M(gpuvirt.fleet.host_state) would report for those files and units, C(in_place) (nothing
       differs) and C(differences) (one line per file or unit that differs), observed before any change of this call.
+    - With O(observe.running), also C(running), the names of those candidate units that run.
   returned: with O(observe)
   type: dict
   sample: {in_place: false, differences: ["unit gpuvirt-gpu-settings.service: disabled, not enabled"]}

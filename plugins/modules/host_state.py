@@ -21,7 +21,8 @@ description:
   - With O(write_files=true), the files given with their O(files[].content), the O(files[].state=directory) entries and
     the O(files[].state=absent) entries that differ are written, created or removed (atomically, owner and mode set
     before the file appears). With O(python_packages.wheels), the virtualenv and its pinned packages are installed
-    from those wheels too. Nothing else is ever changed; units and accounts are only observed.
+    from those wheels too, and with O(write_accounts=true) the groups and users are created or fixed. Nothing else is
+    ever changed; units are only observed.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
@@ -76,6 +77,13 @@ options:
       mode:
         description: Octal permission digits, such as V(0644) (not compared where unset).
         type: str
+      prune:
+        description:
+          - For a V(directory), a file name pattern such as V(*.py). Each regular file directly in the directory that
+            matches it and that no other entry names is a difference, and is removed where O(write_files=true) (code
+            a newer version no longer ships). Anything else that matches is reported, never removed.
+        type: str
+        version_added: 0.9.0
   units:
     description:
       - systemd units and the state they must be in. A unit whose file changed on disk since systemd loaded it
@@ -161,6 +169,16 @@ options:
         type: bool
         default: false
         version_added: 0.9.0
+  write_accounts:
+    description:
+      - With O(write_files=true) too, create the O(groups) that do not exist (system groups) and the O(users) that do
+        not exist (system accounts; no home directory is created), and bring an existing user's primary group, shell
+        and home to the declaration and add the supplementary groups it lacks (none is removed), with C(groupadd),
+        C(useradd) and C(usermod), before the files are written (so that they can be owned by those accounts).
+        RV(accounts) says what changed.
+    type: bool
+    default: false
+    version_added: 0.9.0
   write_files:
     description:
       - Write, create or remove the O(files) entries that differ and can be fixed here (content given, directories,
@@ -169,8 +187,8 @@ options:
     default: true
 notes:
   - A file given by O(files[].checksum) only, a directory that should be absent, owners or groups that do not exist,
-    units, accounts and (without O(python_packages.wheels)) packages are never changed; they are reported in
-    RV(differences) for the role to fix.
+    units, accounts (without O(write_accounts)) and packages (without O(python_packages.wheels)) are never changed;
+    they are reported in RV(differences) for the role to fix.
 seealso:
   - name: docs/scaling.md
     description: How the roles use one observation per concern to make a rerun cheap.
@@ -212,6 +230,15 @@ differences:
   type: list
   elements: str
   sample: ["/etc/systemd/system/gpuvirt-exporter.service: content differs", "unit gpuvirt-exporter.service: inactive, not active"]
+accounts:
+  description:
+    - With O(write_accounts=true), the accounts created or changed, one line each (in check mode, the differences
+      that would be fixed).
+  returned: with O(write_accounts=true) where an account differed
+  type: list
+  elements: str
+  version_added: 0.9.0
+  sample: ["group gpuvirt-exporter created", "user gpuvirt-exporter created"]
 python_packages:
   description: What was done to the virtualenv from O(python_packages.wheels) (in check mode, what would be).
   returned: when O(python_packages.wheels) is given
@@ -271,6 +298,7 @@ def main():
                 'system_site_packages': {'type': 'bool', 'default': False},
             }},
             'write_files': {'type': 'bool', 'default': True},
+            'write_accounts': {'type': 'bool', 'default': False},
         },
         supports_check_mode=True,
     )
@@ -278,7 +306,7 @@ def main():
     write = p['write_files'] and not module.check_mode
     packages = p['python_packages'] or {}
     try:
-        result = _host_state.observe(p, write, _host_state.systemctl_runner(module))
+        result = _host_state.observe(p, write, _host_state.systemctl_runner(module), module.run_command)
         if packages.get('wheels'):
             # after the files (the wheels may be among them); only where the observation found a package difference
             result['python_packages'] = {'venv_created': False, 'installed': [], 'removed': [], 'pip_needed': ''}
@@ -293,7 +321,8 @@ def main():
     except OSError as exc:
         module.fail_json(msg='cannot write %s: %s' % (exc.filename, exc.strerror))
     installed = result.get('python_packages', {})
-    changed = bool(p['write_files'] and (result['written'] or installed.get('installed') or installed.get('venv_created')))
+    changed = bool(p['write_files'] and (result['written'] or result.get('accounts') or installed.get('installed')
+                                         or installed.get('venv_created')))
     module.exit_json(changed=changed, **result)
 
 

@@ -5,9 +5,9 @@
 The roles observe each concern in one call on a rerun (gpuvirt.fleet.host_state for the exporter's files, account,
 packages and unit; mig_layout's plan, which observes the boot-time MIG service's files and unit in the same call; the
 nvidia_driver module's own observation) and skip their install and configure steps where everything is in place. This
-proves that the skipping hides no drift: on a converged two-host fleet, four things are changed behind Ansible's back
-(a MIG GPU instance destroyed, the boot-time MIG service disabled and the exporter's unit file edited on dr-mig, a
-driver package's apt hold removed on dr-driver); the rerun changes exactly the tasks that fix them, on the host where
+proves that the skipping hides no drift: on a converged two-host fleet, five things are changed behind Ansible's back
+(a MIG GPU instance destroyed, the boot-time MIG service disabled, a module file the collection no longer has left in
+its code and the exporter's unit file edited on dr-mig, a driver package's apt hold removed on dr-driver); the rerun changes exactly the tasks that fix them, on the host where
 they are, then a further rerun reports changed=0 on both hosts and runs none of the install, configure and persist
 steps.
 
@@ -37,6 +37,7 @@ HTTP_PORT = 24699
 WHEELS = REPO / '.build' / 'exporter-wheels'
 UNIT = '/etc/systemd/system/gpuvirt-exporter.service'
 HELD = 'nvidia-driver-580-open'
+RUNTIME_CODE = '/usr/local/lib/gpuvirt/ansible_collections/gpuvirt/fleet/plugins/module_utils'
 TASK = re.compile(r'^(?:TASK|RUNNING HANDLER) \[(?:[\w.]+ : )?(.*?)\] \**$')
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason='the fleet needs root'),
@@ -108,8 +109,15 @@ def fleet_fixture(tmp_path_factory):
 
 
 def test_the_first_run_converges_both_hosts(fleet):
-    proc, _changed = fleet.site('first')
+    started = time.time()
+    proc, changed = fleet.site('first')
     assert recap(proc, 'dr-mig') > 0 and recap(proc, 'dr-driver') > 0
+    # the gates after the change publish the drift of every kind verified in one call, not one per role
+    assert ('Publish the drift of every kind verified, in one call', 'dr-mig') in changed, changed
+    for write in re.findall(r"TASK \[[^\]]*Write this host's [^\]]* drift into the declaration drift file\] \**\n((?:\w+: \[.*\n)+)", proc.stdout):
+        assert set(line.split(':')[0] for line in write.splitlines()) == {'skipping'}, write
+    entries = json.loads(fleet.sh('dr-mig', 'cat /var/lib/gpuvirt/drift.json'))
+    assert entries['mig']['drift'] is False and started - 5 <= entries['mig']['checked'] <= time.time() + 5, entries
     assert HELD in fleet.sh('dr-driver', 'apt-mark showhold').split()
 
 
@@ -119,6 +127,8 @@ def test_drift_behind_ansibles_back_is_fixed_exactly_where_it_is(fleet):
     assert len(json.loads(fleet.sh('dr-mig', 'gpusimctl show'))['gpus'][0]['gpu_instances']) == len(before) - 1
     fleet.sh('dr-mig', "sed -i 's/^Description=.*/Description=edited by hand/' %s" % UNIT)
     fleet.sh('dr-mig', 'systemctl disable --quiet gpuvirt-mig.service')
+    # code an older collection had and this one no longer has, left in the boot-time service's copy
+    fleet.sh('dr-mig', 'echo "RETIRED = 1" > %s/_retired.py' % RUNTIME_CODE)
     fleet.sh('dr-driver', 'apt-mark unhold %s' % HELD)
     assert HELD not in fleet.sh('dr-driver', 'apt-mark showhold').split()
 
@@ -130,8 +140,10 @@ def test_drift_behind_ansibles_back_is_fixed_exactly_where_it_is(fleet):
     # plan that found the lost instance reports the change it plans, as it always does)
     assert on_mig == {"Plan the MIG change without touching the GPUs, and observe the boot-time service's files, code and unit",
                       'Apply the MIG layout', 'Enable the boot-time MIG service (systemd reloaded first where its files changed)',
+                      'Install the boot-time runner, the declared layout it applies, its unit and the code it runs (one call)',
                       "Write the exporter's configuration and systemd unit", 'Restart the exporter'}, changed
     assert fleet.sh('dr-mig', 'systemctl is-enabled gpuvirt-mig.service').strip() == 'enabled'
+    assert fleet.sh('dr-mig', 'ls %s' % RUNTIME_CODE).split() and '_retired.py' not in fleet.sh('dr-mig', 'ls %s' % RUNTIME_CODE).split()
     # dr-driver: the driver module puts the hold back; nothing else
     assert on_driver == {'Install the whitelisted NVIDIA driver, pinned and held'}, changed
     assert HELD in fleet.sh('dr-driver', 'apt-mark showhold').split()

@@ -117,3 +117,36 @@ def test_the_exporter_process_with_200_idle_clients_keeps_its_threads_and_the_ca
         for sock in idle:
             sock.close()
         host.stop()
+
+
+def test_the_exporter_tells_systemd_it_is_ready_once_it_listens_and_that_it_stops(tmp_path):
+    """Type=notify in the unit: the exporter sends READY=1 (sd_notify) when its socket listens, so the unit's start
+    returns when a scrape can be answered, and STOPPING=1 when it is stopped."""
+    unit = open(os.path.join(ROLE, 'templates', 'gpuvirt-exporter.service.j2'), encoding='utf-8').read()
+    assert '\nType=notify\n' in unit and '\nNotifyAccess=main\n' in unit
+    for address, bind in ((str(tmp_path / 'notify'), str(tmp_path / 'notify')), ('@gpuvirt-test-%d' % os.getpid(), '\0gpuvirt-test-%d' % os.getpid())):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(bind)
+            listener.settimeout(30)
+            host = SimExporter(str(tmp_path / ('gpusim-%d' % len(address))), ['h100-80gb-hbm3:1'])
+            host.env['NOTIFY_SOCKET'] = address
+            host.start()
+            try:
+                ready = listener.recv(4096).decode()
+                assert ready.startswith('READY=1\nSTATUS=listening on 127.0.0.1:%d (1 GPUs' % host.port), ready
+                with socket.create_connection(('127.0.0.1', host.port), timeout=5):
+                    pass
+                assert host.get()[0] == 200
+            finally:
+                host.stop()
+            assert listener.recv(4096) == b'STOPPING=1'
+
+
+def test_without_a_notify_socket_nothing_is_sent(monkeypatch):
+    from gpuvirt_exporter.server import notify_systemd  # pylint: disable=import-outside-toplevel
+    monkeypatch.delenv('NOTIFY_SOCKET', raising=False)
+    assert notify_systemd('READY=1') is False
+    monkeypatch.setenv('NOTIFY_SOCKET', 'relative/path')
+    assert notify_systemd('READY=1') is False
+    monkeypatch.setenv('NOTIFY_SOCKET', '/nonexistent/notify')
+    assert notify_systemd('READY=1') is False

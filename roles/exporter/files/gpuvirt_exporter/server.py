@@ -675,6 +675,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def notify_systemd(state: str) -> bool:
+    """systemd's readiness protocol (sd_notify, for a Type=notify unit): one datagram such as READY=1 to the socket
+    in $NOTIFY_SOCKET (a path, or an abstract name written with a leading @). Whether it was sent; nothing where the
+    variable is unset (not started by systemd) or names something else."""
+    address = os.environ.get('NOTIFY_SOCKET', '')
+    if len(address) < 2 or address[0] not in '/@':
+        return False
+    if address[0] == '@':
+        address = '\0' + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode('utf-8'))
+    except OSError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gpuvirt_exporter.collector import GpuCollector  # pylint: disable=import-outside-toplevel
@@ -693,9 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     nvml_note = '' if collector.nvml.initialized else ', NVML: ' + collector.nvml.init_error
     release_freed_memory()
-    print('gpuvirt-exporter %s listening on %s (%d GPUs%s)' % (__version__, args.listen, len(collector.gpus), nvml_note),
-          file=sys.stderr, flush=True)
+    status = 'listening on %s (%d GPUs%s)' % (args.listen, len(collector.gpus), nvml_note)
+    print('gpuvirt-exporter %s %s' % (__version__, status), file=sys.stderr, flush=True)
+    # the socket listens (connections wait in its backlog until serve_forever takes them): a Type=notify unit's start
+    # returns now, so whoever started it can scrape at once
+    notify_systemd('READY=1\nSTATUS=%s' % status)
     server.serve_forever()
+    notify_systemd('STOPPING=1')
     server.server_close()
     collector.stop()
     collector.nvml.shutdown()

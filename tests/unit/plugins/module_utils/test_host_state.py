@@ -76,13 +76,84 @@ def test_units_stopped_disabled_or_changed_on_disk_are_differences():
     result = hs.observe({'units': [{'name': 'gpuvirt-exporter', 'enabled': True, 'active': True},
                                    {'name': 'gpuvirt-mig.service', 'enabled': True},
                                    {'name': 'missing.service', 'active': True}]}, False, run)
-    assert calls == [['show', '--property=Id,LoadState,UnitFileState,ActiveState,NeedDaemonReload', '--',
+    assert calls == [['show', '--property=Id,LoadState,UnitFileState,ActiveState,SubState,NeedDaemonReload', '--',
                       'gpuvirt-exporter.service', 'gpuvirt-mig.service', 'missing.service']]
     assert result['differences'] == ['unit gpuvirt-mig.service: its file changed on disk since systemd loaded it',
                                      'unit gpuvirt-mig.service: disabled, not enabled',
                                      'unit missing.service: not loaded (unknown)']
     failing, _calls = _systemctl(rc=1)
     assert hs.observe({'units': [{'name': 'x'}]}, False, failing)['differences'] == ['systemctl show failed (rc=1): boom']
+
+
+def test_which_candidate_services_run_is_read_in_the_same_systemctl_call():
+    shown = SHOW.replace('ActiveState=active\n', 'ActiveState=active\nSubState=running\n') + (
+        '\nId=dcgm.service\nLoadState=loaded\nActiveState=inactive\nSubState=dead\n'
+        '\nId=nvidia-persistenced.service\nLoadState=loaded\nActiveState=active\nSubState=running\n')
+    run, calls = _systemctl(shown)
+    result = hs.observe({'units': [{'name': 'gpuvirt-exporter', 'active': True}],
+                         'running': ['nvidia-persistenced', 'dcgm', 'gpuvirt-exporter.service', 'not-there']}, False, run)
+    assert len(calls) == 1 and calls[0][3:] == ['gpuvirt-exporter.service', 'nvidia-persistenced.service', 'dcgm.service',
+                                                'not-there.service']
+    assert result['running'] == ['nvidia-persistenced', 'gpuvirt-exporter.service'] and result['in_place']
+    failing, _calls = _systemctl(rc=1)
+    assert hs.observe({'running': ['dcgm']}, False, failing)['running'] is None  # not known: the caller asks otherwise
+
+
+def test_a_pruned_directory_loses_the_files_no_entry_declares(tmp_path):
+    code = tmp_path / 'code'
+    code.mkdir()
+    for name in ('kept.py', 'stale.py', 'notes.txt'):
+        (code / name).write_text(name)
+    (code / 'old_dir.py').mkdir()
+    files = [{'path': str(code), 'state': 'directory', 'prune': '*.py'}, {'path': str(code / 'kept.py'), 'content': 'kept.py'},
+             {'path': str(code / 'new.py'), 'content': 'new'}]
+    run, _calls = _systemctl()
+    observed = hs.observe({'files': files}, False, run)
+    assert observed['differences'] == ['%s: does not exist' % (code / 'new.py'), '%s: not declared (matches *.py), not a regular file '
+                                       '(not removed)' % (code / 'old_dir.py'), '%s: not declared (matches *.py)' % (code / 'stale.py')]
+    assert (code / 'stale.py').exists()
+    written = hs.observe({'files': files}, True, run)
+    assert written['written'] == [str(code / 'new.py'), str(code / 'stale.py')]
+    assert sorted(p.name for p in code.iterdir()) == ['kept.py', 'new.py', 'notes.txt', 'old_dir.py']
+    with pytest.raises(hs.HostStateError, match='prune is for state=directory only'):
+        hs.observe({'files': [{'path': str(code / 'kept.py'), 'prune': '*.py'}]}, True, run)
+    with pytest.raises(hs.HostStateError, match='prune is a file name pattern'):
+        hs.observe({'files': [{'path': str(code), 'state': 'directory', 'prune': '../*'}]}, True, run)
+
+
+def test_accounts_are_created_or_fixed_before_the_files_only_where_asked(tmp_path):
+    commands = []
+
+    def run(argv):
+        commands.append([os.path.basename(argv[0])] + argv[1:])
+        return 0, '', ''
+    systemctl, _calls = _systemctl()
+    params = {'groups': ['no-such-group-20'],
+              'users': [{'name': 'no-such-user-20', 'group': ROOT_GROUP, 'groups': [ROOT_GROUP], 'shell': '/usr/sbin/nologin',
+                         'home': '/opt/x'},
+                        {'name': ROOT_USER, 'group': ROOT_GROUP, 'shell': '/bin/no-such-shell', 'home': pwd.getpwnam(ROOT_USER).pw_dir}],
+              'files': [_file(tmp_path)]}
+    observed = hs.observe(params, True, systemctl, run)
+    assert commands == [] and 'accounts' not in observed  # without write_accounts: observed only (the file is written)
+    assert observed['written'] == [str(tmp_path / 'a.py')]
+    assert 'user no-such-user-20: does not exist' in observed['differences']
+    checked = hs.observe(dict(params, write_accounts=True), False, systemctl, run)
+    assert commands == [] and checked['accounts'] == ['group no-such-group-20: does not exist', 'user no-such-user-20: does not exist',
+                                                      'user %s: shell %s, not /bin/no-such-shell' % (ROOT_USER, pwd.getpwnam(ROOT_USER).pw_shell)]
+    written = hs.observe(dict(params, write_accounts=True), True, systemctl, run)
+    assert commands == [['groupadd', '--system', 'no-such-group-20'],
+                        ['useradd', '--system', '--no-create-home', '--gid', ROOT_GROUP, '--groups', ROOT_GROUP, '--shell', '/usr/sbin/nologin',
+                         '--home-dir', '/opt/x', 'no-such-user-20'],
+                        ['usermod', '--shell', '/bin/no-such-shell', ROOT_USER]]
+    assert written['accounts'] == ['group no-such-group-20 created', 'user no-such-user-20 created', 'user %s changed' % ROOT_USER]
+    assert written['written'] == [] and not written['in_place']
+
+    def failing(argv):
+        return 9, '', 'useradd: cannot lock /etc/passwd'
+    with pytest.raises(hs.HostStateError, match=r'user no-such-user-20 created failed \(rc=9\): useradd: cannot lock /etc/passwd'):
+        hs.observe({'users': [{'name': 'no-such-user-20'}], 'write_accounts': True}, True, systemctl, failing)
+    with pytest.raises(hs.HostStateError, match='user no-such-user-20: group no-such-group-21 does not exist'):
+        hs.observe({'users': [{'name': 'no-such-user-20', 'groups': ['no-such-group-21']}], 'write_accounts': True}, True, systemctl, run)
 
 
 def test_virtualenv_packages_are_compared_by_their_metadata(tmp_path):
