@@ -20,6 +20,7 @@ import hashlib
 import os
 import pwd
 import re
+import shlex
 import shutil
 import stat
 import tempfile
@@ -73,6 +74,10 @@ def check_entries(files: Sequence[Mapping[str, Any]]) -> None:
             raise HostStateError('%s: give one of content, content_base64 and checksum, not %s' % (where, ' and '.join(given)))
         if entry.get('state', 'file') != 'file' and given:
             raise HostStateError('%s: content, content_base64 and checksum are for state=file only' % where)
+        if entry.get('validate') and '%s' not in entry['validate']:
+            raise HostStateError('%s: validate must contain %%s (the file to check), not %r' % (where, entry['validate']))
+        if entry.get('validate') and entry.get('state', 'file') != 'file':
+            raise HostStateError('%s: validate is for state=file only' % where)
         if entry.get('prune') and entry.get('state', 'file') != 'directory':
             raise HostStateError('%s: prune is for state=directory only' % where)
         if entry.get('prune') and ('/' in entry['prune'] or entry['prune'] in ('.', '..')):
@@ -98,15 +103,40 @@ def _attribute_differences(entry: Mapping[str, Any], info: os.stat_result, uid, 
     return out
 
 
-def _write_file(entry: Mapping[str, Any], data: bytes, uid, gid) -> None:
-    """Replace the file atomically (a temporary file beside it), with its owner and mode set before it appears."""
+def validator(entry: Mapping[str, Any]) -> Optional[list[str]]:
+    """The entry's validate command as argv with %s still in it; None where there is none, or where it is optional
+    and its program is not installed."""
+    command = entry.get('validate')
+    if not command:
+        return None
+    argv = shlex.split(command)
+    program = argv[0] if argv else ''
+    installed = os.access(program, os.X_OK) if os.path.isabs(program) else shutil.which(program) is not None
+    if not installed:
+        if entry.get('validate_optional'):
+            return None
+        raise HostStateError('%s: validate program %s is not installed' % (entry['path'], program))
+    return argv
+
+
+def _write_file(entry: Mapping[str, Any], data: bytes, uid, gid, run=None) -> None:
+    """Replace the file atomically (a temporary file beside it), with its owner and mode set before it appears; with
+    a validate command, only where that command accepts the temporary file (as Ansible's validate)."""
     directory = os.path.dirname(entry['path'])
+    argv = validator(entry)
     fd, tmp = tempfile.mkstemp(prefix='.host_state-', dir=directory)
     try:
         with os.fdopen(fd, 'wb') as handle:
             handle.write(data)
         os.chown(tmp, -1 if uid is None else uid, -1 if gid is None else gid)
         os.chmod(tmp, int(str(entry.get('mode') or '0644'), 8))
+        if argv is not None:
+            if run is None:
+                raise HostStateError('%s: cannot validate without a command runner' % entry['path'])
+            rc, out, err = run([a.replace('%s', tmp) for a in argv])
+            if rc != 0:
+                raise HostStateError('%s: not written, %s refused it (rc=%d): %s' % (
+                    entry['path'], entry['validate'].replace('%s', entry['path']), rc, (err or out).strip()[-1500:]))
         os.replace(tmp, entry['path'])
     except BaseException:
         if os.path.exists(tmp):
@@ -120,7 +150,7 @@ def _fix_attributes(entry: Mapping[str, Any], uid, gid) -> None:
         os.chmod(entry['path'], int(str(entry['mode']), 8))
 
 
-def converge_file(entry: Mapping[str, Any], write: bool) -> tuple[list[str], bool]:
+def converge_file(entry: Mapping[str, Any], write: bool, run=None) -> tuple[list[str], bool]:
     """The differences of one file entry (before any write) and whether it was (or, with write false, would be)
     fixed here. Only entries with content, directories and absent files can be fixed; the rest are observed."""
     path, state = entry['path'], entry.get('state', 'file')
@@ -168,7 +198,7 @@ def converge_file(entry: Mapping[str, Any], write: bool) -> tuple[list[str], boo
         return diffs, False
     if write:
         if info is None or wanted != _sha1_file(path):
-            _write_file(entry, data, uid, gid)
+            _write_file(entry, data, uid, gid, run)
         else:
             _fix_attributes(entry, uid, gid)
     return diffs, True
@@ -379,6 +409,8 @@ FILE_OPTIONS = {
     'mode': {'type': 'str'},
     'prune': {'type': 'str'},
 }
+# host_state's files, which it writes: a file may be checked by a command before it replaces the old one.
+WRITE_FILE_OPTIONS = dict(FILE_OPTIONS, validate={'type': 'str'}, validate_optional={'type': 'bool', 'default': False})
 UNIT_OPTIONS = {
     'name': {'type': 'str', 'required': True},
     'enabled': {'type': 'bool'},
@@ -441,7 +473,7 @@ def observe(params: Mapping[str, Any], write: bool, systemctl: Callable[[list[st
         else:
             result['accounts'] = account_differences
     for entry in files:
-        diffs, fixed = converge_file(entry, write)
+        diffs, fixed = converge_file(entry, write, run)
         differences += diffs
         if fixed:
             written.append(entry['path'])

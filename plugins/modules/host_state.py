@@ -84,6 +84,20 @@ options:
             a newer version no longer ships). Anything else that matches is reported, never removed.
         type: str
         version_added: 0.9.0
+      validate:
+        description:
+          - For a file written here, a command that checks the new content before it replaces the old file, with
+            C(%s) where the path of the temporary file goes, such as V(promtool check config %s) (as the
+            C(validate) of M(ansible.builtin.template)). Where it exits non-zero the file is not written and the task
+            fails with its output, naming the file.
+          - Its program must be installed, unless O(files[].validate_optional=true).
+        type: str
+        version_added: 0.9.0
+      validate_optional:
+        description: Write the file unchecked where the O(files[].validate) program is not installed.
+        type: bool
+        default: false
+        version_added: 0.9.0
   units:
     description:
       - systemd units and the state they must be in. A unit whose file changed on disk since systemd loaded it
@@ -280,7 +294,7 @@ def main():
     module = _results.checked(
         AnsibleModule,
         argument_spec={
-            'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.FILE_OPTIONS},
+            'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.WRITE_FILE_OPTIONS},
             'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.UNIT_OPTIONS},
             'groups': {'type': 'list', 'elements': 'str', 'default': []},
             'users': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {

@@ -201,6 +201,17 @@ def test_bad_variables_are_refused_by_name_before_anything_is_written(tmp_path, 
     assert not (tmp_path / 'prometheus.yml').exists() and not (tmp_path / RULES_NAME).exists()
 
 
+def test_a_configuration_promtool_refuses_is_not_written_and_the_old_one_stays(tmp_path):
+    proc = render_role(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    before = (tmp_path / 'prometheus.yml').read_text(encoding='utf-8')
+    proc = render_role(tmp_path, {'monitoring_scrape_interval': 'every minute'})
+    assert proc.returncode != 0
+    assert '%s: not written, %s check config %s refused it' % (tmp_path / 'prometheus.yml', promtool(), tmp_path / 'prometheus.yml') in proc.stdout
+    assert (tmp_path / 'prometheus.yml').read_text(encoding='utf-8') == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith('.host_state-')]
+
+
 def _series(name: str, labels: dict) -> str:
     return '%s{%s}' % (name, ','.join('%s=%s' % (key, json.dumps(value)) for key, value in sorted(labels.items())))
 

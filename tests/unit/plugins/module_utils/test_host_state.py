@@ -156,6 +156,28 @@ def test_accounts_are_created_or_fixed_before_the_files_only_where_asked(tmp_pat
         hs.observe({'users': [{'name': 'no-such-user-20', 'groups': ['no-such-group-21']}], 'write_accounts': True}, True, systemctl, run)
 
 
+def test_a_file_with_a_validate_command_replaces_the_old_one_only_where_the_command_accepts_it(tmp_path):
+    import subprocess
+
+    def run(argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+    systemctl, _calls = _systemctl()
+    entry = dict(_file(tmp_path, 'app.conf', 'answer: ok\n'), validate='grep -q ok %s')
+    assert hs.observe({'files': [entry]}, True, systemctl, run)['written'] == [entry['path']]
+    refused = dict(entry, content='answer: no\n')
+    with pytest.raises(hs.HostStateError, match=r'app.conf: not written, grep -q ok %s refused it \(rc=1\)' % entry['path']):
+        hs.observe({'files': [refused]}, True, systemctl, run)
+    assert (tmp_path / 'app.conf').read_text() == 'answer: ok\n' and sorted(p.name for p in tmp_path.iterdir()) == ['app.conf']
+    missing = dict(refused, validate='/nonexistent/promtool check config %s')
+    with pytest.raises(hs.HostStateError, match='validate program /nonexistent/promtool is not installed'):
+        hs.observe({'files': [missing]}, True, systemctl, run)
+    assert hs.observe({'files': [dict(missing, validate_optional=True)]}, True, systemctl, run)['written'] == [entry['path']]
+    assert (tmp_path / 'app.conf').read_text() == 'answer: no\n'
+    with pytest.raises(hs.HostStateError, match='validate must contain %s'):
+        hs.observe({'files': [dict(entry, validate='grep -q ok')]}, True, systemctl, run)
+
+
 def test_virtualenv_packages_are_compared_by_their_metadata(tmp_path):
     venv = tmp_path / 'venv'
     (venv / 'bin').mkdir(parents=True)
