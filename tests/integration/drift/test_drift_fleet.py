@@ -7,9 +7,9 @@ packages and unit; mig_layout's plan, which observes the boot-time MIG service's
 nvidia_driver module's own observation) and skip their install and configure steps where everything is in place. This
 proves that the skipping hides no drift: on a converged two-host fleet, five things are changed behind Ansible's back
 (a MIG GPU instance destroyed, the boot-time MIG service disabled, a module file the collection no longer has left in
-its code and the exporter's unit file edited on dr-mig, a driver package's apt hold removed on dr-driver); the rerun changes exactly the tasks that fix them, on the host where
-they are, then a further rerun reports changed=0 on both hosts and runs none of the install, configure and persist
-steps.
+its code and the exporter's unit file edited on dr-mig, a driver package's apt hold removed on dr-driver); the rerun
+changes exactly the tasks that fix them, on the host where they are, then a further rerun reports changed=0 on both
+hosts and runs none of the install, configure and persist steps.
 
 Needs root (the fleet) and the exporter wheels of `make demo` (.build/exporter-wheels). Brings up fleet-drift.yml
 (fleet 'drift20', ports 24600-24699) once for the module, serves the stand-in driver packages
