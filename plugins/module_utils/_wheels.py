@@ -330,7 +330,7 @@ def read_wheel(path: str) -> dict:
 
 def _requirement(text: str) -> Optional[tuple[str, str, str]]:
     """A Requires-Dist line as (name, specifier, marker); None where it has extras or a URL."""
-    body, _, marker = text.partition(';')
+    body, _sep, marker = text.partition(';')
     match = re.fullmatch(r'\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\(([^)]*)\)|([^\[@]*))\s*', body)
     if not match:
         return None
@@ -350,7 +350,7 @@ def plan(wheel_dir: str, requirements: Sequence[str], info: Mapping[str, Any], i
     environment = marker_environment(info)
     chosen, pins = [], {}
     for requirement in requirements:
-        body, _, marker = requirement.partition(';')
+        body, _sep, marker = requirement.partition(';')
         if marker.strip():
             decided = marker_true(marker, environment)
             if decided is None:
@@ -532,7 +532,7 @@ def _verified_members(archive: zipfile.ZipFile, wheel: Mapping[str, Any], scheme
             raise WheelError('%s: %s is not in its RECORD' % (filename, name))
         try:
             if name.startswith(data_dir + '/'):
-                key, _, rest = name[len(data_dir) + 1:].partition('/')
+                key, _sep, rest = name[len(data_dir) + 1:].partition('/')
                 if key not in scheme or not rest:
                     raise WheelError('%s is in no scheme directory' % name)
                 target = _inside(scheme[key], rest)
@@ -625,7 +625,7 @@ def _entry_points(text: str) -> list[tuple[str, str]]:
             section = line[1:-1].strip()
             continue
         if section in ('console_scripts', 'gui_scripts') and '=' in line:
-            name, _, target = line.partition('=')
+            name, _sep, target = line.partition('=')
             out.append((name.strip(), target.strip()))
     return out
 

@@ -103,8 +103,9 @@ def test_real_wheels_install_file_for_file_as_pip_installs_them_and_pip_uninstal
     for path in set(mine) - set(installer) - {p for p in mine if p.endswith('/RECORD') or p.endswith('.pyc')}:
         assert mine[path] == pips[path], path
     record = [p for p in mine if p.endswith('/RECORD')][0]
-    strip = (lambda text: sorted(r for r in text.decode().splitlines() if '/INSTALLER,' not in r))
-    assert strip(mine[record]) == strip(pips[record])
+    def rows(text):
+        return sorted(r for r in text.decode().splitlines() if '/INSTALLER,' not in r)
+    assert rows(mine[record]) == rows(pips[record])
     # the virtualenv imports it, pip lists it and finds it consistent, and a rerun installs nothing
     assert run([str(ours / 'bin' / 'python'), '-c', 'import bcrypt; assert bcrypt.checkpw(b"a", bcrypt.hashpw(b"a", bcrypt.gensalt(4)))'])[0] == 0
     listed = json.loads(_pip(ours, 'list', '--format', 'json').stdout)
