@@ -262,6 +262,46 @@ def unit_differences(wanted: Sequence[Mapping[str, Any]], shown: Mapping[str, Ma
     return out
 
 
+def unit_name(name: str) -> str:
+    return name if '.' in name else name + '.service'
+
+
+def converge_units(units: Sequence[Mapping[str, Any]], shown: Mapping[str, Mapping[str, str]], written: Sequence[str],
+                   changed: bool, write: bool, systemctl: Callable[[list[str]], tuple[int, str, str]]) -> list[str]:
+    """Bring the units to their declared state after the call's files are written: systemd reloaded once where a
+    unit's file was written here or changed on disk since it was loaded (by the enable where one is enabled), units
+    enabled or disabled, started, stopped, or restarted where active and their `restart` asks for it (`always`, or
+    `on_change` where this call changed anything). `shown` is `systemctl show` of the units, read after the files were
+    written. The actions, one line each (without write: those it would take)."""
+    names = [unit_name(u['name']) for u in units]
+    written_names = {os.path.basename(p) for p in written}
+    reload = any(n in written_names or shown.get(n, {}).get('NeedDaemonReload') == 'yes' or shown.get(n, {}).get('LoadState') != 'loaded'
+                 for n in names)
+    steps = []
+    for unit, name in zip(units, names):
+        props = shown.get(name, {})
+        if unit.get('enabled') is not None and (props.get('UnitFileState') == 'enabled') != unit['enabled']:
+            steps.append(['enable' if unit['enabled'] else 'disable', name])
+    if reload and not any(step[0] in ('enable', 'disable') for step in steps):
+        steps.insert(0, ['daemon-reload'])  # an enable or disable reloads systemd itself
+    for unit, name in zip(units, names):
+        active = shown.get(name, {}).get('ActiveState') == 'active'
+        if unit.get('active') is True and not active:
+            steps.append(['start', name])
+        elif unit.get('active') is True and (unit.get('restart') == 'always' or (unit.get('restart') == 'on_change' and changed)):
+            steps.append(['restart', name])
+        elif unit.get('active') is False and active:
+            steps.append(['stop', name])
+    done = []
+    for step in steps:
+        if write:
+            rc, out, err = systemctl(step)
+            if rc != 0:
+                raise HostStateError('systemctl %s failed (rc=%d): %s' % (' '.join(step), rc, (err or out).strip()[:500]))
+        done.append(' '.join(step))
+    return done
+
+
 def group_differences(names: Sequence[str]) -> list[str]:
     out = []
     for name in names:
@@ -416,6 +456,8 @@ UNIT_OPTIONS = {
     'enabled': {'type': 'bool'},
     'active': {'type': 'bool'},
 }
+# host_state's units, which it brings to their state with write_units.
+WRITE_UNIT_OPTIONS = dict(UNIT_OPTIONS, restart={'type': 'str', 'default': 'never', 'choices': ['never', 'on_change', 'always']})
 
 
 # The observe option of mig_layout, vgpu_devices and gpu_settings (doc fragment gpuvirt.fleet.observe).
@@ -494,6 +536,7 @@ def observe(params: Mapping[str, Any], write: bool, systemctl: Callable[[list[st
         else:
             shown = parse_systemctl_show(out)
             differences += unit_differences(units, shown)
+        result['shown'] = shown
         if running:
             # None: not known (no systemd answer), for the caller to find out otherwise
             result['running'] = None if shown is None else [

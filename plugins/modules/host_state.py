@@ -21,8 +21,8 @@ description:
   - With O(write_files=true), the files given with their O(files[].content), the O(files[].state=directory) entries and
     the O(files[].state=absent) entries that differ are written, created or removed (atomically, owner and mode set
     before the file appears). With O(python_packages.wheels), the virtualenv and its pinned packages are installed
-    from those wheels too, and with O(write_accounts=true) the groups and users are created or fixed. Nothing else is
-    ever changed; units are only observed.
+    from those wheels too, with O(write_accounts=true) the groups and users are created or fixed, and with
+    O(write_units=true) the units are enabled, started or restarted. Nothing else is ever changed.
 author:
   - gpuvirt.fleet maintainers (@gpuvirt)
 extends_documentation_fragment:
@@ -116,6 +116,15 @@ options:
       active:
         description: Whether the unit must be active (not compared where unset).
         type: bool
+      restart:
+        description:
+          - With O(write_units=true), for a unit that is active and must stay active, V(on_change) restarts it where
+            this call wrote, created or installed anything, V(always) restarts it (a change the caller made before
+            this call), V(never) leaves it running.
+        type: str
+        choices: [never, on_change, always]
+        default: never
+        version_added: 0.9.0
   groups:
     description: Groups that must exist.
     type: list
@@ -193,6 +202,18 @@ options:
     type: bool
     default: false
     version_added: 0.9.0
+  write_units:
+    description:
+      - With O(write_files=true) too, after the files, accounts and packages of this call, bring the O(units) to
+        their state, C(systemctl) in the C locale. systemd is reloaded once where a unit's file was written by this
+        call or changed on disk since systemd loaded it (by the enable, where one is enabled); then each unit is
+        enabled or disabled, and started, stopped or restarted (O(units[].restart)). A unit whose start fails fails
+        the task with systemctl's message. RV(units_changed) lists what was done.
+      - Where O(python_packages.wheels) says pip must install the packages (RV(python_packages.pip_needed)), no unit
+        is started or restarted by this call.
+    type: bool
+    default: false
+    version_added: 0.9.0
   write_files:
     description:
       - Write, create or remove the O(files) entries that differ and can be fixed here (content given, directories,
@@ -201,8 +222,8 @@ options:
     default: true
 notes:
   - A file given by O(files[].checksum) only, a directory that should be absent, owners or groups that do not exist,
-    units, accounts (without O(write_accounts)) and packages (without O(python_packages.wheels)) are never changed;
-    they are reported in RV(differences) for the role to fix.
+    units (without O(write_units)), accounts (without O(write_accounts)) and packages (without
+    O(python_packages.wheels)) are never changed; they are reported in RV(differences) for the role to fix.
 seealso:
   - name: docs/scaling.md
     description: How the roles use one observation per concern to make a rerun cheap.
@@ -244,6 +265,13 @@ differences:
   type: list
   elements: str
   sample: ["/etc/systemd/system/gpuvirt-exporter.service: content differs", "unit gpuvirt-exporter.service: inactive, not active"]
+units_changed:
+  description: With O(write_units=true), the C(systemctl) actions taken (in check mode, those it would take).
+  returned: with O(write_units=true) and O(units)
+  type: list
+  elements: str
+  version_added: 0.9.0
+  sample: ["enable gpuvirt-exporter.service", "start gpuvirt-exporter.service"]
 accounts:
   description:
     - With O(write_accounts=true), the accounts created or changed, one line each (in check mode, the differences
@@ -295,7 +323,7 @@ def main():
         AnsibleModule,
         argument_spec={
             'files': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.WRITE_FILE_OPTIONS},
-            'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.UNIT_OPTIONS},
+            'units': {'type': 'list', 'elements': 'dict', 'default': [], 'options': _host_state.WRITE_UNIT_OPTIONS},
             'groups': {'type': 'list', 'elements': 'str', 'default': []},
             'users': {'type': 'list', 'elements': 'dict', 'default': [], 'options': {
                 'name': {'type': 'str', 'required': True},
@@ -313,6 +341,7 @@ def main():
             }},
             'write_files': {'type': 'bool', 'default': True},
             'write_accounts': {'type': 'bool', 'default': False},
+            'write_units': {'type': 'bool', 'default': False},
         },
         supports_check_mode=True,
     )
@@ -328,15 +357,27 @@ def main():
                 result['python_packages'] = _wheels.converge(
                     module.run_command, packages['venv'], packages['python'], packages['system_site_packages'],
                     packages['wheels'], packages['requirements'], write)
+        installed = result.get('python_packages', {})
+        changed = bool(p['write_files'] and (result['written'] or result.get('accounts') or installed.get('installed')
+                                             or installed.get('venv_created')))
+        shown = result.pop('shown', None)
+        if p['write_units'] and p['write_files'] and p['units']:
+            # after everything else of this call; with pip still to run (pip_needed), nothing is started yet
+            if shown is None:
+                module.fail_json(msg='units: systemd did not answer (%s)' % '; '.join(d for d in result['differences'] if d.startswith('systemctl')),
+                                 **result)
+            if installed.get('pip_needed'):
+                result['units_changed'] = []
+            else:
+                result['units_changed'] = _host_state.converge_units(p['units'], shown, result['written'], changed, write,
+                                                                     _host_state.systemctl_runner(module))
+            changed = changed or bool(result['units_changed'])
     except _host_state.HostStateError as exc:
         module.fail_json(msg=str(exc))
     except _wheels.WheelError as exc:
         module.fail_json(msg='python_packages: %s' % exc)
     except OSError as exc:
         module.fail_json(msg='cannot write %s: %s' % (exc.filename, exc.strerror))
-    installed = result.get('python_packages', {})
-    changed = bool(p['write_files'] and (result['written'] or result.get('accounts') or installed.get('installed')
-                                         or installed.get('venv_created')))
     module.exit_json(changed=changed, **result)
 
 

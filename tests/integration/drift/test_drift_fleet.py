@@ -132,16 +132,18 @@ def test_drift_behind_ansibles_back_is_fixed_exactly_where_it_is(fleet):
     fleet.sh('dr-driver', 'apt-mark unhold %s' % HELD)
     assert HELD not in fleet.sh('dr-driver', 'apt-mark showhold').split()
 
+    invocation = fleet.sh('dr-mig', 'systemctl show --property=InvocationID --value gpuvirt-exporter.service').strip()
     proc, changed = fleet.site('drift')
     on_mig = {task for task, host in changed if host == 'dr-mig'}
     on_driver = {task for task, host in changed if host == 'dr-driver'}
-    # dr-mig: the lost GPU instance is created again, the boot-time MIG service enabled again (seen by the plan's own
-    # observation, the same call), the unit file written back and the exporter restarted; nothing else (the check-mode
+    # dr-mig: the lost GPU instance is created again, the boot-time MIG service enabled again and its retired code
+    # removed (seen by the plan's own observation, the same call), the unit file written back and the exporter
+    # restarted (in the call that writes the unit); nothing else (the check-mode
     # plan that found the lost instance reports the change it plans, as it always does)
     assert on_mig == {"Plan the MIG change without touching the GPUs, and observe the boot-time service's files, code and unit",
-                      'Apply the MIG layout', 'Enable the boot-time MIG service (systemd reloaded first where its files changed)',
-                      'Install the boot-time runner, the declared layout it applies, its unit and the code it runs (one call)',
-                      "Write the exporter's configuration and systemd unit", 'Restart the exporter'}, changed
+                      'Apply the MIG layout',
+                      'Install the boot-time runner, the declared layout it applies, its unit and the code it runs, and enable it (one call)',
+                      "Write the exporter's configuration and unit, and enable and (re)start it (one call)"}, changed
     assert fleet.sh('dr-mig', 'systemctl is-enabled gpuvirt-mig.service').strip() == 'enabled'
     assert fleet.sh('dr-mig', 'ls %s' % RUNTIME_CODE).split() and '_retired.py' not in fleet.sh('dr-mig', 'ls %s' % RUNTIME_CODE).split()
     # dr-driver: the driver module puts the hold back; nothing else
@@ -151,10 +153,11 @@ def test_drift_behind_ansibles_back_is_fixed_exactly_where_it_is(fleet):
     assert sorted((gi['profile_id'], gi['start']) for gi in after) == sorted((gi['profile_id'], gi['start']) for gi in before)
     assert 'edited by hand' not in fleet.sh('dr-mig', 'cat %s' % UNIT)
     assert fleet.sh('dr-mig', 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
+    assert fleet.sh('dr-mig', 'systemctl show --property=InvocationID --value gpuvirt-exporter.service').strip() != invocation  # restarted
 
     # the rerun after the fix: changed=0, and the observations found everything in place, so the install, configure
     # and persist steps were not run at all
     proc, changed = fleet.site('after')
     assert changed == set() and recap(proc, 'dr-mig') == 0 and recap(proc, 'dr-driver') == 0
-    for skipped in ('Install the exporter', 'Configure the exporter', 'Run the exporter', 'Keep the layout across reboots'):
+    for skipped in ('Install the exporter', 'Configure and run the exporter', 'Keep the layout across reboots'):
         assert re.search(r'TASK \[[^\]]*%s\] \*+\nskipping: \[dr-mig\]' % re.escape(skipped), proc.stdout), skipped

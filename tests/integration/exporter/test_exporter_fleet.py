@@ -101,8 +101,11 @@ def test_the_roles_deploy_and_a_rerun_changes_nothing(fleet):
     listed = fleet.sh('et-h100', 'cat /opt/gpuvirt-exporter/venv/lib/python3*/site-packages/bcrypt-5.0.0.dist-info/INSTALLER')
     assert listed.strip() == 'gpuvirt.fleet'
     # a fresh host: the exporter is started once, with its new code and configuration, not started and restarted
+    # (the one call that writes the unit starts it; the restart handler does nothing)
     handler = proc.stdout.split('RUNNING HANDLER [gpuvirt.fleet.exporter : Restart the exporter]')
     assert len(handler) == 2 and 'changed: [' not in handler[1].split('TASK [')[0], proc.stdout[-6000:]
+    for host in PORTS:
+        assert fleet.sh(host, 'systemctl show --property=NRestarts --value gpuvirt-exporter.service').strip() == '0'
     again = fleet.play()
     assert again.returncode == 0, again.stdout[-6000:]
     assert set(_changed(again).values()) == {0}, again.stdout[-4000:]
@@ -117,8 +120,9 @@ def test_a_changed_configuration_restarts_the_running_exporter(fleet):
     def invocation():
         return fleet.sh('et-h100', 'systemctl show --property=InvocationID --value gpuvirt-exporter.service').strip()
     before = invocation()
-    changed = fleet.play('--limit', 'et-h100', exporter_sample_interval=2)
-    assert changed.returncode == 0 and re.search(r'RUNNING HANDLER \[gpuvirt.fleet.exporter : Restart the exporter\] \**\nchanged: \[et-h100\]',
+    changed = fleet.play('--limit', 'et-h100', '-v', exporter_sample_interval=2)
+    assert changed.returncode == 0 and re.search(r"TASK \[gpuvirt.fleet.exporter : Write the exporter's configuration and unit, and enable and "
+                                                 r'\(re\)start it \(one call\)\] \**\nchanged: \[et-h100\].*"restart gpuvirt-exporter.service"',
                                                  changed.stdout), changed.stdout[-6000:]
     assert invocation() != before and '--sample-interval=2' in fleet.sh('et-h100', 'systemctl cat gpuvirt-exporter.service')
     back = fleet.play('--limit', 'et-h100')

@@ -178,6 +178,44 @@ def test_a_file_with_a_validate_command_replaces_the_old_one_only_where_the_comm
         hs.observe({'files': [dict(entry, validate='grep -q ok')]}, True, systemctl, run)
 
 
+def _shown(**units):
+    return {name: dict(zip(('LoadState', 'UnitFileState', 'ActiveState', 'NeedDaemonReload'), props.split())) for name, props in units.items()}
+
+
+def test_units_are_brought_to_their_state_with_one_reload_and_restarted_only_as_asked():
+    calls = []
+
+    def systemctl(argv):
+        calls.append(argv)
+        return 0, '', ''
+    exporter = {'name': 'gpuvirt-exporter', 'enabled': True, 'active': True, 'restart': 'on_change'}
+    boot = {'name': 'gpuvirt-mig.service', 'enabled': True}
+    # a fresh host: both unit files just written, neither known to systemd; the enable reloads systemd itself
+    fresh = _shown(**{'gpuvirt-exporter.service': 'not-found disabled inactive no', 'gpuvirt-mig.service': 'not-found disabled inactive no'})
+    written = ['/etc/systemd/system/gpuvirt-exporter.service', '/etc/systemd/system/gpuvirt-mig.service']
+    assert hs.converge_units([exporter, boot], fresh, written, True, True, systemctl) == [
+        'enable gpuvirt-exporter.service', 'enable gpuvirt-mig.service', 'start gpuvirt-exporter.service']
+    assert calls == [['enable', 'gpuvirt-exporter.service'], ['enable', 'gpuvirt-mig.service'], ['start', 'gpuvirt-exporter.service']]
+    # the unit file changed under a running, enabled unit: one reload, then the restart this change asks for
+    calls.clear()
+    running = _shown(**{'gpuvirt-exporter.service': 'loaded enabled active yes'})
+    assert hs.converge_units([exporter], running, written[:1], True, True, systemctl) == ['daemon-reload', 'restart gpuvirt-exporter.service']
+    # nothing written, nothing changed: nothing to do; restart=always restarts all the same; check mode runs nothing
+    calls.clear()
+    steady = _shown(**{'gpuvirt-exporter.service': 'loaded enabled active no'})
+    assert hs.converge_units([exporter], steady, [], False, True, systemctl) == [] and calls == []
+    assert hs.converge_units([dict(exporter, restart='always')], steady, [], False, False, systemctl) == ['restart gpuvirt-exporter.service']
+    assert hs.converge_units([dict(exporter, restart='never')], steady, [], True, True, systemctl) == [] and calls == []
+    stopped = _shown(**{'gpuvirt-exporter.service': 'loaded enabled active no'})
+    assert hs.converge_units([{'name': 'gpuvirt-exporter', 'enabled': False, 'active': False}], stopped, [], False, True, systemctl) == [
+        'disable gpuvirt-exporter.service', 'stop gpuvirt-exporter.service']
+
+    def failing(argv):
+        return 1, '', 'Job for gpuvirt-exporter.service failed because the control process exited with error code.'
+    with pytest.raises(hs.HostStateError, match='systemctl start gpuvirt-exporter.service failed .rc=1.: Job for gpuvirt-exporter.service failed'):
+        hs.converge_units([exporter], _shown(**{'gpuvirt-exporter.service': 'loaded enabled inactive no'}), [], False, True, failing)
+
+
 def test_virtualenv_packages_are_compared_by_their_metadata(tmp_path):
     venv = tmp_path / 'venv'
     (venv / 'bin').mkdir(parents=True)

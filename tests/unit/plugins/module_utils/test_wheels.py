@@ -103,6 +103,7 @@ def test_real_wheels_install_file_for_file_as_pip_installs_them_and_pip_uninstal
     for path in set(mine) - set(installer) - {p for p in mine if p.endswith('/RECORD') or p.endswith('.pyc')}:
         assert mine[path] == pips[path], path
     record = [p for p in mine if p.endswith('/RECORD')][0]
+
     def rows(text):
         return sorted(r for r in text.decode().splitlines() if '/INSTALLER,' not in r)
     assert rows(mine[record]) == rows(pips[record])
