@@ -315,7 +315,7 @@ written:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results, _wheels
+from ansible_collections.gpuvirt.fleet.plugins.module_utils import _host_state, _results
 
 
 def main():
@@ -351,12 +351,17 @@ def main():
     try:
         result = _host_state.observe(p, write, _host_state.systemctl_runner(module), module.run_command)
         if packages.get('wheels'):
-            # after the files (the wheels may be among them); only where the observation found a package difference
+            # after the files (the wheels may be among them); only where the observation found a package difference.
+            # Imported here: an observation, the call of every rerun, does not load the installer.
+            from ansible_collections.gpuvirt.fleet.plugins.module_utils import _wheels  # pylint: disable=import-outside-toplevel
             result['python_packages'] = {'venv_created': False, 'installed': [], 'removed': [], 'pip_needed': ''}
             if any(d.startswith('virtualenv %s:' % packages['venv']) for d in result['differences']):
-                result['python_packages'] = _wheels.converge(
-                    module.run_command, packages['venv'], packages['python'], packages['system_site_packages'],
-                    packages['wheels'], packages['requirements'], write)
+                try:
+                    result['python_packages'] = _wheels.converge(
+                        module.run_command, packages['venv'], packages['python'], packages['system_site_packages'],
+                        packages['wheels'], packages['requirements'], write)
+                except _wheels.WheelError as exc:
+                    module.fail_json(msg='python_packages: %s' % exc, **result)
         installed = result.get('python_packages', {})
         changed = bool(p['write_files'] and (result['written'] or result.get('accounts') or installed.get('installed')
                                              or installed.get('venv_created')))
@@ -374,8 +379,6 @@ def main():
             changed = changed or bool(result['units_changed'])
     except _host_state.HostStateError as exc:
         module.fail_json(msg=str(exc))
-    except _wheels.WheelError as exc:
-        module.fail_json(msg='python_packages: %s' % exc)
     except OSError as exc:
         module.fail_json(msg='cannot write %s: %s' % (exc.filename, exc.strerror))
     module.exit_json(changed=changed, **result)
