@@ -229,3 +229,16 @@ def test_a_requirement_the_wheel_installer_cannot_decide_is_installed_by_pip(fle
     assert fleet.sh('et-a40', 'cat /opt/gpuvirt-exporter/venv/lib/python3*/site-packages/bcrypt-*.dist-info/INSTALLER').strip() == 'pip'
     assert fleet.sh('et-a40', 'systemctl is-active gpuvirt-exporter.service').strip() == 'active'
     assert _get(PORTS['et-a40'])[0] == 200
+
+
+def test_code_changed_behind_ansibles_back_is_written_back_and_the_running_exporter_restarted(fleet):
+    """The install call rewrites the code; the configuration call, which writes nothing itself, restarts the exporter
+    because the install changed something in this run (units[].restart: always)."""
+    code = '/opt/gpuvirt-exporter/lib/gpuvirt_exporter/wire.py'
+    fleet.sh('et-a40', 'echo "# edited by hand" >> %s' % code)
+    before = fleet.sh('et-a40', 'systemctl show --property=InvocationID --value gpuvirt-exporter.service').strip()
+    proc = fleet.play('--limit', 'et-a40')
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert 'edited by hand' not in fleet.sh('et-a40', 'cat %s' % code)
+    assert fleet.sh('et-a40', 'systemctl show --property=InvocationID --value gpuvirt-exporter.service').strip() != before
+    assert fleet.sh('et-a40', 'systemctl is-active gpuvirt-exporter.service').strip() == 'active' and _get(PORTS['et-a40'])[0] == 200
