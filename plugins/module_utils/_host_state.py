@@ -401,12 +401,15 @@ def normalize(name: str) -> str:
     return re.sub(r'[-_.]+', '-', name).lower()
 
 
-def installed_distributions(venv: str) -> dict[str, str]:
-    """normalized name -> version of every distribution in the virtualenv's site-packages (its .dist-info METADATA)."""
-    found = {}
-    for meta in glob.glob(os.path.join(venv, 'lib', 'python3*', 'site-packages', '*.dist-info', 'METADATA')):
-        name = version = None
-        with open(meta, encoding='utf-8', errors='replace') as handle:
+# A requirement pinned with == (name, version): the only kind that can be proven met by looking.
+PINNED = re.compile(r'\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*')
+
+
+def metadata_name_version(path: str) -> tuple[Optional[str], Optional[str]]:
+    """The Name and Version of a .dist-info METADATA file (its headers only); None where missing or unreadable."""
+    name = version = None
+    try:
+        with open(path, encoding='utf-8', errors='replace') as handle:
             for line in handle:
                 if not line.strip():
                     break
@@ -414,6 +417,16 @@ def installed_distributions(venv: str) -> dict[str, str]:
                     name = line.split(':', 1)[1].strip()
                 elif line.startswith('Version:'):
                     version = line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return name, version
+
+
+def installed_distributions(venv: str) -> dict[str, str]:
+    """normalized name -> version of every distribution in the virtualenv's site-packages (its .dist-info METADATA)."""
+    found = {}
+    for meta in glob.glob(os.path.join(venv, 'lib', 'python3*', 'site-packages', '*.dist-info', 'METADATA')):
+        name, version = metadata_name_version(meta)
         if name and version:
             found[normalize(name)] = version
     return found
@@ -427,7 +440,7 @@ def package_differences(venv: str, requirements: Sequence[str]) -> list[str]:
     installed = installed_distributions(venv)
     out = []
     for requirement in requirements:
-        match = re.fullmatch(r'\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*', requirement)
+        match = PINNED.fullmatch(requirement)
         if not match:
             out.append('virtualenv %s: requirement %r is not pinned with ==, so it is not proven met' % (venv, requirement))
             continue

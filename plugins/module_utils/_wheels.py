@@ -31,11 +31,12 @@ import zipfile
 from email.parser import HeaderParser
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from ansible_collections.gpuvirt.fleet.plugins.module_utils._host_state import PINNED, metadata_name_version, normalize
+
 Runner = Callable[[list], tuple]
 
 WHEEL_NAME = re.compile(r'^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(?:-(?P<build>\d[^-]*))?'
                         r'-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$')
-PINNED = re.compile(r'\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*')
 # The interpreter's facts a wheel's tags, markers and scheme paths depend on, read by the virtualenv's own python.
 PROBE = (
     'import importlib.util,json,os,platform,sys,sysconfig\n'
@@ -57,11 +58,6 @@ LEGACY_MANYLINUX = {'manylinux1': (2, 5), 'manylinux2010': (2, 12), 'manylinux20
 
 class WheelError(Exception):
     """A wheel that must not be installed (a hostile path, a hash that does not match its RECORD): names it."""
-
-
-def normalize(name: str) -> str:
-    """A distribution name as PEP 503 compares them."""
-    return re.sub(r'[-_.]+', '-', name).lower()
 
 
 # ---------------------------------------------------------------------------------------------------------- versions
@@ -453,14 +449,6 @@ def installed_records(site: str) -> dict[str, str]:
     return found
 
 
-def _installed_version(dist_info: str) -> str:
-    try:
-        with open(os.path.join(dist_info, 'METADATA'), encoding='utf-8', errors='replace') as handle:
-            return HeaderParser().parse(handle).get('Version', '') or ''
-    except OSError:
-        return ''
-
-
 def uninstall(dist_info: str, venv: str) -> list[str]:
     """Remove an installed distribution by its RECORD (only files inside the virtualenv), the compiled modules of its
     sources and the directories it leaves empty; its removed paths."""
@@ -553,7 +541,7 @@ def _verified_members(archive: zipfile.ZipFile, wheel: Mapping[str, Any], scheme
     return out
 
 
-def install(wheel: Mapping[str, Any], info: Mapping[str, Any], requested: bool = True) -> list[str]:
+def install(wheel: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
     """Install one wheel (read by read_wheel) into the interpreter's scheme paths; the paths written. Every member is
     verified before the first is written, and the .dist-info is written last, so that a refused wheel writes nothing
     and an interrupted install does not look installed."""
@@ -606,8 +594,7 @@ def install(wheel: Mapping[str, Any], info: Mapping[str, Any], requested: bool =
             rows.append([os.path.relpath(cached, site), '', ''])  # as pip records them: no hash
     info_dir = os.path.join(site, wheel['dist_info'])
     put(os.path.join(info_dir, 'INSTALLER'), b'gpuvirt.fleet\n', 0o644)
-    if requested:
-        put(os.path.join(info_dir, 'REQUESTED'), b'', 0o644)
+    put(os.path.join(info_dir, 'REQUESTED'), b'', 0o644)  # every wheel installed here is a requirement asked for
     rows.append([os.path.relpath(os.path.join(info_dir, 'RECORD'), site), '', ''])
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator='\n').writerows(rows)
@@ -652,7 +639,7 @@ def converge(run: Runner, venv: str, python: str, system_site_packages: bool, wh
     records = installed_records(site)
     if info['paths']['platlib'] != site:
         records.update(installed_records(info['paths']['platlib']))
-    installed = {name: _installed_version(dist_info) for name, dist_info in records.items()}
+    installed = {name: metadata_name_version(os.path.join(dist_info, 'METADATA'))[1] or '' for name, dist_info in records.items()}
     decided = plan(wheel_dir, requirements, info, installed)
     if decided['reason']:
         result['pip_needed'] = decided['reason']
